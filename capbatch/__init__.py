@@ -1,0 +1,65 @@
+"""capbatch: a table of captcha images in, the same table out with answers.
+
+The public API is what ``__all__`` lists; every module whose name starts with an
+underscore is private and may change without notice.
+"""
+
+from ._client import ProviderClient, TaskService
+from ._exceptions import (
+    APIError,
+    AuthError,
+    BalanceError,
+    BannedError,
+    CapbatchError,
+    ConfigError,
+    ConnectionFailed,
+    InputError,
+    InvalidTask,
+    MalformedReply,
+    RateLimited,
+    RequestTimeout,
+    RowInputError,
+    ServiceUnavailable,
+    TableError,
+    TaskExpired,
+    TemporarilyBlocked,
+    TransportError,
+    Unsolvable,
+)
+from ._protocol import Action, TaskReply, classify
+from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
+from ._secrets import Secret
+from ._version import __version__
+
+__all__ = [
+    "PROVIDERS",
+    "APIError",
+    "Action",
+    "AuthError",
+    "BalanceError",
+    "BannedError",
+    "CapbatchError",
+    "ConfigError",
+    "ConnectionFailed",
+    "InputError",
+    "InvalidTask",
+    "MalformedReply",
+    "PollSchedule",
+    "ProviderClient",
+    "ProviderProfile",
+    "RateLimited",
+    "RequestTimeout",
+    "RowInputError",
+    "Secret",
+    "ServiceUnavailable",
+    "TableError",
+    "TaskExpired",
+    "TaskReply",
+    "TaskService",
+    "TemporarilyBlocked",
+    "TransportError",
+    "Unsolvable",
+    "__version__",
+    "classify",
+    "get_profile",
+]

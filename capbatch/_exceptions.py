@@ -1,0 +1,180 @@
+"""The one exception tree of capbatch.
+
+Every error capbatch raises derives from ``CapbatchError``. Provider error codes and
+HTTP statuses are turned into these classes in exactly one place,
+``capbatch._protocol.error_from_reply``; nothing else inspects ``errorCode`` strings.
+
+```
+CapbatchError
+├── ConfigError                      bad options: unknown provider, missing key, bad value
+├── InputError                       an input table or one row's image cannot be used
+│   ├── TableError                   the whole table: unreadable, no image column, ...
+│   └── RowInputError                one row: file missing, not an image, too large, ...
+├── TransportError                   the request never produced a parseable reply
+│   ├── ConnectionFailed             connect refused, connection dropped, read error
+│   ├── RequestTimeout               no reply in time
+│   └── MalformedReply               a reply that is not the protocol's JSON
+└── APIError                         the provider answered with an error
+    ├── AuthError                    bad or blocked key                  (run-fatal)
+    ├── BalanceError                 no money left                       (run-fatal)
+    ├── BannedError                  the client IP is banned             (run-fatal)
+    ├── TemporarilyBlocked           key blocked for a few minutes       (pause)
+    ├── RateLimited                  over the request rate               (slow down)
+    ├── ServiceUnavailable           overloaded, HTTP 5xx                (retry)
+    ├── Unsolvable                   could not solve the captcha         (retry, bounded)
+    ├── TaskExpired                  task id unknown, expired or timed out (recreate)
+    └── InvalidTask                  the request or image was refused    (record)
+```
+
+Errors carry context as attributes (``error_code``, ``http_status``, ``task_id``,
+``retry_after``) and never the account key: messages are built from the provider's
+``errorCode`` and ``errorDescription`` and from capbatch's own words only.
+"""
+
+from __future__ import annotations
+
+
+class CapbatchError(Exception):
+    """Base class of every error capbatch raises."""
+
+    #: A short machine-readable code, written to the ``error_code`` column.
+    error_code: str = "CAPBATCH_ERROR"
+
+    def __init__(self, message: str, *, error_code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_code is not None:
+            self.error_code = error_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CapbatchError):
+    """Options that cannot work: unknown provider, missing key, bad value."""
+
+    error_code = "CONFIG_ERROR"
+
+
+class InputError(CapbatchError):
+    """An input table, or one row of it, cannot be used."""
+
+    error_code = "INPUT_ERROR"
+
+
+class TableError(InputError):
+    """The whole input table is unusable (unreadable, empty of an image column, ...)."""
+
+    error_code = "INPUT_TABLE_ERROR"
+
+
+class RowInputError(InputError):
+    """One row's image cannot be read; the row is recorded as failed and the run goes on."""
+
+    error_code = "INPUT_INVALID"
+
+    def __init__(self, message: str, *, error_code: str, row: int | None = None) -> None:
+        super().__init__(message, error_code=error_code)
+        self.row = row
+
+
+class TransportError(CapbatchError):
+    """The request did not produce a reply that could be parsed."""
+
+    error_code = "TRANSPORT_ERROR"
+
+
+class ConnectionFailed(TransportError):
+    """Connecting failed or the connection dropped before a full reply."""
+
+    error_code = "CONNECTION_FAILED"
+
+
+class RequestTimeout(TransportError):
+    """No reply arrived within the timeout."""
+
+    error_code = "REQUEST_TIMEOUT"
+
+
+class MalformedReply(TransportError):
+    """The reply was not the protocol's JSON (HTML error page, truncated body, ...)."""
+
+    error_code = "MALFORMED_REPLY"
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class APIError(CapbatchError):
+    """The provider answered with an error (``errorId != 0`` or an HTTP error status)."""
+
+    error_code = "API_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_code: str | None = None,
+        http_status: int | None = None,
+        task_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, error_code=error_code)
+        self.http_status = http_status
+        self.task_id = task_id
+        self.retry_after = retry_after
+
+
+class AuthError(APIError):
+    """The key is wrong or denied. Fatal for the run."""
+
+    error_code = "ERROR_KEY_DENIED_ACCESS"
+
+
+class BalanceError(APIError):
+    """The account has no money left. Fatal for the run."""
+
+    error_code = "ERROR_ZERO_BALANCE"
+
+
+class BannedError(APIError):
+    """The client's IP address is banned. Fatal for the run."""
+
+    error_code = "ERROR_IP_BANNED"
+
+
+class TemporarilyBlocked(APIError):
+    """The key is blocked for a few minutes after too many errors: pause, then go on."""
+
+    error_code = "ERROR_KEY_TEMP_BLOCKED"
+
+
+class RateLimited(APIError):
+    """Over the key's request rate: slow the whole run down and retry."""
+
+    error_code = "ERROR_RATE_LIMIT"
+
+
+class ServiceUnavailable(APIError):
+    """The service is overloaded or failing (HTTP 5xx): retry with backoff."""
+
+    error_code = "ERROR_SERVICE_UNAVALIABLE"
+
+
+class Unsolvable(APIError):
+    """The service could not solve this captcha: retry a bounded number of times."""
+
+    error_code = "ERROR_CAPTCHA_UNSOLVABLE"
+
+
+class TaskExpired(APIError):
+    """The task id is unknown, expired or timed out: create the task again (bounded)."""
+
+    error_code = "ERROR_TASKID_INVALID"
+
+
+class InvalidTask(APIError):
+    """The service refused the request or image: record it on the row, do not retry."""
+
+    error_code = "ERROR_INVALID_TASK_DATA"
