@@ -31,8 +31,7 @@ from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
 from ._secrets import Secret
 from ._version import __version__
 
-__all__ = [
-    "PROVIDERS",
+__all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_exported_members.py
     "APIError",
     "Action",
     "AuthError",
@@ -44,6 +43,7 @@ __all__ = [
     "InputError",
     "InvalidTask",
     "MalformedReply",
+    "PROVIDERS",
     "PollSchedule",
     "ProviderClient",
     "ProviderProfile",

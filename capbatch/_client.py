@@ -12,19 +12,21 @@ Callers may pass their own ``httpx.AsyncClient`` (tests pass one over
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from . import _protocol as protocol
-from ._exceptions import ConfigError, ConnectionFailed, RequestTimeout
+from ._exceptions import CapbatchError, ConfigError, ConnectionFailed, RequestTimeout
 from ._providers import ProviderProfile
-from ._secrets import Secret, as_secret
+from ._secrets import Secret, as_secret, redact
 from ._transport import AiohttpTransport
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+T = TypeVar("T")
 
 
 class TaskService(Protocol):
@@ -96,19 +98,22 @@ class ProviderClient:
     async def _post(self, endpoint: str, body: Mapping[str, Any]) -> httpx.Response:
         content = json.dumps(body, separators=(",", ":")).encode()
         # Try the current host, then each fallback, but only past connect failures:
-        # nothing was sent then, so moving on cannot create a task twice.
-        for _ in range(len(self._urls)):
+        # nothing was sent then, so moving on cannot create a task twice. Each call walks
+        # the hosts from where it started, so concurrent failures cannot send a call back
+        # to the host that just refused it.
+        start = self._url_index
+        last: Exception | None = None
+        for step in range(len(self._urls)):
+            index = (start + step) % len(self._urls)
             try:
-                return await self._http.post(
-                    self.base_url + endpoint,
+                response = await self._http.post(
+                    self._urls[index] + endpoint,
                     content=content,
                     headers={"Content-Type": "application/json"},
                 )
             except httpx.ConnectError as exc:
-                last: Exception = exc
-                if len(self._urls) == 1:
-                    break
-                self._url_index = (self._url_index + 1) % len(self._urls)
+                last = exc
+                continue
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
                 raise RequestTimeout(
@@ -120,14 +125,37 @@ class ProviderClient:
                     f"{endpoint}: connection lost ({type(exc).__name__})",
                     error_code="CONNECTION_LOST",
                 ) from None
+            # Later calls start from the host that answered.
+            self._url_index = index
+            return response
+        hosts = ", ".join(self._urls)
         raise ConnectionFailed(
-            f"{endpoint}: cannot connect to {self.base_url} ({type(last).__name__})",
+            f"{endpoint}: cannot connect to {hosts} ({type(last).__name__})",
             error_code="CONNECT_FAILED",
         ) from None
 
-    @staticmethod
-    def _retry_after(response: httpx.Response) -> float | None:
-        return protocol.parse_retry_after(response.headers.get("Retry-After"))
+    def _redacted(self, exc: CapbatchError) -> CapbatchError:
+        """``exc`` with the key masked in its text: the provider's own words (an echoed
+        description, an HTML page quoting the request) must not carry it out."""
+        clean = redact(exc.message, self._key)
+        if clean != exc.message:
+            exc.message = clean
+            exc.args = (clean,)
+        return exc
+
+    async def _call(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        parse: Callable[[int, bytes, float | None], T],
+    ) -> T:
+        """POST ``body`` and parse the reply; errors leave with the key masked."""
+        response = await self._post(endpoint, body)
+        retry_after = protocol.parse_retry_after(response.headers.get("Retry-After"))
+        try:
+            return parse(response.status_code, response.content, retry_after)
+        except CapbatchError as exc:
+            raise self._redacted(exc) from None
 
     async def create_task(
         self, task: Mapping[str, Any], *, callback_url: str | None = None
@@ -135,31 +163,33 @@ class ProviderClient:
         body = protocol.create_task_body(
             self._key.reveal(), task, app_id=self.app_id, callback_url=callback_url
         )
-        response = await self._post("/createTask", body)
-        return protocol.parse_create_task(
-            self.profile,
-            response.status_code,
-            response.content,
-            retry_after=self._retry_after(response),
+        return await self._call(
+            "/createTask",
+            body,
+            lambda status, content, retry_after: protocol.parse_create_task(
+                self.profile, status, content, retry_after=retry_after
+            ),
         )
 
     async def get_task_result(self, task_id: str) -> protocol.TaskReply:
         body = protocol.get_task_result_body(self.profile, self._key.reveal(), task_id)
-        response = await self._post("/getTaskResult", body)
-        return protocol.parse_task_result(
-            self.profile,
-            response.status_code,
-            response.content,
-            task_id,
-            retry_after=self._retry_after(response),
+        return await self._call(
+            "/getTaskResult",
+            body,
+            lambda status, content, retry_after: protocol.parse_task_result(
+                self.profile, status, content, task_id, retry_after=retry_after
+            ),
         )
 
     async def get_balance(self) -> float | None:
         if not self.profile.has_balance:
             return None
-        response = await self._post("/getBalance", protocol.get_balance_body(self._key.reveal()))
-        return protocol.parse_balance(
-            response.status_code, response.content, retry_after=self._retry_after(response)
+        return await self._call(
+            "/getBalance",
+            protocol.get_balance_body(self._key.reveal()),
+            lambda status, content, retry_after: protocol.parse_balance(
+                status, content, retry_after=retry_after
+            ),
         )
 
     async def report_incorrect(self, task_id: str, *, message: str | None = None) -> bool:
@@ -169,12 +199,12 @@ class ProviderClient:
         body = protocol.report_incorrect_body(
             self.profile, self._key.reveal(), task_id, app_id=self.app_id, message=message
         )
-        response = await self._post(self.profile.report_endpoint, body)
-        return protocol.parse_report(
-            response.status_code,
-            response.content,
-            task_id,
-            retry_after=self._retry_after(response),
+        return await self._call(
+            self.profile.report_endpoint,
+            body,
+            lambda status, content, retry_after: protocol.parse_report(
+                status, content, task_id, retry_after=retry_after
+            ),
         )
 
     async def aclose(self) -> None:

@@ -22,6 +22,7 @@ from ._exceptions import (
     BalanceError,
     BannedError,
     CapbatchError,
+    ConfigError,
     ConnectionFailed,
     InputError,
     InvalidTask,
@@ -134,6 +135,8 @@ ACTIONS: Mapping[type[CapbatchError], Action] = {
     MalformedReply: Action.RETRY,
     TransportError: Action.RETRY,
     InputError: Action.RECORD,
+    # A setup problem (a solver missing, a bad option) would fail every row the same way.
+    ConfigError: Action.FATAL,
     CapbatchError: Action.RECORD,
 }
 
@@ -289,7 +292,9 @@ def answer_of(solution: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def decode_json(http_status: int, content: bytes) -> dict[str, Any]:
+def decode_json(
+    http_status: int, content: bytes, *, retry_after: float | None = None
+) -> dict[str, Any]:
     """Parse a reply body; non-JSON bodies become the right transport or API error."""
     try:
         payload = json.loads(content)
@@ -302,9 +307,10 @@ def decode_json(http_status: int, content: bytes) -> dict[str, Any]:
             f"HTTP {http_status} with a body that is not JSON",
             error_code=f"HTTP_{http_status}",
             http_status=http_status,
+            retry_after=retry_after,
         )
     if http_status in HTTP_STATUSES:
-        raise error_from_reply(http_status, None)
+        raise error_from_reply(http_status, None, retry_after=retry_after)
     snippet = content[:80].decode("utf-8", "replace").replace("\n", " ")
     raise MalformedReply(
         f"reply is not a JSON object (HTTP {http_status}): {snippet!r}",
@@ -374,7 +380,7 @@ def parse_create_task(
     retry_after: float | None = None,
 ) -> TaskReply:
     """A createTask reply: synchronous ``ready`` or deferred (with or without status)."""
-    payload = decode_json(http_status, content)
+    payload = decode_json(http_status, content, retry_after=retry_after)
     _raise_for_error(http_status, payload, retry_after=retry_after, task_id=None)
     raw_id = payload.get("taskId")
     task_id = None if raw_id in (None, "") else str(raw_id)
@@ -393,13 +399,13 @@ def parse_task_result(
     retry_after: float | None = None,
 ) -> TaskReply:
     """A getTaskResult reply: pending (idle/processing), ready, or an error."""
-    payload = decode_json(http_status, content)
+    payload = decode_json(http_status, content, retry_after=retry_after)
     _raise_for_error(http_status, payload, retry_after=retry_after, task_id=task_id)
     return _task_reply(profile, payload, task_id)
 
 
 def parse_balance(http_status: int, content: bytes, *, retry_after: float | None = None) -> float:
-    payload = decode_json(http_status, content)
+    payload = decode_json(http_status, content, retry_after=retry_after)
     _raise_for_error(http_status, payload, retry_after=retry_after, task_id=None)
     try:
         return float(payload["balance"])
@@ -411,7 +417,7 @@ def parse_report(
     http_status: int, content: bytes, task_id: str, *, retry_after: float | None = None
 ) -> bool:
     """True when the provider accepted the report of a wrong answer."""
-    payload = decode_json(http_status, content)
+    payload = decode_json(http_status, content, retry_after=retry_after)
     _raise_for_error(http_status, payload, retry_after=retry_after, task_id=task_id)
     status = payload.get("status")
     return status in (None, "success", "ok", "ready") or bool(payload.get("message") is not None)

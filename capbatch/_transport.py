@@ -59,12 +59,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         session = self._get_session()
         body = request.content or None
+        # aiohttp wants str header names; keep httpx's raw casing and order.
+        request_headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw
+        ]
         try:
             async with session.request(
                 request.method,
                 str(request.url),
                 data=body,
-                headers=request.headers.raw,
+                headers=request_headers,
                 allow_redirects=False,
                 timeout=timeout,
             ) as response:

@@ -7,10 +7,52 @@ Exit status: 0 when the command finished (failed rows are recorded, not fatal),
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
 
+from ._api import RunOptions, execute
+from ._exceptions import CapbatchError, ConfigError, InputError
+from ._providers import PROVIDERS
 from ._version import __version__
 from .emulator._cli import serve
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _fail(error: CapbatchError) -> int:
+    """One clean line for a library error, and the exit status it deserves."""
+    _echo_err(f"capbatch: error: {error}")
+    if isinstance(error, (ConfigError, InputError)):
+        return EXIT_USAGE
+    return EXIT_FATAL
+
+
+def _task_params(values: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values that read as JSON (numbers, true, lists) are typed."""
+    import json
+
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--task-param")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[key.strip()] = value
+    return params
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +66,116 @@ def cli() -> None:
       1  a run-fatal error stopped it (bad key, no balance, IP ban)
       2  usage error or unreadable input
     """
+
+
+@cli.command("run")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Results file, .parquet or .csv [default: INPUT_STEM.results.parquet beside INPUT].",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(sorted(PROVIDERS)),
+    help="Recognition service [default: capsolver with a key, else local].",
+)
+@click.option("--base-url", help="Provider API base URL (e.g. the emulator's).")
+@click.option(
+    "--api-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File whose first line is the API key [default: the provider's env variable].",
+)
+@click.option("--image-column", help="Column holding paths, base64 or bytes [default: detected].")
+@click.option("--id-column", help="Column identifying rows [default: detected].")
+@click.option("--task-type", default="ImageToTextTask", show_default=True)
+@click.option(
+    "--task-param",
+    "task_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra task field, repeatable (e.g. module=common, case=true).",
+)
+@click.option("--rate", type=float, help="Requests per second, all requests to the provider.")
+@click.option("--max-in-flight", type=int, help="Most requests open at once.")
+@click.option("--max-attempts", type=int, default=5, show_default=True)
+@click.option("--max-spend", type=float, help="Spend cap in USD, never exceeded.")
+@click.option("--price", type=float, help="USD per task [default: the provider's table price].")
+@click.option("--app-id", help="Sent as appId (developer revenue share).")
+@click.option("--journal", type=click.Path(path_type=Path), help="Journal path.")
+@click.option("--no-cache", is_flag=True, help="Solve identical images separately.")
+@click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def run_command(
+    input_path: Path,
+    output: Path | None,
+    provider: str | None,
+    base_url: str | None,
+    api_key_file: Path | None,
+    image_column: str | None,
+    id_column: str | None,
+    task_type: str,
+    task_params: tuple[str, ...],
+    rate: float | None,
+    max_in_flight: int | None,
+    max_attempts: int,
+    max_spend: float | None,
+    price: float | None,
+    app_id: str | None,
+    journal: Path | None,
+    no_cache: bool,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """Solve every image in INPUT (Parquet, CSV or JSONL) and write the results.
+
+    The API key comes from CAPSOLVER_API_KEY, ANTICAPTCHA_API_KEY,
+    CAPMONSTER_API_KEY or TWOCAPTCHA_API_KEY (by --provider), or --api-key-file.
+    With no provider and no key, the local solver (ddddocr) answers offline.
+    Re-running the same command resumes: answered rows are never paid for twice.
+    """
+    options = RunOptions(
+        output=output,
+        provider=provider,
+        base_url=base_url,
+        api_key_file=api_key_file,
+        image_column=image_column,
+        id_column=id_column,
+        task_type=task_type,
+        task_params=_task_params(task_params),
+        rate=rate,
+        max_in_flight=max_in_flight,
+        max_attempts=max_attempts,
+        max_spend=max_spend,
+        price=price,
+        app_id=app_id,
+        journal=journal,
+        cache=not no_cache,
+        dry_run=dry_run,
+        quiet=quiet,
+        progress=not quiet,
+        notice=_echo_err,
+    )
+    try:
+        outcome = asyncio.run(execute(input_path, options))
+    except KeyboardInterrupt:
+        _echo_err("capbatch: interrupted; the journal is intact: run the same command to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    except CapbatchError as error:
+        code = _fail(error)
+        if code == EXIT_FATAL:
+            _echo_err("capbatch: the journal is intact: fix the cause and run the same command")
+        sys.exit(code)
+    summary = outcome.summary
+    if dry_run:
+        for line in summary.notices[-1:]:
+            click.echo(line)
+        return
+    if not quiet:
+        _echo_err(summary.format())
+    if summary.output:
+        click.echo(summary.output)
 
 
 cli.add_command(serve)

@@ -1,0 +1,397 @@
+"""The public run API: ``run``, ``arun`` and the CLI's ``execute``; options resolved once.
+
+``arun`` is the engine. ``run`` wraps it for synchronous callers and also works inside
+Jupyter's running event loop, by running a private loop in a worker thread (no global
+``nest_asyncio`` patching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pyarrow as pa
+
+from ._client import ProviderClient, TaskService
+from ._exceptions import AuthError, BalanceError, BannedError, CapbatchError, ConfigError
+from ._inputs import TableSource
+from ._journal import Journal
+from ._limits import Clock, Limits, RateLimiter
+from ._outputs import ResultWriter, RowResult, output_schema, read_results, results_to_arrays
+from ._progress import CallbackProgress, Progress, RunCounters, SilentProgress, TqdmProgress
+from ._providers import CAPSOLVER, ProviderProfile, get_profile
+from ._runner import BatchRunner
+from ._scheduler import RetryPolicy, TaskSolver
+from ._secrets import Secret, as_secret, load_key
+from ._spend import SpendGuard
+from ._summary import RunSummary, SummarySink
+from ._version import __version__
+
+ProgressOption = bool | Progress | Callable[[RunCounters, RowResult | None], None]
+
+
+@dataclass
+class RunOptions:
+    """Every option of a run. ``run(source, **options)`` takes these as keywords."""
+
+    output: str | os.PathLike[str] | None = None
+    provider: str | None = None
+    base_url: str | None = None
+    api_key: str | Secret | None = field(default=None, repr=False)
+    api_key_file: str | os.PathLike[str] | None = None
+    image_column: str | None = None
+    id_column: str | None = None
+    task_type: str = "ImageToTextTask"
+    task_params: Mapping[str, Any] = field(default_factory=dict)
+    rate: float | None = None
+    max_in_flight: int | None = None
+    max_attempts: int = 5
+    max_spend: float | None = None
+    price: float | None = None
+    app_id: str | None = None
+    cache: bool = True
+    dry_run: bool = False
+    quiet: bool = False
+    progress: ProgressOption = True
+    journal: str | os.PathLike[str] | None = None
+    http_client: httpx.AsyncClient | None = field(default=None, repr=False)
+    service: TaskService | None = field(default=None, repr=False)
+    batch_rows: int = 1024
+    retry: RetryPolicy | None = None
+    notice: Callable[[str], None] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown run option(s): {', '.join(unknown)}")
+        return cls(**options)
+
+
+@dataclass
+class ResolvedRun:
+    profile: ProviderProfile
+    key: Secret | None
+    limits: Limits
+    price: float
+    notices: list[str]
+
+
+def resolve(options: RunOptions) -> ResolvedRun:
+    """Provider, key, limits and price from the options, checked before any request."""
+    notices: list[str] = []
+    explicit_key = as_secret(options.api_key)
+    if options.provider is None and options.service is None:
+        key = explicit_key or load_key(env_var=CAPSOLVER.key_env_var, key_file=options.api_key_file)
+        if key or options.base_url:
+            profile = CAPSOLVER
+        else:
+            profile = get_profile("local")
+            notices.append(
+                "no provider given and no CAPSOLVER_API_KEY set: "
+                "solving locally with ddddocr (free, offline)"
+            )
+    else:
+        profile = get_profile(options.provider or "capsolver")
+        key = explicit_key or load_key(env_var=profile.key_env_var, key_file=options.api_key_file)
+    if not profile.is_local and options.service is None and not key:
+        raise ConfigError(
+            f"no API key for {profile.name}: set {profile.key_env_var} or pass --api-key-file"
+        )
+    limits = Limits(
+        rate=options.rate if options.rate is not None else profile.default_rate,
+        max_in_flight=options.max_in_flight or _default_in_flight(profile),
+        max_attempts=options.max_attempts,
+        max_spend=options.max_spend,
+    )
+    price = options.price if options.price is not None else profile.price_for(options.task_type)
+    if price < 0:
+        raise ConfigError(f"--price cannot be negative (got {price})")
+    if options.task_type != "ImageToTextTask" and not options.task_params and profile.is_local:
+        raise ConfigError("the local solver only answers ImageToTextTask")
+    return ResolvedRun(profile, key, limits, price, notices)
+
+
+def _default_in_flight(profile: ProviderProfile) -> int:
+    if profile.is_local:
+        return 2 * (os.cpu_count() or 1)
+    return profile.default_max_in_flight
+
+
+def default_output(source: object) -> Path | None:
+    """``<input stem>.results.parquet`` beside a file input; None for in-memory input."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path.with_name(f"{path.stem}.results.parquet")
+    return None
+
+
+def default_journal(output: Path | None) -> str:
+    if output is None:
+        return ":memory:"
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return str(output.with_name(f"{stem}.journal.sqlite"))
+
+
+def _make_service(options: RunOptions, resolved: ResolvedRun) -> TaskService:
+    if options.service is not None:
+        return options.service
+    if resolved.profile.is_local:
+        from .local import LocalService
+
+        return LocalService()
+    assert resolved.key is not None
+    return ProviderClient(
+        resolved.profile,
+        resolved.key,
+        base_url=options.base_url,
+        http_client=options.http_client,
+        app_id=options.app_id,
+        max_connections=resolved.limits.max_in_flight,
+    )
+
+
+def _make_progress(options: RunOptions) -> Progress:
+    choice = options.progress
+    if options.quiet or choice is False:
+        return SilentProgress()
+    if choice is True:
+        return TqdmProgress()
+    if callable(choice) and not hasattr(choice, "update"):
+        return CallbackProgress(choice)
+    return choice  # type: ignore[return-value]
+
+
+class MemorySink:
+    """Collects result batches in memory, for in-memory inputs without an output path."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+
+    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None:
+        schema = output_schema(batch.schema)
+        arrays = list(batch.columns) + results_to_arrays(results)
+        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+
+    def table(self, input_schema: pa.Schema) -> pa.Table:
+        return pa.Table.from_batches(self.batches, schema=output_schema(input_schema))
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+async def _balance(service: TaskService) -> float | None:
+    """The balance, or None when unavailable; a bad key or ban stops the run here."""
+    try:
+        return await service.get_balance()
+    except (AuthError, BannedError, BalanceError):
+        raise
+    except CapbatchError:
+        return None
+
+
+@dataclass
+class RunOutcome:
+    summary: RunSummary
+    frame: pd.DataFrame | None = None
+
+
+async def execute(source: Any, options: RunOptions, *, want_frame: bool = False) -> RunOutcome:
+    """One run from start to summary. The CLI calls this; ``arun`` wraps it."""
+    resolved = resolve(options)
+    notice = options.notice or (lambda _message: None)
+    for message in resolved.notices:
+        if not options.quiet:
+            notice(message)
+    table = TableSource(
+        source,
+        image_column=options.image_column,
+        id_column=options.id_column,
+        batch_rows=options.batch_rows,
+    )
+    output = Path(options.output) if options.output is not None else default_output(source)
+    journal_path = str(options.journal) if options.journal is not None else default_journal(output)
+    task_params = dict(options.task_params)
+    cache_params = {**task_params, "_provider": resolved.profile.name}
+
+    if options.dry_run:
+        from ._dryrun import dry_run
+
+        # A dry run reads an existing journal (to count cached answers) but creates none.
+        exists = journal_path != ":memory:" and Path(journal_path).exists()
+        journal = Journal(journal_path if exists else ":memory:")
+        try:
+            summary = await asyncio.to_thread(
+                dry_run, table, journal, resolved, options, cache_params
+            )
+        finally:
+            journal.close()
+        return RunOutcome(summary)
+
+    summary = RunSummary(
+        provider=resolved.profile.name,
+        task_type=options.task_type,
+        output=str(output) if output else None,
+        journal=journal_path if journal_path != ":memory:" else None,
+        notices=list(resolved.notices),
+        started_at=_now_iso(),
+    )
+    service = _make_service(options, resolved)
+    journal = Journal(journal_path)
+    writer: ResultWriter | None = None
+    memory: MemorySink | None = None
+    started = time.monotonic()
+    try:
+        summary.balance_before = await _balance(service)
+        if output is not None:
+            writer = ResultWriter(output, table.schema)
+        else:
+            memory = MemorySink()
+        sink = SummarySink(writer if writer is not None else memory)
+        counters = RunCounters(total=table.num_rows)
+        done_before = journal.counts().get("done", 0)
+        progress = _make_progress(options)
+        clock = Clock()
+        limiter = RateLimiter(resolved.limits.rate, clock=clock)
+        spend = SpendGuard(resolved.limits.max_spend)
+        solver = TaskSolver(
+            service,
+            resolved.profile,
+            journal,
+            resolved.limits,
+            limiter,
+            spend,
+            price=resolved.price,
+            clock=clock,
+            policy=options.retry,
+        )
+        task_type = options.task_type
+
+        def make_task(image: bytes) -> dict[str, Any]:
+            task: dict[str, Any] = {"type": task_type, **task_params}
+            task["body"] = base64.b64encode(image).decode("ascii")
+            return task
+
+        runner = BatchRunner(
+            table,
+            sink,
+            solver,
+            journal,
+            resolved.profile,
+            task_type=task_type,
+            task_params=cache_params,
+            cache=options.cache,
+            progress=progress,
+            counters=counters,
+            max_pending_jobs=max(4 * resolved.limits.max_in_flight, 64),
+            max_buffered_rows=max(16 * options.batch_rows, 65_536),
+            make_task=make_task,
+        )
+        progress.start(counters)
+        try:
+            await runner.run()
+        finally:
+            progress.close(counters)
+            sink.fill(summary)
+            summary.resumed = min(done_before, summary.rows)
+            stats = solver.stats
+            summary.requests = stats.requests
+            summary.creates = stats.creates
+            summary.polls = stats.polls
+            summary.rate_limited = stats.rate_limited
+            summary.possible_double_payments = stats.possible_double_payments
+            summary.spend_usd = spend.spent
+            summary.spend_cap_reached = spend.cap_reached or runner.spend_capped > 0
+            summary.duration_s = time.monotonic() - started
+            summary.achieved_rate = stats.requests / max(summary.duration_s, 1e-9)
+            summary.finished_at = _now_iso()
+        summary.balance_after = (
+            await _balance(service) if summary.balance_before is not None else None
+        )
+        frame = None
+        if writer is not None:
+            writer.finish(_metadata(summary, options, resolved))
+            if want_frame and output is not None:
+                frame = read_results(output)
+        elif memory is not None and want_frame:
+            frame = memory.table(table.schema).to_pandas()
+        if frame is not None:
+            frame.attrs["capbatch"] = summary.to_dict()
+        return RunOutcome(summary, frame)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        journal.close()
+        if options.service is None:
+            await service.aclose()
+
+
+def _metadata(summary: RunSummary, options: RunOptions, resolved: ResolvedRun) -> dict[str, str]:
+    settings = {
+        "provider": resolved.profile.name,
+        "base_url": options.base_url or resolved.profile.base_url or None,
+        "task_type": options.task_type,
+        "task_params": dict(options.task_params),
+        "rate": resolved.limits.rate,
+        "max_in_flight": resolved.limits.max_in_flight,
+        "max_attempts": resolved.limits.max_attempts,
+        "max_spend": resolved.limits.max_spend,
+        "price": resolved.price,
+        "cache": options.cache,
+        "app_id": options.app_id,
+    }
+    return {
+        "capbatch.version": __version__,
+        "capbatch.provider": resolved.profile.name,
+        "capbatch.task_type": options.task_type,
+        "capbatch.started_at": summary.started_at,
+        "capbatch.finished_at": summary.finished_at,
+        "capbatch.spend_usd": f"{summary.spend_usd:.6f}",
+        "capbatch.balance_before": ""
+        if summary.balance_before is None
+        else str(summary.balance_before),
+        "capbatch.balance_after": ""
+        if summary.balance_after is None
+        else str(summary.balance_after),
+        "capbatch.settings": json.dumps(settings, sort_keys=True, default=str),
+        "capbatch.run": summary.to_json(),
+    }
+
+
+async def arun(source: Any, **options: Any) -> pd.DataFrame:
+    """Run ``source`` (path, DataFrame or pyarrow Table) and return the results table.
+
+    The run's summary is in ``frame.attrs["capbatch"]``. See ``RunOptions`` for options.
+    """
+    outcome = await execute(source, RunOptions.from_kwargs(options), want_frame=True)
+    if outcome.frame is None:  # a dry run
+        frame = pd.DataFrame()
+        frame.attrs["capbatch"] = outcome.summary.to_dict()
+        return frame
+    return outcome.frame
+
+
+def run(source: Any, **options: Any) -> pd.DataFrame:
+    """``arun`` for synchronous callers; also works inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun(source, **options))
+    # Inside Jupyter (or any running loop): run a private loop in a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capbatch-run") as pool:
+        return pool.submit(asyncio.run, arun(source, **options)).result()

@@ -1,0 +1,268 @@
+"""The write-ahead journal: every paid step on disk before the next one is taken.
+
+One SQLite file (stdlib ``sqlite3``, WAL mode) per output. A task moves through
+``intent`` (written just before ``createTask`` is sent), ``created`` (its ``taskId`` as
+soon as the reply arrives) and ``done`` (the final result). Each write is committed
+before the request it guards is sent; in WAL mode a commit is a ``write()`` to the
+log, so it survives ``kill -9`` (though not a power cut: ``synchronous=NORMAL`` is the
+documented trade-off for WAL, and the worst case is one more possible double payment).
+
+Tasks are keyed by content (``_inputs.task_key``): re-running after a crash, or with
+rows appended, finds answered keys and never sends them again; a key left ``created``
+is polled, not re-created, while the provider still keeps it; a key left at ``intent``
+was in flight at the crash and may have been paid: the run counts it.
+
+The account key is never written here: rows hold only task ids, answers and errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import ConfigError
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    key           TEXT PRIMARY KEY,  -- content key (plus the row key with the cache off)
+    state         TEXT NOT NULL,     -- intent | created | done
+    owner         TEXT,              -- row key of the row that paid for this task
+    task_id       TEXT,
+    created_at    REAL,              -- wall time the task id was received (task TTL)
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    polls         INTEGER NOT NULL DEFAULT 0,
+    uncertain     INTEGER NOT NULL DEFAULT 0,  -- sends whose outcome is unknown
+    status        TEXT,
+    answer        TEXT,
+    solution      TEXT,
+    error_code    TEXT,
+    error_message TEXT,
+    cost          REAL,
+    provider      TEXT,
+    submitted_at  REAL,
+    finished_at   REAL,
+    latency_ms    REAL,
+    queue_ms      REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One task's row in the journal."""
+
+    key: str
+    state: str
+    owner: str | None
+    task_id: str | None
+    created_at: float | None
+    attempts: int
+    polls: int
+    uncertain: int
+    status: str | None
+    answer: str | None
+    solution: Mapping[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    cost: float | None
+    provider: str | None
+    submitted_at: float | None
+    finished_at: float | None
+    latency_ms: float | None
+    queue_ms: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
+_COLUMNS = (
+    "key, state, owner, task_id, created_at, attempts, polls, uncertain, status, answer, "
+    "solution, error_code, error_message, cost, provider, submitted_at, finished_at, "
+    "latency_ms, queue_ms"
+)
+
+
+def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    values = list(row)
+    solution = values[10]
+    values[10] = json.loads(solution) if solution else None
+    return JournalEntry(*values)
+
+
+class Journal:
+    """The SQLite journal of one output. Not thread-safe: use it from one thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot open the journal {self.path}: {exc}") from None
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        elif version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"the journal {self.path} has schema {version}; this capbatch writes "
+                f"{SCHEMA_VERSION}. Use another --journal path."
+            )
+
+    # --- metadata ---------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # --- reads ------------------------------------------------------------------------
+
+    def get(self, key: str) -> JournalEntry | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE key = ?", (key,)).fetchone()  # noqa: S608
+        return None if row is None else _entry(row)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, JournalEntry]:
+        """Entries for ``keys`` (those present), in chunks to respect SQLite's limits."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, JournalEntry] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {_COLUMNS} FROM tasks WHERE key IN ({marks})"  # noqa: S608
+            for row in self._db.execute(sql, chunk):
+                entry = _entry(row)
+                found[entry.key] = entry
+        return found
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks per state (``intent``, ``created``, ``done``)."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        return {str(state): int(n) for state, n in rows}
+
+    def unfinished(self) -> list[JournalEntry]:
+        """Tasks left at ``intent`` or ``created`` by an earlier run that stopped."""
+        sql = f"SELECT {_COLUMNS} FROM tasks WHERE state != 'done'"  # noqa: S608
+        return [_entry(row) for row in self._db.execute(sql)]
+
+    # --- writes (each one committed before the step it guards) -------------------------
+
+    def record_intent(self, key: str, *, owner: str, provider: str, submitted_at: float) -> None:
+        """About to send createTask for ``key``. Keeps the earlier submit time on retries."""
+        self._db.execute(
+            "INSERT INTO tasks (key, state, owner, provider, submitted_at, attempts) "
+            "VALUES (?, 'intent', ?, ?, ?, 1) "
+            "ON CONFLICT(key) DO UPDATE SET state = 'intent', task_id = NULL, "
+            "created_at = NULL, owner = excluded.owner, provider = excluded.provider, "
+            "attempts = attempts + 1, "
+            "submitted_at = COALESCE(submitted_at, excluded.submitted_at)",
+            (key, owner, provider, submitted_at),
+        )
+
+    def record_uncertain(self, key: str) -> None:
+        """A createTask for ``key`` may have reached the provider without a reply."""
+        self._db.execute("UPDATE tasks SET uncertain = uncertain + 1 WHERE key = ?", (key,))
+
+    def record_created(self, key: str, task_id: str, *, created_at: float) -> None:
+        self._db.execute(
+            "UPDATE tasks SET state = 'created', task_id = ?, created_at = ? WHERE key = ?",
+            (task_id, created_at, key),
+        )
+
+    def record_result(
+        self,
+        key: str,
+        *,
+        status: str,
+        answer: str | None,
+        solution: Mapping[str, Any] | None,
+        error_code: str | None,
+        error_message: str | None,
+        cost: float,
+        task_id: str | None,
+        polls: int,
+        finished_at: float,
+        latency_ms: float | None,
+        queue_ms: float | None,
+        owner: str | None = None,
+        provider: str | None = None,
+        submitted_at: float | None = None,
+    ) -> None:
+        """The final result of ``key``. Also creates the row for keys never sent."""
+        solution_text = (
+            json.dumps(solution, ensure_ascii=False, separators=(",", ":"))
+            if solution is not None
+            else None
+        )
+        self._db.execute(
+            "INSERT INTO tasks (key, state, owner, provider, submitted_at, status, answer, "
+            "solution, error_code, error_message, cost, task_id, polls, finished_at, "
+            "latency_ms, queue_ms) VALUES (?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET state = 'done', status = excluded.status, "
+            "answer = excluded.answer, solution = excluded.solution, "
+            "error_code = excluded.error_code, error_message = excluded.error_message, "
+            "cost = COALESCE(cost, 0) + excluded.cost, "
+            "task_id = COALESCE(excluded.task_id, task_id), polls = polls + excluded.polls, "
+            "finished_at = excluded.finished_at, latency_ms = excluded.latency_ms, "
+            "queue_ms = excluded.queue_ms, "
+            "owner = COALESCE(owner, excluded.owner), "
+            "provider = COALESCE(provider, excluded.provider), "
+            "submitted_at = COALESCE(submitted_at, excluded.submitted_at)",
+            (
+                key,
+                owner,
+                provider,
+                submitted_at,
+                status,
+                answer,
+                solution_text,
+                error_code,
+                error_message,
+                cost,
+                task_id,
+                polls,
+                finished_at,
+                latency_ms,
+                queue_ms,
+            ),
+        )
+
+    def record_spent(self, key: str, cost: float) -> None:
+        """Money spent on ``key`` before its final result (a charged failed attempt)."""
+        self._db.execute("UPDATE tasks SET cost = COALESCE(cost, 0) + ? WHERE key = ?", (cost, key))
+
+    def forget(self, key: str) -> None:
+        """Drop an unfinished key so a later run sends it afresh (never a done one)."""
+        self._db.execute("DELETE FROM tasks WHERE key = ? AND state != 'done'", (key,))
+
+    def total_spent(self) -> float:
+        row = self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM tasks").fetchone()
+        return float(row[0])
+
+    def close(self) -> None:
+        # Best effort on the way out: fold the WAL back so one file remains.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()

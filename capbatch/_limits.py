@@ -1,0 +1,116 @@
+"""Rate limiting: one limiter for every request to a provider, plus an in-flight cap.
+
+``RateLimiter`` hands out send times spaced ``1/rate`` apart (GCRA with a burst of
+one), so a run never bursts at start or resume: the first request goes at once, the
+next ``1/rate`` later, and so on, whatever the queue. On ``ERROR_RATE_LIMIT`` the
+runner calls ``slow_down``: the rate drops multiplicatively and everyone waits out the
+``Retry-After``; after a stretch of clean requests it climbs back (AIMD, as TCP does).
+
+Time comes from a ``Clock`` so tests use a fake one and never sleep for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from ._exceptions import ConfigError
+
+#: Aim slightly under the configured rate: sends are scheduled exactly, but the event
+#: loop and the network add jitter, and a request that leaves a little late next to one
+#: on time would otherwise put ``rate + 1`` requests into some one-second window.
+SAFETY_FACTOR = 0.98
+
+
+class Clock:
+    """Real time. Tests pass a fake with the same two methods."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits of one run, validated once."""
+
+    rate: float
+    max_in_flight: int
+    max_attempts: int = 5
+    max_spend: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ConfigError(f"--rate must be above 0 (got {self.rate})")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight must be at least 1 (got {self.max_in_flight})")
+        if self.max_attempts < 1:
+            raise ConfigError(f"--max-attempts must be at least 1 (got {self.max_attempts})")
+        if self.max_spend is not None and self.max_spend < 0:
+            raise ConfigError(f"--max-spend cannot be negative (got {self.max_spend})")
+
+
+class RateLimiter:
+    """Spaces requests ``1/rate`` apart across the whole run; adapts to 429s."""
+
+    #: Fraction of the rate kept after a rate-limit error, and the floor.
+    DECREASE = 0.7
+    MIN_FRACTION = 0.05
+    #: Clean requests (in units of the configured rate, i.e. seconds' worth) before
+    #: the rate climbs by ``INCREASE`` of the configured rate.
+    RECOVER_AFTER = 2.0
+    INCREASE = 0.1
+
+    def __init__(self, rate: float, *, clock: Clock | None = None) -> None:
+        if not rate > 0:
+            raise ConfigError(f"rate must be above 0 (got {rate})")
+        self.configured_rate = rate
+        self.rate = rate
+        self._clock = clock or Clock()
+        self._next_slot: float | None = None
+        self._clean = 0
+        self.slowdowns = 0
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / (self.rate * SAFETY_FACTOR)
+
+    def reserve(self) -> float:
+        """Reserve the next send slot; returns how long the caller must wait for it."""
+        now = self._clock.now()
+        slot = now if self._next_slot is None else max(now, self._next_slot)
+        self._next_slot = slot + self.interval
+        return slot - now
+
+    async def acquire(self) -> float:
+        """Wait for a send slot; returns the seconds waited (the row's queue time)."""
+        wait = self.reserve()
+        if wait > 0:
+            await self._clock.sleep(wait)
+        return wait
+
+    def record_success(self) -> None:
+        """A request went through without a rate-limit error: maybe speed back up."""
+        if self.rate >= self.configured_rate:
+            return
+        self._clean += 1
+        if self._clean >= max(1.0, self.RECOVER_AFTER * self.rate):
+            self._clean = 0
+            self.rate = min(self.configured_rate, self.rate + self.INCREASE * self.configured_rate)
+
+    def slow_down(self, retry_after: float | None = None) -> None:
+        """The provider said we are too fast: lower the rate and hold everyone back."""
+        self.slowdowns += 1
+        self._clean = 0
+        self.rate = max(self.configured_rate * self.MIN_FRACTION, self.rate * self.DECREASE)
+        self.pause(retry_after if retry_after is not None else self.interval)
+
+    def pause(self, seconds: float) -> None:
+        """No request leaves for ``seconds`` from now (temporary blocks, Retry-After)."""
+        until = self._clock.now() + max(0.0, seconds)
+        if self._next_slot is None or self._next_slot < until:
+            self._next_slot = until
+

@@ -1,0 +1,323 @@
+"""The run loop: stream batches in, solve their rows, write batches out in order.
+
+Rows flow ``TableSource`` → (resolve images off the event loop) → journal look-up →
+either an answer already paid for, a wait on an identical image already in flight,
+or a new ``Job`` for the ``TaskSolver`` → ``RowResult`` → the batch's slot. A batch is
+written as soon as all its rows are final and every batch before it was written, so
+output order is input order while memory holds only a bounded window of batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from ._exceptions import CapbatchError, RowInputError
+from ._inputs import TableSource, resolve_column, task_key
+from ._journal import Journal, JournalEntry
+from ._outputs import RowResult
+from ._progress import Progress, RunCounters
+from ._protocol import ERROR_CODES, Action, classify
+from ._providers import ProviderProfile
+from ._scheduler import Job, RunStopped, SpendCapReached, TaskSolver, solve_job, spend_cap_result
+
+#: How many first final results must agree before a systematic failure stops the run.
+SYSTEMATIC_WINDOW = 20
+
+
+class ResultSink(Protocol):
+    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None: ...
+
+
+class RunAborted(CapbatchError):
+    """The run stopped itself: every first result failed the same way."""
+
+    error_code = "RUN_ABORTED"
+
+
+@dataclass
+class _Pending:
+    """One input batch waiting for its rows' results."""
+
+    batch: pa.RecordBatch
+    results: list[RowResult | None]
+    missing: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What a batch needs: per row, a result already known or a job to run."""
+
+    row_keys: list[str]
+    keys: list[str | None]
+    errors: dict[int, RowInputError]
+    images: dict[int, bytes]
+
+
+class BatchRunner:
+    """Drives one run over a ``TableSource`` into a ``ResultSink``."""
+
+    def __init__(
+        self,
+        source: TableSource,
+        sink: ResultSink,
+        solver: TaskSolver,
+        journal: Journal,
+        profile: ProviderProfile,
+        *,
+        task_type: str,
+        task_params: Mapping[str, Any],
+        cache: bool,
+        progress: Progress,
+        counters: RunCounters,
+        max_pending_jobs: int,
+        max_buffered_rows: int,
+        make_task: Callable[[bytes], dict[str, Any]],
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.solver = solver
+        self.journal = journal
+        self.profile = profile
+        self.task_type = task_type
+        self.task_params = dict(task_params)
+        self.cache = cache
+        self.progress = progress
+        self.counters = counters
+        self.make_task = make_task
+        self._jobs = asyncio.Semaphore(max_pending_jobs)
+        self._max_buffered_rows = max_buffered_rows
+        self._buffered_rows = 0
+        self._room = asyncio.Event()
+        self._window: deque[_Pending] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # key -> rows waiting on the job already solving that key (the in-run cache)
+        self._waiting: dict[str, list[tuple[_Pending, int, str]]] = {}
+        self._first_results: list[RowResult] = []
+        self.failure: CapbatchError | None = None
+        self.spend_capped = 0
+
+    # --- the run ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        first_row = 0
+        try:
+            for batch in self.source.batches():
+                if self.failure is not None:
+                    break
+                plan = await asyncio.to_thread(self._plan_batch, batch, first_row)
+                pending = _Pending(batch, [None] * batch.num_rows, batch.num_rows)
+                self._window.append(pending)
+                self._buffered_rows += batch.num_rows
+                await self._schedule(pending, plan)
+                first_row += batch.num_rows
+                self._flush()
+                await self._wait_for_room()
+            while self._tasks and self.failure is None:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                self._flush()
+        finally:
+            if self._tasks:
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
+        self._flush()
+
+    async def _wait_for_room(self) -> None:
+        while self._buffered_rows > self._max_buffered_rows and self.failure is None:
+            self._room.clear()
+            await self._room.wait()
+
+    # --- planning (runs in a worker thread: file reads, base64, hashing) -------------
+
+    def _plan_batch(self, batch: pa.RecordBatch, first_row: int) -> BatchPlan:
+        images = resolve_column(
+            batch,
+            self.source.image_column,
+            base_dir=self.source.base_dir,
+            min_bytes=self.profile.min_image_bytes,
+            max_bytes=self.profile.max_image_bytes,
+            first_row=first_row,
+        )
+        row_keys = self._row_keys(batch, first_row)
+        keys: list[str | None] = []
+        errors: dict[int, RowInputError] = {}
+        resolved: dict[int, bytes] = {}
+        for i, image in enumerate(images):
+            if isinstance(image, RowInputError):
+                errors[i] = image
+                keys.append(None)
+                continue
+            key = task_key(image, self.task_type, self.task_params)
+            if not self.cache:
+                # Without the cache, identical images on different rows are different tasks.
+                key = f"{key}:{row_keys[i]}"
+            keys.append(key)
+            resolved[i] = image
+        return BatchPlan(row_keys, keys, errors, resolved)
+
+    def _row_keys(self, batch: pa.RecordBatch, first_row: int) -> list[str]:
+        # Row keys are positions: stable when rows are appended, and unique even when an
+        # id column has duplicates.
+        return [str(first_row + i) for i in range(batch.num_rows)]
+
+    # --- scheduling -------------------------------------------------------------------
+
+    async def _schedule(self, pending: _Pending, plan: BatchPlan) -> None:
+        known = self.journal.get_many(k for k in plan.keys if k is not None)
+        for i, key in enumerate(plan.keys):
+            if self.failure is not None:
+                return
+            row_key = plan.row_keys[i]
+            if key is None:
+                error = plan.errors[i]
+                self._deliver(pending, i, _input_failure(error, self.profile.name))
+                continue
+            entry = known.get(key)
+            if entry is not None and entry.done:
+                self._deliver(pending, i, _from_journal(entry, row_key))
+                continue
+            if key in self._waiting:
+                self._waiting[key].append((pending, i, row_key))
+                continue
+            self._waiting[key] = []
+            job = Job(
+                key=key,
+                row_key=row_key,
+                task=self.make_task(plan.images[i]),
+                resumed=entry,
+            )
+            await self._jobs.acquire()
+            task = asyncio.create_task(self._run_job(job, pending, i))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_job(self, job: Job, pending: _Pending, index: int) -> None:
+        try:
+            try:
+                result = await solve_job(self.solver, job)
+            except SpendCapReached:
+                self.spend_capped += 1
+                result = spend_cap_result(self.profile, self.solver.spend.cap)
+            except RunStopped as stopped:
+                self._fail_run(stopped.error)
+                return
+        finally:
+            self._jobs.release()
+        self._deliver(pending, index, result)
+        for other, j, row_key in self._waiting.pop(job.key, []):
+            self._deliver(other, j, _shared(result, row_key, job.row_key))
+        self._check_systematic(result)
+        self._flush()
+
+    def _fail_run(self, error: CapbatchError) -> None:
+        if self.failure is None:
+            self.failure = error
+            self.solver.stop(error)
+        self._room.set()
+
+    def _check_systematic(self, result: RowResult) -> None:
+        """Stop when the first results all fail with one error that retries cannot fix."""
+        if len(self._first_results) >= SYSTEMATIC_WINDOW or result.from_cache:
+            return
+        self._first_results.append(result)
+        if len(self._first_results) < SYSTEMATIC_WINDOW:
+            return
+        codes = {r.error_code for r in self._first_results}
+        if len(codes) != 1 or None in codes:
+            return
+        if any(r.status != "failed" for r in self._first_results):
+            return
+        code = next(iter(codes))
+        if code is None or not _is_final_api_error(code):
+            return
+        message = self._first_results[-1].error_message or code
+        self._fail_run(
+            RunAborted(
+                f"the first {SYSTEMATIC_WINDOW} rows all failed with {code} ({message}); "
+                "stopping instead of sending the rest of the table"
+            )
+        )
+
+    # --- results and output -----------------------------------------------------------
+
+    def _deliver(self, pending: _Pending, index: int, result: RowResult) -> None:
+        if pending.results[index] is not None:
+            return
+        pending.results[index] = result
+        pending.missing -= 1
+        self.counters.add(result)
+        self.counters.requests = self.solver.stats.requests
+        self.progress.update(self.counters, result)
+
+    def _flush(self) -> None:
+        """Write every complete batch at the head of the window, in input order."""
+        while self._window and self._window[0].missing == 0:
+            pending = self._window.popleft()
+            results = [r for r in pending.results if r is not None]
+            self.sink.write(pending.batch, results)
+            self._buffered_rows -= pending.batch.num_rows
+            self._room.set()
+
+
+def _input_failure(error: RowInputError, provider: str) -> RowResult:
+    return RowResult(
+        status="failed",
+        error_code=error.error_code,
+        error_message=str(error),
+        provider=provider,
+    )
+
+
+def _from_journal(entry: JournalEntry, row_key: str) -> RowResult:
+    """A row answered by an earlier run (or by another row with the same image)."""
+    own = entry.owner == row_key
+    return RowResult(
+        status=entry.status or "failed",
+        answer=entry.answer,
+        solution=entry.solution,
+        error_code=entry.error_code,
+        error_message=entry.error_message,
+        task_id=entry.task_id,
+        provider=entry.provider,
+        attempts=entry.attempts if own else 0,
+        polls=entry.polls if own else 0,
+        submitted_at=entry.submitted_at if own else None,
+        finished_at=entry.finished_at,
+        latency_ms=entry.latency_ms if own else None,
+        queue_ms=entry.queue_ms if own else None,
+        cost_usd=(entry.cost or 0.0) if own else 0.0,
+        from_cache=not own,
+    )
+
+
+def _shared(result: RowResult, row_key: str, owner: str) -> RowResult:
+    """The result of an identical image solved for another row in this run."""
+    if row_key == owner:
+        return result
+    if result.error_code == "SPEND_CAP_REACHED":
+        return result
+    return dataclasses.replace(
+        result,
+        attempts=0,
+        polls=0,
+        submitted_at=None,
+        latency_ms=None,
+        queue_ms=None,
+        cost_usd=0.0,
+        from_cache=True,
+    )
+
+
+def _is_final_api_error(code: str) -> bool:
+    """True for provider error codes that a retry cannot fix (RECORD in the table)."""
+    cls = ERROR_CODES.get(code)
+    return cls is not None and classify(cls(code)) is Action.RECORD

@@ -1,0 +1,464 @@
+"""Solving one task: submit, poll, retry, record. The per-row state machine.
+
+``TaskSolver.solve(job)`` drives one content key from its first ``createTask`` to a
+final ``RowResult``, writing the journal before each paid step. Every decision about
+an error comes from ``_protocol.classify``; every request waits for the run's one
+``RateLimiter`` and in-flight cap; money goes through the ``SpendGuard``.
+
+Errors that doom the run raise ``RunStopped`` out of every job at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._client import TaskService
+from ._exceptions import APIError, CapbatchError, RequestTimeout
+from ._journal import Journal, JournalEntry
+from ._limits import Clock, Limits, RateLimiter
+from ._outputs import RowResult
+from ._protocol import Action, TaskReply, classify
+from ._providers import ProviderProfile
+from ._spend import SpendGuard
+
+T = TypeVar("T")
+
+#: Error codes of capbatch's own for rows the run could not finish.
+SPEND_CAP_REACHED = "SPEND_CAP_REACHED"
+MAX_ATTEMPTS = "MAX_ATTEMPTS_EXCEEDED"
+POLL_LIMIT = "POLL_LIMIT_REACHED"
+
+#: Transport error codes after which a createTask may have reached the provider.
+_MAYBE_SENT = frozenset({"CONNECTION_LOST", "REQUEST_TIMEOUT", "MALFORMED_REPLY"})
+
+
+class RunStopped(Exception):
+    """Raised inside jobs when the run must stop; carries the run-fatal error."""
+
+    def __init__(self, error: CapbatchError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class SpendCapReached(Exception):
+    """The spend cap leaves no room for this row's next paid request."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One content key to solve, on behalf of the row ``row_key``."""
+
+    key: str
+    row_key: str
+    task: Mapping[str, Any]
+    #: An earlier run's unfinished journal entry for this key, if any.
+    resumed: JournalEntry | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    #: Rate-limit answers do not use up ``max_attempts`` but are bounded too.
+    max_rate_limited: int = 50
+    #: Keep this much of the task's lifetime spare when deciding to poll a resumed id.
+    ttl_margin: float = 10.0
+
+    def backoff(self, failures: int, retry_after: float | None, rng: random.Random) -> float:
+        """Exponential backoff with full jitter; never shorter than ``Retry-After``."""
+        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** max(0, failures - 1)))
+        delay = rng.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class RunStats:
+    requests: int = 0
+    creates: int = 0
+    polls: int = 0
+    rate_limited: int = 0
+    #: createTask calls that may have been paid without an answer we could use.
+    possible_double_payments: int = 0
+
+
+@dataclass
+class _Attempt:
+    """Mutable state of one job while it runs."""
+
+    calls: int = 0  # createTask calls (the ``attempts`` column)
+    budget: int = 0  # attempts counted against --max-attempts
+    failures: int = 0  # consecutive transient failures, for backoff
+    rate_limited: int = 0
+    polls: int = 0
+    queue_s: float = 0.0
+    cost: float = 0.0
+    task_id: str | None = None
+    created_wall: float | None = None
+    created_mono: float | None = None
+    submitted_at: float | None = None
+    last_error: CapbatchError | None = None
+    reserved: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskSolver:
+    """Solves jobs against one ``TaskService`` within the run's limits."""
+
+    def __init__(
+        self,
+        service: TaskService,
+        profile: ProviderProfile,
+        journal: Journal,
+        limits: Limits,
+        limiter: RateLimiter,
+        spend: SpendGuard,
+        *,
+        price: float,
+        clock: Clock,
+        policy: RetryPolicy | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.service = service
+        self.profile = profile
+        self.journal = journal
+        self.limits = limits
+        self.limiter = limiter
+        self.spend = spend
+        self.price = price
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.stats = RunStats()
+        self._in_flight = asyncio.Semaphore(limits.max_in_flight)
+        self._rng = random.Random(seed)
+        self.stopped: CapbatchError | None = None
+
+    # --- the request gate -------------------------------------------------------------
+
+    async def _request(self, state: _Attempt, call: Callable[[], Awaitable[T]]) -> T:
+        """One request: in-flight slot, then rate slot, then send. Adds queue time."""
+        if self.stopped is not None:
+            raise RunStopped(self.stopped)
+        started = self.clock.now()
+        async with self._in_flight:
+            await self.limiter.acquire()
+            state.queue_s += self.clock.now() - started
+            if self.stopped is not None:
+                raise RunStopped(self.stopped)
+            self.stats.requests += 1
+            return await call()
+
+    def stop(self, error: CapbatchError) -> None:
+        if self.stopped is None:
+            self.stopped = error
+
+    # --- one job ----------------------------------------------------------------------
+
+    async def solve(self, job: Job) -> RowResult:
+        state = _Attempt()
+        self._adopt_resumed(job, state)
+        while True:
+            if state.task_id is None:
+                reply = await self._create(job, state)
+            else:
+                reply = await self._poll(job, state)
+            if reply is None:
+                continue
+            if reply.ready:
+                return self._finish_solved(job, state, reply)
+
+    def _adopt_resumed(self, job: Job, state: _Attempt) -> None:
+        """Pick up an earlier run's unfinished task: poll it while the provider keeps it."""
+        entry = job.resumed
+        if entry is None:
+            return
+        state.calls = entry.attempts
+        state.submitted_at = entry.submitted_at
+        state.cost = entry.cost or 0.0
+        age = time.time() - (entry.created_at or 0.0)
+        usable = (
+            entry.state == "created"
+            and entry.task_id is not None
+            and age < self.profile.poll.task_ttl - self.policy.ttl_margin
+        )
+        if usable:
+            state.task_id = entry.task_id
+            state.created_wall = entry.created_at
+            state.created_mono = self.clock.now() - age
+            # Re-reserve its price: it is committed money until its outcome is known.
+            self.spend.reserved += self.price
+            state.reserved = self.price
+            return
+        # Sent before the crash with no usable task id: it may have been paid for, and
+        # sending it again may pay twice. Count it so the summary can say so.
+        self.stats.possible_double_payments += 1 + entry.uncertain
+
+    async def _create(self, job: Job, state: _Attempt) -> TaskReply | None:
+        if state.budget >= self.limits.max_attempts:
+            raise _RowFailed(self._give_up(state))
+        if not self.spend.reserve(self.price):
+            raise SpendCapReached()
+        state.reserved = self.price
+        wall = time.time()
+        if state.submitted_at is None:
+            state.submitted_at = wall
+        self.journal.record_intent(
+            job.key, owner=job.row_key, provider=self.profile.name, submitted_at=wall
+        )
+        state.calls += 1
+        state.budget += 1
+        self.stats.creates += 1
+        try:
+            reply = await self._request(state, lambda: self.service.create_task(job.task))
+        except CapbatchError as exc:
+            self._settle_failed_create(job, state, exc)
+            await self._handle(job, state, exc, creating=True)
+            return None
+        except BaseException:
+            # Cancelled or stopped while the request was out: its outcome is unknown.
+            self._settle_failed_create(job, state, RequestTimeout("cancelled in flight"))
+            raise
+        state.failures = 0
+        self.limiter.record_success()
+        if reply.ready:
+            return reply
+        assert reply.task_id is not None  # parse_create_task guarantees it when deferred
+        state.task_id = reply.task_id
+        state.created_wall = time.time()
+        state.created_mono = self.clock.now()
+        state.extra["next_poll"] = state.created_mono + self.profile.poll.first_delay
+        self.journal.record_created(job.key, reply.task_id, created_at=state.created_wall)
+        return None
+
+    def _settle_failed_create(self, job: Job, state: _Attempt, exc: CapbatchError) -> None:
+        """Money and bookkeeping for a createTask that raised."""
+        if exc.error_code in _MAYBE_SENT:
+            self.spend.mark_uncertain(state.reserved)
+            self.stats.possible_double_payments += 1
+            self.journal.record_uncertain(job.key)
+        else:
+            self.spend.release(state.reserved)
+        state.reserved = 0.0
+
+    async def _poll(self, job: Job, state: _Attempt) -> TaskReply | None:
+        assert state.task_id is not None and state.created_mono is not None
+        poll = self.profile.poll
+        next_poll = float(state.extra.get("next_poll", self.clock.now()))
+        wait = next_poll - self.clock.now()
+        if wait > 0:
+            await self.clock.sleep(wait)
+        age = self.clock.now() - state.created_mono
+        if state.polls >= poll.max_polls or age >= poll.task_ttl:
+            # The provider forgets the task now: a new one is the only way to an answer.
+            self.spend.release(state.reserved)
+            state.reserved = 0.0
+            state.last_error = APIError(
+                f"no answer after {state.polls} polls in {age:.0f} s",
+                error_code=POLL_LIMIT,
+                task_id=state.task_id,
+            )
+            self._forget_task(state)
+            return None
+        state.polls += 1
+        self.stats.polls += 1
+        task_id = state.task_id
+        try:
+            reply = await self._request(state, lambda: self.service.get_task_result(task_id))
+        except CapbatchError as exc:
+            state.extra["next_poll"] = self.clock.now() + poll.interval
+            await self._handle(job, state, exc, creating=False)
+            return None
+        state.failures = 0
+        self.limiter.record_success()
+        if not reply.ready:
+            state.extra["next_poll"] = self.clock.now() + poll.interval
+        return reply
+
+    def _forget_task(self, state: _Attempt) -> None:
+        state.task_id = None
+        state.created_mono = None
+        state.created_wall = None
+        state.extra.pop("next_poll", None)
+
+    # --- errors -----------------------------------------------------------------------
+
+    async def _handle(
+        self, job: Job, state: _Attempt, exc: CapbatchError, *, creating: bool
+    ) -> None:
+        """Act on an error by the classification table; return to retry, or raise."""
+        action = classify(exc)
+        state.last_error = exc
+        retry_after = exc.retry_after if isinstance(exc, APIError) else None
+        if action is Action.FATAL:
+            self.stop(exc)
+            raise RunStopped(exc)
+        if action is Action.RECORD:
+            self._release_task_money(state)
+            raise _RowFailed(self._failed(state, exc))
+        if action is Action.SLOW_DOWN:
+            self.stats.rate_limited += 1
+            state.rate_limited += 1
+            self.limiter.slow_down(retry_after)
+            if creating:
+                state.budget -= 1  # nothing was created: it does not use up an attempt
+            if state.rate_limited > self.policy.max_rate_limited:
+                self._release_task_money(state)
+                raise _RowFailed(self._failed(state, exc))
+            return
+        if action is Action.PAUSE:
+            self.limiter.pause(retry_after if retry_after is not None else 300.0)
+            if creating:
+                state.budget -= 1
+            return
+        if action is Action.RETRY:
+            state.failures += 1
+            if not creating and state.failures >= self.limits.max_attempts:
+                self._release_task_money(state)
+                raise _RowFailed(self._failed(state, exc))
+            await self.clock.sleep(self.policy.backoff(state.failures, retry_after, self._rng))
+            return
+        if action is Action.RETRY_BOUNDED:
+            # Unsolvable: charged by some providers; a new task may succeed.
+            if self.profile.unsolvable_charged:
+                self._charge(job, state, self.price)
+            else:
+                self._release_task_money(state)
+            self._forget_task(state)
+            if state.budget >= self.limits.max_attempts:
+                raise _RowFailed(self._failed(state, exc))
+            await self.clock.sleep(self.policy.backoff(1, retry_after, self._rng))
+            return
+        if action is Action.RECREATE:
+            self._release_task_money(state)
+            self._forget_task(state)
+            return
+        raise _RowFailed(self._failed(state, exc))  # pragma: no cover - table is total
+
+    def _release_task_money(self, state: _Attempt) -> None:
+        self.spend.release(state.reserved)
+        state.reserved = 0.0
+
+    def _charge(self, job: Job, state: _Attempt, amount: float) -> None:
+        self.spend.charge(state.reserved, amount)
+        state.reserved = 0.0
+        state.cost += amount
+        self.journal.record_spent(job.key, amount)
+
+    def _give_up(self, state: _Attempt) -> RowResult:
+        error = state.last_error
+        if error is None:
+            error = APIError("no attempts left", error_code=MAX_ATTEMPTS)
+        return self._failed(state, error)
+
+    # --- results ----------------------------------------------------------------------
+
+    def _finish_solved(self, job: Job, state: _Attempt, reply: TaskReply) -> RowResult:
+        cost = reply.cost if reply.cost is not None else self.price
+        self.spend.charge(state.reserved, cost)
+        state.reserved = 0.0
+        finished = time.time()
+        result = RowResult(
+            status="solved",
+            answer=reply.answer,
+            solution=reply.solution,
+            task_id=reply.task_id or state.task_id,
+            provider=self.profile.name,
+            attempts=state.calls,
+            polls=state.polls,
+            submitted_at=state.submitted_at,
+            finished_at=finished,
+            latency_ms=_latency_ms(state.submitted_at, finished),
+            queue_ms=state.queue_s * 1000.0,
+            cost_usd=state.cost + cost,
+        )
+        self.journal.record_result(
+            job.key,
+            status="solved",
+            answer=result.answer,
+            solution=reply.solution,
+            error_code=None,
+            error_message=None,
+            cost=cost,
+            task_id=result.task_id,
+            polls=state.polls,
+            finished_at=finished,
+            latency_ms=result.latency_ms,
+            queue_ms=result.queue_ms,
+        )
+        return result
+
+    def _failed(self, state: _Attempt, error: CapbatchError) -> RowResult:
+        finished = time.time()
+        return RowResult(
+            status="failed",
+            error_code=error.error_code,
+            error_message=str(error),
+            task_id=state.task_id or (error.task_id if isinstance(error, APIError) else None),
+            provider=self.profile.name,
+            attempts=state.calls,
+            polls=state.polls,
+            submitted_at=state.submitted_at,
+            finished_at=finished,
+            latency_ms=_latency_ms(state.submitted_at, finished),
+            queue_ms=state.queue_s * 1000.0,
+            cost_usd=state.cost,
+        )
+
+    def record_failure(self, job: Job, result: RowResult) -> None:
+        """Journal a final failure so a re-run does not pay for it again."""
+        self.journal.record_result(
+            job.key,
+            status="failed",
+            answer=None,
+            solution=None,
+            error_code=result.error_code,
+            error_message=result.error_message,
+            cost=0.0,  # charged attempts were journaled by record_spent already
+            task_id=result.task_id,
+            polls=result.polls,
+            finished_at=result.finished_at or time.time(),
+            latency_ms=result.latency_ms,
+            queue_ms=result.queue_ms,
+            owner=job.row_key,
+            provider=self.profile.name,
+            submitted_at=result.submitted_at,
+        )
+
+
+class _RowFailed(Exception):
+    """Internal: the job ended with a failed row result."""
+
+    def __init__(self, result: RowResult) -> None:
+        super().__init__(result.error_code)
+        self.result = result
+
+
+def _latency_ms(submitted: float | None, finished: float) -> float | None:
+    if submitted is None:
+        return None
+    return max(0.0, (finished - submitted) * 1000.0)
+
+
+async def solve_job(solver: TaskSolver, job: Job) -> RowResult:
+    """Run one job to a final row result; failures are journaled as final too."""
+    try:
+        return await solver.solve(job)
+    except _RowFailed as failed:
+        solver.record_failure(job, failed.result)
+        return failed.result
+
+
+def spend_cap_result(profile: ProviderProfile, cap: float | None) -> RowResult:
+    """The row result of a row not sent because the spend cap was reached."""
+    return RowResult(
+        status="failed",
+        error_code=SPEND_CAP_REACHED,
+        error_message=f"not sent: the spend cap of ${cap:.4f} was reached"
+        if cap is not None
+        else "not sent: the spend cap was reached",
+        provider=profile.name,
+    )

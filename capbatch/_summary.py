@@ -1,0 +1,135 @@
+"""The end-of-run summary: what happened, what it cost, what to look at."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from ._outputs import RowResult
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by linear interpolation, as numpy's default."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = math.ceil(position)
+    if low == high:
+        return ordered[int(position)]
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class RunSummary:
+    provider: str
+    task_type: str
+    output: str | None = None
+    journal: str | None = None
+    rows: int = 0
+    solved: int = 0
+    failed: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    from_cache: int = 0
+    resumed: int = 0
+    spend_usd: float = 0.0
+    balance_before: float | None = None
+    balance_after: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    requests: int = 0
+    creates: int = 0
+    polls: int = 0
+    rate_limited: int = 0
+    achieved_rate: float = 0.0
+    possible_double_payments: int = 0
+    spend_cap_reached: bool = False
+    rows_not_sent: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+    duration_s: float = 0.0
+    stopped_by: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def format(self) -> str:
+        """The summary as a few human-readable lines."""
+        lines = [
+            f"rows {self.rows}: {self.solved} solved, {self.failed} failed"
+            + (f", {self.from_cache} from cache" if self.from_cache else "")
+            + (f", {self.resumed} done by earlier runs" if self.resumed else ""),
+        ]
+        if self.failed_by_code:
+            codes = ", ".join(f"{c} {n}" for c, n in sorted(self.failed_by_code.items()))
+            lines.append(f"failed by code: {codes}")
+        spend = f"spend ${self.spend_usd:.4f}"
+        if self.balance_before is not None and self.balance_after is not None:
+            spend += (
+                f" (balance ${self.balance_before:.4f} -> ${self.balance_after:.4f}, "
+                f"provider says ${self.balance_before - self.balance_after:.4f})"
+            )
+        lines.append(spend)
+        if self.latency_p50_ms is not None:
+            lines.append(
+                f"latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms or 0:.0f} ms"
+            )
+        lines.append(
+            f"{self.requests} requests ({self.creates} createTask, {self.polls} polls) "
+            f"in {self.duration_s:.1f} s: {self.achieved_rate:.1f} req/s"
+            + (f", {self.rate_limited} rate-limited" if self.rate_limited else "")
+        )
+        lines.append(f"possible double payments: {self.possible_double_payments}")
+        if self.spend_cap_reached:
+            lines.append(f"spend cap reached: {self.rows_not_sent} rows not sent")
+        if self.output:
+            lines.append(f"results: {self.output}")
+        return "\n".join(lines)
+
+
+class SummarySink:
+    """Wraps the real sink and tallies what the summary needs, row by row."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self.rows = 0
+        self.solved = 0
+        self.from_cache = 0
+        self.not_sent = 0
+
+    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None:
+        for result in results:
+            self.rows += 1
+            if result.status == "solved":
+                self.solved += 1
+            else:
+                self.codes[result.error_code or "UNKNOWN"] += 1
+                if result.error_code == "SPEND_CAP_REACHED":
+                    self.not_sent += 1
+            if result.from_cache:
+                self.from_cache += 1
+            elif result.latency_ms is not None:
+                self.latencies.append(result.latency_ms)
+        self.inner.write(batch, results)
+
+    def fill(self, summary: RunSummary) -> None:
+        summary.rows = self.rows
+        summary.solved = self.solved
+        summary.failed = self.rows - self.solved
+        summary.failed_by_code = dict(self.codes)
+        summary.from_cache = self.from_cache
+        summary.rows_not_sent = self.not_sent
+        summary.latency_p50_ms = percentile(self.latencies, 50)
+        summary.latency_p95_ms = percentile(self.latencies, 95)

@@ -1,0 +1,26 @@
+"""A CapSolver-compatible HTTP server for tests, demos and benchmarks.
+
+It speaks CapSolver's task protocol (``/createTask``, ``/getTaskResult``,
+``/getBalance``, ``/feedbackTask``) on a loopback port, answers from a configurable
+solver (``constant``, ``oracle`` labels, or the ``local`` ddddocr solver), keeps an
+account balance, and injects faults (latency, 5xx, dropped connections, malformed
+replies, ``ERROR_SERVICE_UNAVALIABLE``, unsolvable captchas, a rate limit) from one
+seeded RNG so a run can be repeated. ``GET /_stats`` tells a test what a client did;
+``POST /_control`` changes options while it runs.
+
+```python
+from capbatch.emulator import EmulatorConfig, running_emulator
+
+with running_emulator(EmulatorConfig(deferred=0.5, solve_time=(0.2, 0.4))) as emu:
+    ...  # point a client at emu.url with clientKey "test-key"
+    assert emu.stats()["create_calls"] == 10
+```
+
+From a shell: ``capbatch serve --port 0`` (or ``python -m capbatch.emulator``).
+"""
+
+from ._app import build_app
+from ._config import EmulatorConfig
+from ._runner import EmulatorHandle, running_emulator, serve
+
+__all__ = ["EmulatorConfig", "EmulatorHandle", "build_app", "running_emulator", "serve"]

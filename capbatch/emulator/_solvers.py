@@ -1,0 +1,142 @@
+"""The emulator's answer sources: ``constant``, ``oracle`` (a labels file) and ``local``.
+
+A solver returns the true answer for an image, or ``None`` when it cannot solve it
+(the emulator then replies ``ERROR_CAPTCHA_UNSOLVABLE``). Random corruption of answers
+(``error_rate``) is applied by the state, not here, so every random draw comes from the
+one seeded RNG in the order requests arrive.
+
+``constant`` and ``oracle`` answer at once (``immediate``), on the event loop; ``local``
+runs ddddocr on a thread pool and is only imported when first used.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._exceptions import CapbatchError, ConfigError
+from ._config import EmulatorConfig
+
+if TYPE_CHECKING:
+    from ..local import LocalSolver
+
+#: Characters a corrupted answer draws its wrong character from.
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+class Solver:
+    """Base class. ``immediate`` solvers implement ``answer``; others ``solve``."""
+
+    immediate: bool = True
+
+    def answer(self, image: bytes, digest: str) -> str | None:
+        raise NotImplementedError
+
+    async def solve(self, image: bytes, digest: str) -> str | None:
+        return self.answer(image, digest)
+
+    def close(self) -> None:
+        """Release threads or files; the default holds none."""
+
+
+class ConstantSolver(Solver):
+    """Always the same answer: for throughput tests, where solving must cost nothing."""
+
+    def __init__(self, answer: str) -> None:
+        self._answer = answer
+
+    def answer(self, image: bytes, digest: str) -> str | None:
+        return self._answer
+
+
+class OracleSolver(Solver):
+    """Answers from a ``sha256,label`` CSV keyed by the image bytes' sha256; an image
+    not in the file is unsolvable."""
+
+    def __init__(self, labels_path: str | Path) -> None:
+        self.labels = load_labels(labels_path)
+
+    def answer(self, image: bytes, digest: str) -> str | None:
+        return self.labels.get(digest)
+
+
+class LocalEmulatorSolver(Solver):
+    """``capbatch.local.LocalSolver`` (ddddocr), created on first use because importing
+    ddddocr and loading its model takes about a second."""
+
+    immediate = False
+
+    def __init__(self) -> None:
+        self._solver: LocalSolver | None = None
+
+    @property
+    def solver(self) -> LocalSolver:
+        if self._solver is None:
+            from ..local import LocalSolver
+
+            self._solver = LocalSolver()
+        return self._solver
+
+    async def solve(self, image: bytes, digest: str) -> str | None:
+        try:
+            return await self.solver.solve_async(image)
+        except ConfigError:
+            raise  # ddddocr missing: a setup problem, not an unsolvable captcha
+        except CapbatchError:
+            # ddddocr could not read an image that Pillow accepted: the service's
+            # equivalent is "could not solve".
+            return None
+
+    def close(self) -> None:
+        if self._solver is not None:
+            self._solver.close()
+            self._solver = None
+
+
+def load_labels(path: str | Path) -> dict[str, str]:
+    """``{sha256 hex (lower case): label}`` from a CSV with a ``sha256,label`` header."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = set(reader.fieldnames or ())
+            if not {"sha256", "label"} <= fields:
+                raise ConfigError(f"labels file {str(path)!r} needs columns sha256,label")
+            return {
+                row["sha256"].strip().lower(): row["label"]
+                for row in reader
+                if row.get("sha256") and row.get("label") is not None
+            }
+    except OSError as exc:
+        raise ConfigError(f"cannot read labels file {str(path)!r}: {exc.strerror}") from None
+
+
+def make_solver(config: EmulatorConfig) -> Solver:
+    """The solver named by ``config.solver`` (the oracle reads its labels now, so a bad
+    path fails at start-up rather than on the first request)."""
+    if config.solver == "constant":
+        return ConstantSolver(config.answer)
+    if config.solver == "oracle":
+        assert config.labels is not None  # validated by EmulatorConfig
+        return OracleSolver(config.labels)
+    return LocalEmulatorSolver()
+
+
+def solver_key(config: EmulatorConfig) -> tuple[str, str]:
+    """What identifies a solver, so ``/_control`` rebuilds it only when it changes."""
+    if config.solver == "constant":
+        return ("constant", config.answer)
+    if config.solver == "oracle":
+        return ("oracle", str(config.labels))
+    return ("local", "")
+
+
+def corrupt(answer: str, position_roll: float, char_roll: float) -> str:
+    """``answer`` with one character replaced by a different one (both chosen by the
+    given rolls in [0, 1)); an empty answer becomes one wrong character."""
+    if not answer:
+        return ALPHABET[int(char_roll * len(ALPHABET))]
+    pos = int(position_roll * len(answer))
+    original = answer[pos]
+    choices = ALPHABET.replace(original.lower(), "")
+    return answer[:pos] + choices[int(char_roll * len(choices))] + answer[pos + 1 :]

@@ -1,0 +1,637 @@
+"""``ProviderClient`` over ``httpx.MockTransport``: request bodies, reply shapes, error
+mapping, transport failures, fallback host and key hygiene. No sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from capbatch._client import ProviderClient
+from capbatch._exceptions import (
+    APIError,
+    AuthError,
+    BalanceError,
+    BannedError,
+    CapbatchError,
+    ConfigError,
+    ConnectionFailed,
+    InvalidTask,
+    MalformedReply,
+    RateLimited,
+    RequestTimeout,
+    ServiceUnavailable,
+    TaskExpired,
+    TemporarilyBlocked,
+    Unsolvable,
+)
+from capbatch._protocol import ERROR_CODES, Action, classify
+from capbatch._providers import (
+    ANTICAPTCHA,
+    CAPMONSTER,
+    CAPSOLVER,
+    LOCAL,
+    TWOCAPTCHA,
+    ProviderProfile,
+)
+from capbatch._secrets import Secret
+
+KEY = "sk-SECRET-123"
+BASE = "https://api.test"
+UUID = "2376919c-1863-11ec-a012-94e6f7355a0b"
+TASK = {"type": "ImageToTextTask", "body": "iVBORw0KGgo="}
+
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+ACTION_OF_CLASS: dict[type[APIError], Action] = {
+    AuthError: Action.FATAL,
+    BalanceError: Action.FATAL,
+    BannedError: Action.FATAL,
+    TemporarilyBlocked: Action.PAUSE,
+    RateLimited: Action.SLOW_DOWN,
+    ServiceUnavailable: Action.RETRY,
+    Unsolvable: Action.RETRY_BOUNDED,
+    TaskExpired: Action.RECREATE,
+    InvalidTask: Action.RECORD,
+}
+
+
+class Recorder:
+    """A MockTransport handler that answers with canned replies and keeps the requests."""
+
+    def __init__(self, *replies: httpx.Response) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        return reply
+
+    @property
+    def body(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.requests[-1].content)
+        return data
+
+    @property
+    def path(self) -> str:
+        return self.requests[-1].url.path
+
+
+def make(
+    handler: Handler,
+    profile: ProviderProfile = CAPSOLVER,
+    *,
+    base_url: str | None = BASE,
+    app_id: str | None = None,
+    key: str | Secret = KEY,
+) -> ProviderClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return ProviderClient(profile, key, base_url=base_url, http_client=http, app_id=app_id)
+
+
+def ok(payload: dict[str, Any], status: int = 200, **headers: str) -> httpx.Response:
+    full = {"errorId": 0, "errorCode": "", "errorDescription": "", **payload}
+    return httpx.Response(status, json=full, headers=headers)
+
+
+def error(code: str, status: int = 400, description: str = "d", **headers: str) -> httpx.Response:
+    body = {"errorId": 1, "errorCode": code, "errorDescription": description}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def assert_no_key(exc: BaseException) -> None:
+    formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    assert KEY not in str(exc), f"the key leaked into str(exc): {exc}"
+    assert KEY not in repr(exc), f"the key leaked into repr(exc): {exc!r}"
+    assert KEY not in formatted, "the key leaked into the formatted traceback"
+
+
+# --- createTask -----------------------------------------------------------------------
+
+
+async def test_create_task_synchronous_ready() -> None:
+    rec = Recorder(ok({"status": "ready", "solution": {"text": "44795sds"}, "taskId": UUID}))
+    reply = await make(rec).create_task(TASK)
+    assert reply.ready
+    assert reply.answer == "44795sds"
+    assert reply.task_id == UUID
+    assert reply.cost is None
+    assert rec.path == "/createTask"
+    assert rec.requests[0].method == "POST"
+    assert rec.requests[0].headers["content-type"] == "application/json"
+
+
+async def test_create_task_deferred_without_status() -> None:
+    reply = await make(Recorder(ok({"taskId": UUID}))).create_task(TASK)
+    assert not reply.ready
+    assert reply.status == "pending"
+    assert reply.raw_status is None
+    assert reply.task_id == UUID
+    assert reply.answer is None
+
+
+async def test_create_task_deferred_with_idle_status() -> None:
+    reply = await make(Recorder(ok({"taskId": UUID, "status": "idle"}))).create_task(TASK)
+    assert reply.status == "pending"
+    assert reply.raw_status == "idle"
+    assert reply.task_id == UUID
+
+
+async def test_create_task_body_without_optional_fields() -> None:
+    rec = Recorder(ok({"taskId": UUID}))
+    await make(rec).create_task(TASK)
+    assert rec.body == {"clientKey": KEY, "task": TASK}
+
+
+async def test_create_task_body_with_app_id_and_callback() -> None:
+    rec = Recorder(ok({"taskId": UUID}))
+    await make(rec, app_id="app-42").create_task(TASK, callback_url="https://cb.example/x")
+    assert rec.body == {
+        "clientKey": KEY,
+        "task": TASK,
+        "appId": "app-42",
+        "callbackUrl": "https://cb.example/x",
+    }
+
+
+async def test_secret_key_is_revealed_only_in_the_body() -> None:
+    rec = Recorder(ok({"taskId": UUID}))
+    await make(rec, key=Secret(KEY)).create_task(TASK)
+    assert rec.body["clientKey"] == KEY
+    assert KEY not in str(rec.requests[0].url)
+    assert all(KEY not in value for value in rec.requests[0].headers.values())
+
+
+# --- getTaskResult --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["idle", "processing"])
+async def test_get_task_result_pending(status: str) -> None:
+    rec = Recorder(ok({"status": status}))
+    reply = await make(rec).get_task_result(UUID)
+    assert reply.status == "pending"
+    assert reply.raw_status == status
+    assert reply.task_id == UUID
+    assert rec.path == "/getTaskResult"
+    assert rec.body == {"clientKey": KEY, "taskId": UUID}
+
+
+async def test_get_task_result_ready() -> None:
+    reply = await make(
+        Recorder(ok({"status": "ready", "solution": {"text": "abc"}}))
+    ).get_task_result(UUID)
+    assert reply.ready
+    assert reply.answer == "abc"
+    assert reply.task_id == UUID
+
+
+async def test_get_task_result_failed_is_unsolvable() -> None:
+    with pytest.raises(Unsolvable) as info:
+        await make(Recorder(ok({"status": "failed"}))).get_task_result(UUID)
+    assert info.value.task_id == UUID
+    assert classify(info.value) is Action.RETRY_BOUNDED
+
+
+async def test_get_task_result_unknown_status_is_malformed() -> None:
+    with pytest.raises(MalformedReply):
+        await make(Recorder(ok({"status": "thinking-hard"}))).get_task_result(UUID)
+
+
+@pytest.mark.parametrize(
+    ("profile", "sent"),
+    [(CAPSOLVER, "12345"), (ANTICAPTCHA, 12345), (CAPMONSTER, 12345), (TWOCAPTCHA, 12345)],
+    ids=["capsolver", "anticaptcha", "capmonster", "twocaptcha"],
+)
+async def test_task_id_type_sent_back(profile: ProviderProfile, sent: str | int) -> None:
+    rec = Recorder(ok({"status": "processing"}))
+    await make(rec, profile).get_task_result("12345")
+    assert rec.body["taskId"] == sent
+    assert type(rec.body["taskId"]) is type(sent)
+
+
+async def test_int_task_id_round_trip_from_create_task() -> None:
+    rec = Recorder(ok({"taskId": 987654}), ok({"status": "processing"}))
+    client = make(rec, ANTICAPTCHA)
+    created = await client.create_task(TASK)
+    assert created.task_id == "987654"
+    assert created.task_id is not None
+    await client.get_task_result(created.task_id)
+    assert rec.body["taskId"] == 987654
+
+
+READY_WITH_COST = {"status": "ready", "solution": {"text": "abc"}, "cost": "0.000700"}
+
+
+async def test_cost_from_string_for_anticaptcha() -> None:
+    reply = await make(Recorder(ok(READY_WITH_COST)), ANTICAPTCHA).get_task_result("1")
+    assert reply.cost == pytest.approx(0.0007)
+    assert isinstance(reply.cost, float)
+
+
+async def test_cost_ignored_for_capsolver() -> None:
+    reply = await make(Recorder(ok(READY_WITH_COST)), CAPSOLVER).get_task_result(UUID)
+    assert reply.cost is None
+
+
+# --- getBalance and reports -----------------------------------------------------------
+
+
+async def test_get_balance() -> None:
+    rec = Recorder(ok({"balance": 12.5, "packages": []}))
+    assert await make(rec).get_balance() == 12.5
+    assert rec.path == "/getBalance"
+    assert rec.body == {"clientKey": KEY}
+
+
+async def test_report_incorrect_capsolver_feedback() -> None:
+    rec = Recorder(ok({"message": "ok"}))
+    assert await make(rec, CAPSOLVER, app_id="app-1").report_incorrect(UUID) is True
+    assert rec.path == "/feedbackTask"
+    assert rec.body == {
+        "clientKey": KEY,
+        "appId": "app-1",
+        "taskId": UUID,
+        "result": {"invalid": True},
+    }
+    assert rec.body["result"]["invalid"] is True
+
+
+@pytest.mark.parametrize(
+    ("profile", "path"),
+    [
+        (ANTICAPTCHA, "/reportIncorrectImageCaptcha"),
+        (CAPMONSTER, "/reportIncorrectImageCaptcha"),
+        (TWOCAPTCHA, "/reportIncorrect"),
+    ],
+    ids=["anticaptcha", "capmonster", "twocaptcha"],
+)
+async def test_report_incorrect_image_style(profile: ProviderProfile, path: str) -> None:
+    rec = Recorder(ok({"status": "success"}))
+    assert await make(rec, profile).report_incorrect("777") is True
+    assert rec.path == path
+    assert rec.body == {"clientKey": KEY, "taskId": 777}
+
+
+# --- provider errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 400])
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+async def test_every_error_code(code: str, status: int) -> None:
+    cls = ERROR_CODES[code]
+    with pytest.raises(APIError) as info:
+        await make(Recorder(error(code, status, "provider words"))).get_task_result(UUID)
+    exc = info.value
+    assert type(exc) is cls, f"{code} gave {type(exc).__name__}, expected {cls.__name__}"
+    assert exc.error_code == code
+    assert exc.http_status == status
+    assert exc.task_id == UUID
+    assert "provider words" in str(exc)
+    assert classify(exc) is ACTION_OF_CLASS[cls]
+    assert_no_key(exc)
+
+
+@pytest.mark.parametrize("call", ["create_task", "get_balance", "report_incorrect"])
+async def test_error_codes_on_every_call(call: str) -> None:
+    client = make(Recorder(error("ERROR_ZERO_BALANCE", 400)))
+    method = getattr(client, call)
+    args = {"create_task": (TASK,), "get_balance": (), "report_incorrect": (UUID,)}[call]
+    with pytest.raises(BalanceError) as info:
+        await method(*args)
+    assert classify(info.value) is Action.FATAL
+
+
+STATUS_FALLBACK: dict[int, type[APIError]] = {
+    400: InvalidTask,
+    401: AuthError,
+    402: BalanceError,
+    403: AuthError,
+    429: RateLimited,
+    500: ServiceUnavailable,
+    502: ServiceUnavailable,
+    503: ServiceUnavailable,
+}
+
+NON_JSON = {
+    "html": b"<!DOCTYPE html><html><body>Bad Gateway</body></html>",
+    "empty": b"",
+    "truncated": b'{"errorId":1,"errorCode":"ERROR_ZERO_BAL',
+    "json-list": b'["errorId", 1]',
+}
+
+
+@pytest.mark.parametrize("status", [200, *STATUS_FALLBACK])
+async def test_known_code_wins_at_every_status(status: int) -> None:
+    with pytest.raises(Unsolvable):
+        await make(Recorder(error("ERROR_CAPTCHA_UNSOLVABLE", status))).get_task_result(UUID)
+
+
+@pytest.mark.parametrize("status", [200, *STATUS_FALLBACK])
+async def test_unknown_code_falls_back_on_http_status(status: int) -> None:
+    with pytest.raises(APIError) as info:
+        await make(Recorder(error("ERROR_NEW_IN_2031", status))).create_task(TASK)
+    expected = STATUS_FALLBACK.get(status, APIError)
+    assert type(info.value) is expected
+    assert info.value.error_code == "ERROR_NEW_IN_2031"
+    assert classify(info.value) is ACTION_OF_CLASS.get(expected, Action.RECORD)
+
+
+@pytest.mark.parametrize("status", list(STATUS_FALLBACK))
+async def test_json_error_body_without_code(status: int) -> None:
+    reply = httpx.Response(status, json={"errorId": 1, "errorDescription": "nope"})
+    with pytest.raises(APIError) as info:
+        await make(Recorder(reply)).get_balance()
+    assert type(info.value) is STATUS_FALLBACK[status]
+    assert info.value.http_status == status
+
+
+@pytest.mark.parametrize("body", list(NON_JSON.values()), ids=list(NON_JSON))
+@pytest.mark.parametrize("status", [200, *STATUS_FALLBACK])
+async def test_non_json_bodies(status: int, body: bytes) -> None:
+    reply = httpx.Response(status, content=body, headers={"Content-Type": "text/html"})
+    with pytest.raises(CapbatchError) as info:
+        await make(Recorder(reply)).create_task(TASK)
+    expected: type[CapbatchError] = STATUS_FALLBACK.get(status, MalformedReply)
+    assert type(info.value) is expected
+    if status == 200:
+        assert classify(info.value) is Action.RETRY
+    assert_no_key(info.value)
+
+
+async def test_http_200_json_list_is_malformed_and_retried() -> None:
+    reply = httpx.Response(200, content=b'[{"errorId": 0, "balance": 1}]')
+    with pytest.raises(MalformedReply) as info:
+        await make(Recorder(reply)).get_balance()
+    assert info.value.http_status == 200
+    assert classify(info.value) is Action.RETRY
+
+
+# --- Retry-After ----------------------------------------------------------------------
+
+
+async def test_retry_after_seconds() -> None:
+    with pytest.raises(RateLimited) as info:
+        await make(Recorder(error("ERROR_RATE_LIMIT", 429, **{"Retry-After": "7"}))).create_task(
+            TASK
+        )
+    assert info.value.retry_after == 7.0
+
+
+async def test_retry_after_http_date() -> None:
+    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)
+    with pytest.raises(RateLimited) as info:
+        await make(Recorder(error("ERROR_RATE_LIMIT", 429, **{"Retry-After": when}))).get_balance()
+    assert info.value.retry_after is not None
+    assert 85 <= info.value.retry_after <= 91
+
+
+async def test_retry_after_on_unknown_code_429() -> None:
+    reply = error("SLOW_DOWN_PLEASE", 429, **{"Retry-After": "3"})
+    with pytest.raises(RateLimited) as info:
+        await make(Recorder(reply)).get_task_result(UUID)
+    assert info.value.retry_after == 3.0
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"), [(429, RateLimited), (503, ServiceUnavailable)], ids=["429", "503"]
+)
+async def test_retry_after_with_a_non_json_body(status: int, cls: type[APIError]) -> None:
+    # A load balancer's HTML "503 Service Unavailable" / "429 Too Many Requests" page with
+    # Retry-After is the most common way a Retry-After header arrives at all.
+    reply = httpx.Response(status, content=b"<html>try later</html>", headers={"Retry-After": "30"})
+    with pytest.raises(cls) as info:
+        await make(Recorder(reply)).create_task(TASK)
+    assert info.value.retry_after == 30.0, (
+        "BUG (_protocol.decode_json): Retry-After is dropped when the error body is not "
+        "JSON; decode_json needs the retry_after value (see the report's patch)"
+    )
+
+
+# --- the key never leaks --------------------------------------------------------------
+
+LEAK_SCENARIOS: dict[str, httpx.Response] = {
+    "auth-401": error("ERROR_KEY_DENIED_ACCESS", 401),
+    "balance-402": error("ERROR_ZERO_BALANCE", 402),
+    "rate-429": error("ERROR_RATE_LIMIT", 429, **{"Retry-After": "1"}),
+    "html-502": httpx.Response(502, content=b"<html>bad gateway</html>"),
+    "html-200": httpx.Response(200, content=b"<html>captive portal</html>"),
+    "unknown-status": httpx.Response(200, json={"errorId": 0, "status": "odd"}),
+    "failed": httpx.Response(200, json={"errorId": 0, "status": "failed"}),
+    "no-code-418": httpx.Response(418, json={"errorId": 1}),
+}
+
+
+@pytest.mark.parametrize("reply", list(LEAK_SCENARIOS.values()), ids=list(LEAK_SCENARIOS))
+async def test_key_absent_from_provider_errors(reply: httpx.Response) -> None:
+    client = make(Recorder(reply))
+    for call in (client.create_task(TASK), client.get_task_result(UUID), client.get_balance()):
+        with pytest.raises(CapbatchError) as info:
+            await call
+        assert_no_key(info.value)
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("rst")],
+    ids=["connect", "read-timeout", "protocol"],
+)
+async def test_key_absent_from_transport_errors(raised: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    with pytest.raises(CapbatchError) as info:
+        await make(handler).create_task(TASK)
+    assert_no_key(info.value)
+
+
+async def test_key_absent_when_the_provider_echoes_it_in_the_description() -> None:
+    reply = error("ERROR_KEY_DENIED_ACCESS", 401, description=f"key {KEY} does not exist")
+    with pytest.raises(AuthError) as info:
+        await make(Recorder(reply)).get_balance()
+    exc = info.value
+    assert KEY not in str(exc) and KEY not in repr(exc), (
+        "BUG (_client.py): an errorDescription that echoes the key reaches the exception "
+        "text; ProviderClient should pass messages through _secrets.redact (see the patch)"
+    )
+    assert_no_key(exc)
+
+
+async def test_key_absent_when_an_html_page_echoes_the_request() -> None:
+    page = f'<html>blocked request: {{"clientKey":"{KEY}"}}</html>'.encode()
+    with pytest.raises(MalformedReply) as info:
+        await make(Recorder(httpx.Response(200, content=page))).get_balance()
+    assert KEY not in str(info.value), (
+        "BUG (_client.py): the MalformedReply body snippet can carry the key back; "
+        "ProviderClient should redact exception text (see the patch)"
+    )
+
+
+# --- transport failures ---------------------------------------------------------------
+
+
+def raising(exc: Exception, hosts: list[str] | None = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if hosts is not None:
+            hosts.append(request.url.host)
+        raise exc
+
+    return handler
+
+
+async def test_connect_error_with_one_host() -> None:
+    hosts: list[str] = []
+    with pytest.raises(ConnectionFailed) as info:
+        await make(raising(httpx.ConnectError("refused"), hosts)).create_task(TASK)
+    assert info.value.error_code == "CONNECT_FAILED"
+    assert classify(info.value) is Action.RETRY
+    assert hosts == ["api.test"]
+
+
+async def test_connect_error_moves_to_the_fallback_host() -> None:
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        if request.url.host == "api.capsolver.com":
+            raise httpx.ConnectError("refused")
+        return ok({"balance": 3.0})
+
+    client = make(handler, CAPSOLVER, base_url=None)
+    assert client.base_url == "https://api.capsolver.com"
+    assert await client.get_balance() == 3.0
+    assert hosts == ["api.capsolver.com", "api-stable.capsolver.com"]
+    # The client stays on the host that answered.
+    assert client.base_url == "https://api-stable.capsolver.com"
+    assert await client.get_balance() == 3.0
+    assert hosts[-1] == "api-stable.capsolver.com"
+
+
+async def test_connect_error_on_every_host() -> None:
+    hosts: list[str] = []
+    client = make(raising(httpx.ConnectError("refused"), hosts), CAPSOLVER, base_url=None)
+    with pytest.raises(ConnectionFailed) as info:
+        await client.get_balance()
+    assert info.value.error_code == "CONNECT_FAILED"
+    assert hosts == ["api.capsolver.com", "api-stable.capsolver.com"]
+
+
+async def test_concurrent_connect_failures_still_try_the_fallback() -> None:
+    # Two requests in flight when the main host goes down: both fail to connect, and
+    # each must go on to the fallback host (which is up).
+    hosts: list[str] = []
+    both_arrived = asyncio.Event()
+    arrivals = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal arrivals
+        hosts.append(request.url.host)
+        if request.url.host == "api.capsolver.com":
+            arrivals += 1
+            if arrivals >= 2:
+                both_arrived.set()
+            await asyncio.wait_for(both_arrived.wait(), timeout=5)
+            raise httpx.ConnectError("refused")
+        return ok({"balance": 1.0})
+
+    client = make(handler, CAPSOLVER, base_url=None)
+    results = await asyncio.gather(
+        client.get_balance(), client.get_balance(), return_exceptions=True
+    )
+    assert list(results) == [1.0, 1.0], (
+        "BUG (_client.ProviderClient._post): concurrent connect failures flip the shared "
+        "_url_index back to the failed host, so a request gives up with CONNECT_FAILED "
+        f"without trying the fallback; hosts tried: {hosts}; results: {results}"
+    )
+
+
+async def test_explicit_base_url_has_no_fallback() -> None:
+    hosts: list[str] = []
+    client = make(
+        raising(httpx.ConnectError("refused"), hosts), CAPSOLVER, base_url="http://127.0.0.1:9/"
+    )
+    assert client.base_url == "http://127.0.0.1:9"
+    with pytest.raises(ConnectionFailed):
+        await client.get_balance()
+    assert hosts == ["127.0.0.1"]
+
+
+async def test_read_timeout() -> None:
+    with pytest.raises(RequestTimeout) as info:
+        await make(raising(httpx.ReadTimeout("slow"))).create_task(TASK)
+    assert info.value.error_code == "REQUEST_TIMEOUT"
+    assert classify(info.value) is Action.RETRY
+
+
+async def test_connect_timeout_does_not_count_as_sent() -> None:
+    with pytest.raises(RequestTimeout) as info:
+        await make(raising(httpx.ConnectTimeout("slow"))).create_task(TASK)
+    assert info.value.error_code == "CONNECT_TIMEOUT"
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [httpx.RemoteProtocolError("closed"), httpx.ReadError("reset")],
+    ids=["remote-protocol", "read-error"],
+)
+async def test_connection_lost(raised: Exception) -> None:
+    hosts: list[str] = []
+    with pytest.raises(ConnectionFailed) as info:
+        await make(raising(raised, hosts), CAPSOLVER, base_url=None).create_task(TASK)
+    assert info.value.error_code == "CONNECTION_LOST"
+    assert classify(info.value) is Action.RETRY
+    # The request may have been received: never resent to the fallback host.
+    assert hosts == ["api.capsolver.com"]
+
+
+async def test_transport_errors_do_not_chain_the_httpx_exception() -> None:
+    with pytest.raises(ConnectionFailed) as info:
+        await make(raising(httpx.RemoteProtocolError("closed"))).create_task(TASK)
+    assert info.value.__suppress_context__ or info.value.__context__ is None
+
+
+# --- construction and repr -----------------------------------------------------------
+
+
+def test_repr_has_no_key() -> None:
+    client = make(Recorder(ok({})))
+    assert KEY not in repr(client)
+    assert KEY not in str(client)
+    assert "capsolver" in repr(client)
+    assert KEY not in repr(vars(client))
+
+
+@pytest.mark.parametrize("key", ["", Secret("")])
+def test_empty_key_is_a_config_error(key: str | Secret) -> None:
+    with pytest.raises(ConfigError):
+        make(Recorder(ok({})), key=key)
+
+
+def test_local_profile_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        make(Recorder(ok({})), LOCAL)
+
+
+async def test_caller_owned_http_client_is_not_closed() -> None:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(Recorder(ok({"balance": 1}))))
+    async with ProviderClient(CAPSOLVER, KEY, base_url=BASE, http_client=http) as client:
+        await client.get_balance()
+    assert not http.is_closed
+    await http.aclose()
+
+
+async def test_own_http_client_is_closed() -> None:
+    client = ProviderClient(CAPSOLVER, KEY)
+    inner = client._http
+    await client.aclose()
+    assert inner.is_closed

@@ -1,0 +1,110 @@
+"""The rate limiter and limits, on a fake clock (no real sleeps)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from capbatch._exceptions import ConfigError
+from capbatch._limits import SAFETY_FACTOR, Limits, RateLimiter
+from tests.fakes import FakeClock
+
+
+def send_times(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
+    """Times at which n back-to-back callers would be allowed to send."""
+    start = clock.now()
+    return [start + limiter.reserve() for _ in range(n)]
+
+
+def max_in_any_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best = 0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@pytest.mark.parametrize("rate", [1, 7.5, 50, 200, 1000])
+def test_no_burst_and_never_above_rate_in_any_window(rate: float) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock=clock)
+    times = send_times(limiter, clock, int(rate * 5) + 3)
+    assert times[0] == clock.now()  # the first request goes at once
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) == pytest.approx(1 / (rate * SAFETY_FACTOR))
+    # Counts are whole: evenly spaced sends at 7.5/s put 8 into some one-second window.
+    assert max_in_any_window(times) <= math.ceil(rate)
+
+
+async def test_acquire_sleeps_for_its_slot_and_reports_queue_time() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock=clock)
+    waits = [await limiter.acquire() for _ in range(4)]
+    assert waits[0] == 0
+    for w in waits[1:]:
+        assert w == pytest.approx(1 / (10 * SAFETY_FACTOR))
+    assert clock.sleeps == pytest.approx(waits[1:])
+
+
+def test_idle_time_does_not_bank_a_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock=clock)
+    limiter.reserve()
+    clock.t += 60  # a long quiet spell (e.g. a resume)
+    times = send_times(limiter, clock, 5)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g == pytest.approx(1 / (10 * SAFETY_FACTOR)) for g in gaps)
+
+
+def test_slow_down_lowers_rate_and_honours_retry_after() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock=clock)
+    limiter.reserve()
+    limiter.slow_down(retry_after=2.0)
+    assert limiter.rate == pytest.approx(70)
+    assert limiter.reserve() == pytest.approx(2.0)
+    assert limiter.slowdowns == 1
+
+
+def test_rate_floor_after_many_slowdowns() -> None:
+    limiter = RateLimiter(100, clock=FakeClock())
+    for _ in range(50):
+        limiter.slow_down(0)
+    assert limiter.rate == pytest.approx(100 * RateLimiter.MIN_FRACTION)
+
+
+def test_rate_recovers_after_clean_requests_but_not_above_configured() -> None:
+    limiter = RateLimiter(10, clock=FakeClock())
+    limiter.slow_down(0)
+    slowed = limiter.rate
+    for _ in range(1000):
+        limiter.record_success()
+    assert limiter.rate == pytest.approx(10)
+    assert slowed < 10
+
+
+def test_pause_holds_everyone() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(1000, clock=clock)
+    limiter.pause(30)
+    assert limiter.reserve() == pytest.approx(30)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"rate": 0, "max_in_flight": 1}, "--rate"),
+        ({"rate": -1, "max_in_flight": 1}, "--rate"),
+        ({"rate": 1, "max_in_flight": 0}, "--max-in-flight"),
+        ({"rate": 1, "max_in_flight": 1, "max_attempts": 0}, "--max-attempts"),
+        ({"rate": 1, "max_in_flight": 1, "max_spend": -1.0}, "--max-spend"),
+    ],
+)
+def test_limits_reject_bad_values(kwargs: dict[str, float], flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        Limits(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,297 @@
+"""Tests for capbatch._outputs: result columns, incremental writing, atomic finish."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from capbatch._exceptions import ConfigError
+from capbatch._outputs import (
+    RESULT_COLUMNS,
+    RESULT_SCHEMA,
+    ResultWriter,
+    RowResult,
+    output_schema,
+    read_results,
+    results_to_arrays,
+    run_metadata,
+)
+
+T0 = 1_714_564_800.123  # 2024-05-01T12:00:00.123Z
+INPUT_SCHEMA = pa.schema(
+    [pa.field("id", pa.int64()), pa.field("image", pa.string()), pa.field("label", pa.string())]
+)
+
+
+def solved(i: int, **kw: object) -> RowResult:
+    fields: dict[str, object] = {
+        "status": "solved",
+        "answer": f"ans{i}",
+        "solution": {"text": f"ans{i}", "confidence": 0.9},
+        "task_id": f"task-{i}",
+        "provider": "capsolver",
+        "attempts": 1,
+        "polls": 2,
+        "submitted_at": T0 + i,
+        "finished_at": T0 + i + 1.5,
+        "latency_ms": 1500.0,
+        "queue_ms": 3.25,
+        "cost_usd": 0.0004,
+    }
+    fields.update(kw)
+    return RowResult(**fields)  # type: ignore[arg-type]
+
+
+def failed(i: int) -> RowResult:
+    return RowResult(
+        status="failed",
+        error_code="ERROR_CAPTCHA_UNSOLVABLE",
+        error_message="could not solve",
+        provider="capsolver",
+        attempts=3,
+    )
+
+
+def batch(start: int, n: int) -> pa.RecordBatch:
+    ids = list(range(start, start + n))
+    return pa.RecordBatch.from_pydict(
+        {"id": ids, "image": [f"img/{i}.png" for i in ids], "label": [f"l{i}" for i in ids]},
+        schema=INPUT_SCHEMA,
+    )
+
+
+def write_sample(path: Path) -> Path:
+    """Three write() calls, mixing solved and failed rows; returns the final path."""
+    with ResultWriter(path, INPUT_SCHEMA) as writer:
+        for start in (0, 3, 6):
+            results = [solved(i) if i % 3 else failed(i) for i in range(start, start + 3)]
+            writer.write(batch(start, 3), results)
+        assert writer.rows_written == 9
+        return writer.finish()
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".pq", ".csv"])
+def test_round_trip(tmp_path: Path, ext: str) -> None:
+    out = write_sample(tmp_path / f"out{ext}")
+    df = read_results(out)
+    assert list(df.columns) == [*INPUT_SCHEMA.names, *RESULT_COLUMNS]
+    assert df["id"].tolist() == list(range(9))  # input order kept across write() calls
+    assert df["status"].tolist() == ["failed" if i % 3 == 0 else "solved" for i in range(9)]
+    row = df.iloc[1]
+    assert row["answer"] == "ans1"
+    assert json.loads(row["solution"]) == {"text": "ans1", "confidence": 0.9}
+    assert row["task_id"] == "task-1"
+    assert (row["attempts"], row["polls"], row["from_cache"]) == (1, 2, False)
+    assert row["cost_usd"] == pytest.approx(0.0004)
+    assert row["queue_ms"] == 3.25
+    expected = datetime(2024, 5, 1, 12, 0, 1, 123000, tzinfo=timezone.utc)
+    assert row["submitted_at"] == pd.Timestamp(expected)
+    assert str(df["submitted_at"].dt.tz) == "UTC"
+    assert row["finished_at"] - row["submitted_at"] == pd.Timedelta(milliseconds=1500)
+    bad = df.iloc[0]
+    assert pd.isna(bad["answer"]) and pd.isna(bad["solution"]) and pd.isna(bad["task_id"])
+    assert pd.isna(bad["submitted_at"]) and pd.isna(bad["latency_ms"])
+    assert bad["error_code"] == "ERROR_CAPTCHA_UNSOLVABLE"
+    assert bad["attempts"] == 3
+
+
+def test_parquet_types_are_the_result_schema(tmp_path: Path) -> None:
+    schema = pq.read_schema(write_sample(tmp_path / "out.parquet"))
+    for field in RESULT_SCHEMA:
+        assert schema.field(field.name).type == field.type
+    assert schema.field("submitted_at").type == pa.timestamp("ms", tz="UTC")
+    assert schema.field("attempts").type == pa.int32()
+
+
+def test_csv_timestamps_are_iso_utc_and_text_stays_text(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with ResultWriter(out, INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 2), [solved(0, answer="0123"), solved(1, answer="")])
+        writer.finish()
+    text = out.read_text(encoding="utf-8")
+    assert "2024-05-01T12:00:00.123Z" in text
+    df = read_results(out)
+    assert df["answer"].tolist() == ["0123", ""]  # not a number, not missing
+
+
+def test_results_to_arrays_types() -> None:
+    arrays = results_to_arrays([solved(0), failed(1)])
+    assert [a.type for a in arrays] == list(RESULT_SCHEMA.types)
+    assert arrays[RESULT_COLUMNS.index("submitted_at")][0].as_py() == datetime(
+        2024, 5, 1, 12, 0, 0, 123000, tzinfo=timezone.utc
+    )
+
+
+def test_row_result_rejects_unknown_status() -> None:
+    with pytest.raises(ValueError, match="status"):
+        RowResult(status="pending")
+
+
+def test_colliding_input_columns_are_renamed(tmp_path: Path) -> None:
+    schema = pa.schema([pa.field("status", pa.string()), pa.field("input_status", pa.string()),
+                        pa.field("answer", pa.string()), pa.field("keep", pa.int64())])
+    assert output_schema(schema).names == [
+        "input_input_status", "input_status", "input_answer", "keep", *RESULT_COLUMNS
+    ]
+    data = pa.RecordBatch.from_pydict(
+        {"status": ["old"], "input_status": ["older"], "answer": ["prev"], "keep": [7]},
+        schema=schema,
+    )
+    with ResultWriter(tmp_path / "again.parquet", schema) as writer:
+        writer.write(data, [solved(0)])
+        out = writer.finish()
+    row = read_results(out).iloc[0]
+    assert (row["input_input_status"], row["input_status"], row["input_answer"]) == (
+        "old", "older", "prev"
+    )
+    assert (row["status"], row["answer"], row["keep"]) == ("solved", "ans0", 7)
+
+
+def test_parquet_metadata_after_finish(tmp_path: Path) -> None:
+    run = json.dumps({"provider": "capsolver", "rows": 1, "note": "ünïcode"})
+    with ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 1), [solved(0)])
+        out = writer.finish({"capbatch.provider": "capsolver", "capbatch.run": run})
+    meta = run_metadata(out)
+    assert meta == {"capbatch.provider": "capsolver", "capbatch.run": run}
+    assert json.loads(meta["capbatch.run"])["note"] == "ünïcode"
+    assert run_metadata(write_sample(tmp_path / "out.csv")) == {}
+
+
+def test_temp_file_invisible_until_finish(tmp_path: Path) -> None:
+    final = tmp_path / "sub" / "out.parquet"
+    writer = ResultWriter(final, INPUT_SCHEMA)
+    writer.write(batch(0, 2), [solved(0), solved(1)])
+    assert not final.exists()
+    assert writer.temp_path.exists() and writer.temp_path.parent == final.parent
+    assert writer.temp_path.name.startswith(".out.parquet.")
+    assert writer.finish() == final
+    assert final.exists() and not writer.temp_path.exists()
+    assert [p.name for p in final.parent.iterdir()] == ["out.parquet"]
+    with pytest.raises(RuntimeError):
+        writer.write(batch(2, 1), [solved(2)])
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".csv"])
+def test_abort_removes_temp_and_is_idempotent(tmp_path: Path, ext: str) -> None:
+    final = tmp_path / f"out{ext}"
+    writer = ResultWriter(final, INPUT_SCHEMA)
+    writer.write(batch(0, 1), [solved(0)])
+    writer.abort()
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_context_manager_aborts_on_exception(tmp_path: Path) -> None:
+    final = tmp_path / "out.csv"
+    with pytest.raises(KeyError), ResultWriter(final, INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 1), [solved(0)])
+        raise KeyError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_run_writes_header_or_schema(tmp_path: Path) -> None:
+    for name in ("empty.csv", "empty.parquet"):
+        with ResultWriter(tmp_path / name, INPUT_SCHEMA) as writer:
+            out = writer.finish()
+        df = read_results(out)
+        assert len(df) == 0 and list(df.columns) == [*INPUT_SCHEMA.names, *RESULT_COLUMNS]
+
+
+def test_csv_formula_injection_guard(tmp_path: Path) -> None:
+    risky = ['=HYPERLINK("http://evil","x")', "+1", "-2", "@x", "\tfoo", "\rbar"]
+    answers = [*risky, "normal", "a=b"]
+    n = len(answers)
+    data = pa.RecordBatch.from_pydict(
+        {"id": list(range(n)), "image": ["=cmd|' /C calc'!A0"] * n, "label": ["+lab"] * n},
+        schema=INPUT_SCHEMA,
+    )
+    results = [solved(i, answer=a, error_message="-oops", task_id="@t") for i, a in
+               enumerate(answers)]
+    with ResultWriter(tmp_path / "out.csv", INPUT_SCHEMA) as writer:
+        writer.write(data, results)
+        out = writer.finish()
+    df = read_results(out)
+    assert df["answer"].tolist() == [f"'{a}" for a in risky] + ["normal", "a=b"]
+    assert set(df["error_message"]) == {"'-oops"}
+    assert set(df["task_id"]) == {"'@t"}
+    assert set(df["image"]) == {"=cmd|' /C calc'!A0"}  # input columns as they are
+    assert set(df["label"]) == {"+lab"}
+    # Parquet is typed data, not a spreadsheet: unchanged.
+    with ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA) as writer:
+        writer.write(data, results)
+        assert read_results(writer.finish())["answer"].tolist() == answers
+
+
+def test_binary_input_column_as_base64_in_csv(tmp_path: Path) -> None:
+    schema = pa.schema([("image", pa.binary()), ("tags", pa.list_(pa.string()))])
+    blobs = [b"\x89PNG\r\n\x1a\n\x00\xff", None]
+    data = pa.RecordBatch.from_pydict({"image": blobs, "tags": [["a", "b"], None]},
+                                      schema=schema)
+    with ResultWriter(tmp_path / "out.csv", schema) as writer:
+        writer.write(data, [solved(0), failed(1)])
+        out = writer.finish()
+    df = read_results(out)
+    assert base64.b64decode(df["image"][0]) == blobs[0]
+    assert pd.isna(df["image"][1])
+    assert json.loads(df["tags"][0]) == ["a", "b"]
+    with ResultWriter(tmp_path / "out.parquet", schema) as writer:
+        writer.write(data, [solved(0), failed(1)])
+        assert read_results(writer.finish())["image"][0] == blobs[0]
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".csv"])
+def test_unicode_answers(tmp_path: Path, ext: str) -> None:
+    answers = ["Привет", "验证码", "🙂ñ", "ä,\"quoted\"\nnewline"]
+    with ResultWriter(tmp_path / f"out{ext}", INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 4), [solved(i, answer=a, solution={"text": a})
+                                   for i, a in enumerate(answers)])
+        out = writer.finish()
+    df = read_results(out)
+    assert df["answer"].tolist() == answers
+    assert df["solution"][1] == '{"text":"验证码"}'  # compact, not \\u-escaped
+
+
+def test_result_count_must_match_rows(tmp_path: Path) -> None:
+    with ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA) as writer:
+        with pytest.raises(ValueError, match="2 results for a batch of 3 rows"):
+            writer.write(batch(0, 3), [solved(0), solved(1)])
+        writer.abort()
+
+
+def test_unknown_extension_is_config_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.xlsx"
+    with pytest.raises(ConfigError) as info:
+        ResultWriter(target, INPUT_SCHEMA)
+    assert str(target) in str(info.value)
+    assert ".parquet" in str(info.value) and ".csv" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError):
+        ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA, format="xlsx")
+
+
+def test_explicit_format_overrides_extension(tmp_path: Path) -> None:
+    with ResultWriter(tmp_path / "out.txt", INPUT_SCHEMA, format="csv") as writer:
+        writer.write(batch(0, 1), [solved(0)])
+        out = writer.finish()
+    assert out.read_text(encoding="utf-8").startswith('"id","image","label","status"')
+
+
+def test_small_batches_are_gathered_into_few_row_groups(tmp_path: Path) -> None:
+    results = [solved(i) for i in range(1000)]
+    with ResultWriter(tmp_path / "big.parquet", INPUT_SCHEMA) as writer:
+        for k in range(200):
+            writer.write(batch(k * 1000, 1000), results)
+        out = writer.finish()
+    meta = pq.read_metadata(out)
+    assert meta.num_rows == 200_000
+    assert meta.num_row_groups <= 4
+    ids = pq.read_table(out, columns=["id"]).column("id")
+    assert ids[0].as_py() == 0 and ids[-1].as_py() == 199_999

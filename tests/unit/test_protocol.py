@@ -1,0 +1,438 @@
+"""Pure tests of ``capbatch._protocol``: the error table, ``classify``, request bodies and
+reply parsing. No I/O; the client-level versions of these paths live in test_client.py."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+
+from capbatch import _exceptions, _protocol
+from capbatch._exceptions import (
+    APIError,
+    AuthError,
+    BalanceError,
+    BannedError,
+    CapbatchError,
+    ConfigError,
+    ConnectionFailed,
+    InputError,
+    InvalidTask,
+    MalformedReply,
+    RateLimited,
+    RequestTimeout,
+    RowInputError,
+    ServiceUnavailable,
+    TableError,
+    TaskExpired,
+    TemporarilyBlocked,
+    TransportError,
+    Unsolvable,
+)
+from capbatch._protocol import (
+    ACTIONS,
+    ERROR_CODES,
+    Action,
+    TaskReply,
+    answer_of,
+    classify,
+    create_task_body,
+    decode_json,
+    error_from_reply,
+    get_balance_body,
+    get_task_result_body,
+    parse_balance,
+    parse_create_task,
+    parse_report,
+    parse_retry_after,
+    parse_task_result,
+    report_incorrect_body,
+)
+from capbatch._providers import ANTICAPTCHA, CAPMONSTER, CAPSOLVER, TWOCAPTCHA, ProviderProfile
+
+# What protocol.md says a batch client does with each family of errors.
+EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
+    AuthError: Action.FATAL,
+    BalanceError: Action.FATAL,
+    BannedError: Action.FATAL,
+    TemporarilyBlocked: Action.PAUSE,
+    RateLimited: Action.SLOW_DOWN,
+    ServiceUnavailable: Action.RETRY,
+    Unsolvable: Action.RETRY_BOUNDED,
+    TaskExpired: Action.RECREATE,
+    InvalidTask: Action.RECORD,
+    APIError: Action.RECORD,
+    TransportError: Action.RETRY,
+    ConnectionFailed: Action.RETRY,
+    RequestTimeout: Action.RETRY,
+    MalformedReply: Action.RETRY,
+    InputError: Action.RECORD,
+    TableError: Action.RECORD,
+    RowInputError: Action.RECORD,
+    CapbatchError: Action.RECORD,
+}
+
+# protocol.md's table, code by code (the CapSolver codes it names).
+PROTOCOL_MD_CODES: dict[str, Action] = {
+    "ERROR_SERVICE_UNAVALIABLE": Action.RETRY,
+    "ERROR_RATE_LIMIT": Action.SLOW_DOWN,
+    "ERROR_CAPTCHA_UNSOLVABLE": Action.RETRY_BOUNDED,
+    "ERROR_TASK_TIMEOUT": Action.RECREATE,
+    "ERROR_TASKID_INVALID": Action.RECREATE,
+    "ERROR_INVALID_TASK_DATA": Action.RECORD,
+    "ERROR_BAD_REQUEST": Action.RECORD,
+    "ERROR_INVALID_IMAGE": Action.RECORD,
+    "ERROR_PARSE_IMAGE_FAIL": Action.RECORD,
+    "ERROR_TASK_NOT_SUPPORTED": Action.RECORD,
+    "ERROR_UNKNOWN_QUESTION": Action.RECORD,
+    "ERROR_KEY_DENIED_ACCESS": Action.FATAL,
+    "ERROR_ZERO_BALANCE": Action.FATAL,
+    "ERROR_SETTLEMENT_FAILED": Action.FATAL,
+    "ERROR_IP_BANNED": Action.FATAL,
+    "ERROR_KEY_TEMP_BLOCKED": Action.PAUSE,
+    "ERROR_PROXY_BANNED": Action.RECORD,
+}
+
+
+def _all_exception_classes() -> list[type[CapbatchError]]:
+    return [
+        obj
+        for _, obj in inspect.getmembers(_exceptions, inspect.isclass)
+        if issubclass(obj, CapbatchError) and obj.__module__ == _exceptions.__name__
+    ]
+
+
+def _instance(cls: type[CapbatchError]) -> CapbatchError:
+    if cls is RowInputError:
+        return RowInputError("x", error_code="INPUT_NOT_AN_IMAGE", row=3)
+    return cls("x")
+
+
+# --- the classification table -------------------------------------------------------
+
+
+def test_expected_table_names_every_exception_class() -> None:
+    # ConfigError is the one class protocol.md says nothing about; see
+    # test_config_error_stops_the_run below.
+    missing = set(_all_exception_classes()) - set(EXPECTED_ACTIONS) - {ConfigError}
+    assert not missing, f"new exception classes need an expected action: {missing}"
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED_ACTIONS), ids=lambda c: c.__name__)
+def test_every_class_maps_to_the_documented_action(cls: type[CapbatchError]) -> None:
+    assert classify(_instance(cls)) is EXPECTED_ACTIONS[cls]
+
+
+def test_config_error_stops_the_run() -> None:
+    assert classify(ConfigError("no ddddocr")) is Action.FATAL
+
+
+def test_subclass_outside_the_table_takes_its_nearest_parent_action() -> None:
+    class VeryRateLimited(RateLimited):
+        pass
+
+    assert classify(VeryRateLimited("x")) is Action.SLOW_DOWN
+
+
+def test_actions_table_only_holds_capbatch_classes() -> None:
+    assert all(issubclass(cls, CapbatchError) for cls in ACTIONS)
+    assert set(ACTIONS.values()) <= set(Action)
+
+
+@pytest.mark.parametrize("code", sorted(PROTOCOL_MD_CODES))
+def test_protocol_md_codes_have_the_documented_action(code: str) -> None:
+    assert code in ERROR_CODES, f"{code} from protocol.md is missing from ERROR_CODES"
+    error = error_from_reply(400, {"errorId": 1, "errorCode": code})
+    assert classify(error) is PROTOCOL_MD_CODES[code]
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+def test_every_error_code_maps_to_its_class(code: str) -> None:
+    error = error_from_reply(200, {"errorId": 1, "errorCode": code, "errorDescription": "d"})
+    assert type(error) is ERROR_CODES[code]
+    assert error.error_code == code
+    assert classify(error) is EXPECTED_ACTIONS[ERROR_CODES[code]]
+
+
+def test_error_code_wins_over_http_status_and_description() -> None:
+    error = error_from_reply(
+        401,
+        {
+            "errorId": 1,
+            "errorCode": "ERROR_CAPTCHA_UNSOLVABLE",
+            "errorDescription": "ERROR_ZERO_BALANCE ERROR_KEY_DENIED_ACCESS",
+        },
+    )
+    assert type(error) is Unsolvable
+    assert error.http_status == 401
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (200, APIError),
+        (400, InvalidTask),
+        (401, AuthError),
+        (402, BalanceError),
+        (403, AuthError),
+        (409, InvalidTask),
+        (418, APIError),
+        (429, RateLimited),
+        (500, ServiceUnavailable),
+        (502, ServiceUnavailable),
+        (503, ServiceUnavailable),
+    ],
+)
+def test_unknown_code_falls_back_on_http_status(status: int, cls: type[APIError]) -> None:
+    error = error_from_reply(status, {"errorId": 1, "errorCode": "ERROR_FROM_THE_FUTURE"})
+    assert type(error) is cls
+    assert error.error_code == "ERROR_FROM_THE_FUTURE"
+    assert error.http_status == status
+
+
+def test_error_context_attributes() -> None:
+    error = error_from_reply(
+        429,
+        {"errorId": 1, "errorCode": "ERROR_RATE_LIMIT", "errorDescription": "slow down"},
+        retry_after=3.0,
+        task_id="t-1",
+    )
+    assert (error.http_status, error.task_id, error.retry_after) == (429, "t-1", 3.0)
+    assert str(error) == "ERROR_RATE_LIMIT: slow down (HTTP 429)"
+
+
+def test_no_code_no_payload_names_the_http_status() -> None:
+    assert error_from_reply(418, None).error_code == "HTTP_418"
+    assert error_from_reply(401, None).error_code == "ERROR_KEY_DENIED_ACCESS"
+
+
+# --- Retry-After --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("7", 7.0), (" 2.5 ", 2.5), ("0", 0.0), ("-4", 0.0), (None, None), ("", None)],
+)
+def test_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+
+
+def test_retry_after_http_date() -> None:
+    when = datetime.now(timezone.utc) + timedelta(seconds=120)
+    seconds = parse_retry_after(format_datetime(when, usegmt=True))
+    assert seconds is not None
+    assert 115 <= seconds <= 121
+
+
+def test_retry_after_date_in_the_past_is_zero() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_retry_after_garbage_is_none() -> None:
+    assert parse_retry_after("soon, please") is None
+
+
+# --- non-JSON bodies ------------------------------------------------------------------
+
+NON_JSON_BODIES = {
+    "html": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+    "empty": b"",
+    "truncated": b'{"errorId":0,"status":"rea',
+    "list": b'[{"errorId":0}]',
+    "binary": b"\xff\xfe\x00garbage",
+}
+
+
+@pytest.mark.parametrize("body", list(NON_JSON_BODIES.values()), ids=list(NON_JSON_BODIES))
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (200, MalformedReply),
+        (400, InvalidTask),
+        (401, AuthError),
+        (402, BalanceError),
+        (403, AuthError),
+        (429, RateLimited),
+        (500, ServiceUnavailable),
+        (502, ServiceUnavailable),
+        (503, ServiceUnavailable),
+    ],
+)
+def test_decode_json_non_json(body: bytes, status: int, cls: type[CapbatchError]) -> None:
+    with pytest.raises(cls) as info:
+        decode_json(status, body)
+    assert type(info.value) is cls
+
+
+def test_decode_json_object() -> None:
+    assert decode_json(200, b'{"errorId": 0}') == {"errorId": 0}
+
+
+def test_malformed_reply_snippet_is_short_and_single_line() -> None:
+    with pytest.raises(MalformedReply) as info:
+        decode_json(200, b"<html>\n" + b"x" * 500)
+    assert "\n" not in str(info.value)
+    assert len(str(info.value)) < 200
+    assert info.value.http_status == 200
+
+
+# --- request bodies -------------------------------------------------------------------
+
+
+def test_create_task_body_minimal_and_full() -> None:
+    task = {"type": "ImageToTextTask", "body": "aGk="}
+    assert create_task_body("k", task) == {"clientKey": "k", "task": task}
+    full = create_task_body("k", task, app_id="app", callback_url="https://cb")
+    assert full == {"clientKey": "k", "task": task, "appId": "app", "callbackUrl": "https://cb"}
+
+
+def test_create_task_body_copies_the_task() -> None:
+    task = {"type": "ImageToTextTask", "body": "aGk="}
+    body = create_task_body("k", task)
+    body["task"]["body"] = "changed"
+    assert task["body"] == "aGk="
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [(CAPSOLVER, "123"), (ANTICAPTCHA, 123), (CAPMONSTER, 123), (TWOCAPTCHA, 123)],
+    ids=lambda v: getattr(v, "name", repr(v)),
+)
+def test_task_id_type_in_bodies(profile: ProviderProfile, expected: str | int) -> None:
+    assert get_task_result_body(profile, "k", "123") == {"clientKey": "k", "taskId": expected}
+    assert report_incorrect_body(profile, "k", "123")["taskId"] == expected
+
+
+def test_balance_body() -> None:
+    assert get_balance_body("k") == {"clientKey": "k"}
+
+
+def test_feedback_body() -> None:
+    body = report_incorrect_body(CAPSOLVER, "k", "uuid-1", app_id="app", message="wrong")
+    assert body == {
+        "clientKey": "k",
+        "taskId": "uuid-1",
+        "appId": "app",
+        "result": {"invalid": True, "message": "wrong"},
+    }
+
+
+# --- replies --------------------------------------------------------------------------
+
+
+def _json(payload: object) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def test_parse_create_task_sync_ready() -> None:
+    reply = parse_create_task(
+        CAPSOLVER,
+        200,
+        _json(
+            {
+                "errorId": 0,
+                "errorCode": "",
+                "errorDescription": "",
+                "status": "ready",
+                "solution": {"text": "44795sds"},
+                "taskId": "2376919c-1863-11ec-a012-94e6f7355a0b",
+            }
+        ),
+    )
+    assert reply.ready and reply.status == "ready"
+    assert reply.answer == "44795sds"
+    assert reply.task_id == "2376919c-1863-11ec-a012-94e6f7355a0b"
+
+
+def test_parse_create_task_int_task_id_becomes_str() -> None:
+    reply = parse_create_task(ANTICAPTCHA, 200, _json({"errorId": 0, "taskId": 7654321}))
+    assert reply.task_id == "7654321"
+    assert not reply.ready
+
+
+def test_parse_create_task_needs_answer_or_task_id() -> None:
+    with pytest.raises(MalformedReply):
+        parse_create_task(CAPSOLVER, 200, _json({"errorId": 0}))
+    with pytest.raises(MalformedReply):
+        parse_create_task(CAPSOLVER, 200, _json({"errorId": 0, "taskId": ""}))
+
+
+def test_ready_without_solution_is_malformed() -> None:
+    with pytest.raises(MalformedReply):
+        parse_task_result(CAPSOLVER, 200, _json({"errorId": 0, "status": "ready"}), "t")
+
+
+def test_status_is_case_insensitive() -> None:
+    reply = parse_task_result(
+        CAPSOLVER, 200, _json({"errorId": 0, "status": "READY", "solution": {"text": "a"}}), "t"
+    )
+    assert reply.ready
+
+
+def test_string_error_id_zero_is_success() -> None:
+    reply = parse_task_result(CAPSOLVER, 200, _json({"errorId": "0", "status": "idle"}), "t")
+    assert reply.status == "pending"
+
+
+def test_error_id_zero_with_error_status_is_still_an_error() -> None:
+    with pytest.raises(ServiceUnavailable):
+        parse_task_result(CAPSOLVER, 503, _json({"errorId": 0, "status": "idle"}), "t")
+
+
+def test_failed_status_carries_the_task_id() -> None:
+    with pytest.raises(Unsolvable) as info:
+        parse_task_result(CAPSOLVER, 200, _json({"errorId": 0, "status": "failed"}), "t-9")
+    assert info.value.task_id == "t-9"
+    assert info.value.error_code == "ERROR_TASK_FAILED"
+
+
+def test_cost_parsing() -> None:
+    payload = _json(
+        {"errorId": 0, "status": "ready", "solution": {"text": "a"}, "cost": "0.000700"}
+    )
+    assert parse_task_result(ANTICAPTCHA, 200, payload, "1").cost == pytest.approx(0.0007)
+    assert parse_task_result(TWOCAPTCHA, 200, payload, "1").cost == pytest.approx(0.0007)
+    assert parse_task_result(CAPSOLVER, 200, payload, "1").cost is None
+    bad = _json({"errorId": 0, "status": "ready", "solution": {"text": "a"}, "cost": "n/a"})
+    assert parse_task_result(ANTICAPTCHA, 200, bad, "1").cost is None
+
+
+def test_parse_balance() -> None:
+    assert parse_balance(200, _json({"errorId": 0, "balance": 1.25})) == 1.25
+    assert parse_balance(200, _json({"errorId": 0, "balance": "3.5"})) == 3.5
+    with pytest.raises(MalformedReply):
+        parse_balance(200, _json({"errorId": 0}))
+
+
+def test_parse_report() -> None:
+    assert parse_report(200, _json({"errorId": 0, "status": "success"}), "1") is True
+    assert parse_report(200, _json({"errorId": 0, "message": "ok"}), "1") is True
+    assert parse_report(200, _json({"errorId": 0, "status": "fail"}), "1") is False
+    with pytest.raises(TaskExpired):
+        parse_report(200, _json({"errorId": 1, "errorCode": "ERROR_TASKID_INVALID"}), "1")
+
+
+@pytest.mark.parametrize(
+    ("solution", "answer"),
+    [
+        (None, None),
+        ({}, None),
+        ({"text": "abc"}, "abc"),
+        ({"gRecaptchaResponse": "tok"}, "tok"),
+        ({"answers": ["1", "2"]}, '["1","2"]'),
+        ({"text": "abc", "answers": [1]}, "abc"),
+        ({"confidence": 0.9}, None),
+    ],
+)
+def test_answer_of(solution: dict[str, object] | None, answer: str | None) -> None:
+    assert answer_of(solution) == answer
+
+
+def test_task_reply_properties() -> None:
+    reply = TaskReply(task_id="t", status="pending", raw_status="idle")
+    assert not reply.ready
+    assert reply.answer is None
+    assert _protocol.TaskReply is TaskReply

@@ -1,0 +1,350 @@
+"""The per-row state machine against a faked provider (MockTransport) and a fake clock."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+
+from capbatch._client import ProviderClient
+from capbatch._journal import Journal, JournalEntry
+from capbatch._limits import Limits, RateLimiter
+from capbatch._providers import ANTICAPTCHA, CAPSOLVER, ProviderProfile
+from capbatch._scheduler import (
+    POLL_LIMIT,
+    Job,
+    RetryPolicy,
+    RunStopped,
+    SpendCapReached,
+    TaskSolver,
+    solve_job,
+)
+from capbatch._spend import SpendGuard
+from tests.fakes import FakeClock
+
+KEY = "sk-SCHEDULER-SECRET"
+PRICE = 0.0004
+
+Reply = tuple[int, dict[str, Any] | str, dict[str, str]]
+
+
+def ok_ready(text: str = "ab12", task_id: str = "t-1") -> Reply:
+    body = {"errorId": 0, "status": "ready", "solution": {"text": text}, "taskId": task_id}
+    return 200, body, {}
+
+
+def deferred(task_id: str = "t-1") -> Reply:
+    return 200, {"errorId": 0, "taskId": task_id}, {}
+
+
+def pending(status: str = "processing") -> Reply:
+    return 200, {"errorId": 0, "status": status}, {}
+
+
+def error(code: str, http: int = 400, headers: dict[str, str] | None = None) -> Reply:
+    return http, {"errorId": 1, "errorCode": code, "errorDescription": "d"}, headers or {}
+
+
+class FakeProvider:
+    """Answers each endpoint from a script (the last reply repeats)."""
+
+    def __init__(self, **scripts: list[Reply | Exception]) -> None:
+        self.scripts = scripts
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def count(self, endpoint: str) -> int:
+        return sum(1 for e, _ in self.calls if e == endpoint)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        endpoint = request.url.path.strip("/")
+        body = json.loads(request.content)
+        self.calls.append((endpoint, body))
+        script = self.scripts[endpoint]
+        item = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(item, Exception):
+            raise item
+        status, payload, headers = item
+        content = payload if isinstance(payload, str) else json.dumps(payload)
+        return httpx.Response(status, content=content, headers=headers)
+
+
+def make_solver(
+    provider: FakeProvider,
+    *,
+    profile: ProviderProfile = CAPSOLVER,
+    max_attempts: int = 3,
+    cap: float | None = None,
+    clock: FakeClock | None = None,
+) -> tuple[TaskSolver, Journal, FakeClock]:
+    clock = clock or FakeClock()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(provider.handler))
+    client = ProviderClient(profile, KEY, base_url="http://127.0.0.1:9", http_client=http)
+    journal = Journal(":memory:")
+    limits = Limits(rate=100, max_in_flight=4, max_attempts=max_attempts, max_spend=cap)
+    solver = TaskSolver(
+        client,
+        profile,
+        journal,
+        limits,
+        RateLimiter(100, clock=clock),
+        SpendGuard(cap),
+        price=PRICE,
+        clock=clock,
+        policy=RetryPolicy(backoff_base=0.5, backoff_cap=8.0),
+        seed=1,
+    )
+    return solver, journal, clock
+
+
+JOB = Job(key="key-1", row_key="0", task={"type": "ImageToTextTask", "body": "aGVsbG8="})
+
+
+async def test_synchronous_answer_is_recorded_at_once() -> None:
+    provider = FakeProvider(createTask=[ok_ready("xy9z")])
+    solver, journal, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.answer == "xy9z"
+    assert (result.attempts, result.polls) == (1, 0)
+    assert result.cost_usd == pytest.approx(PRICE)
+    assert provider.count("getTaskResult") == 0
+    entry = journal.get(JOB.key)
+    assert entry is not None and entry.done and entry.answer == "xy9z"
+    assert solver.spend.spent == pytest.approx(PRICE) and solver.spend.reserved == 0
+
+
+async def test_deferred_task_is_polled_on_the_profile_schedule() -> None:
+    provider = FakeProvider(
+        createTask=[deferred("t-9")],
+        getTaskResult=[pending("idle"), pending("processing"), ok_ready("q1w2", "t-9")],
+    )
+    solver, _, clock = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.answer == "q1w2" and result.task_id == "t-9"
+    assert result.polls == 3 and result.attempts == 1
+    assert [b["taskId"] for e, b in provider.calls if e == "getTaskResult"] == ["t-9"] * 3
+    poll_waits = [s for s in clock.sleeps if s >= 0.5]
+    assert poll_waits[0] == pytest.approx(CAPSOLVER.poll.first_delay, abs=0.05)
+    assert all(w == pytest.approx(CAPSOLVER.poll.interval, abs=0.05) for w in poll_waits[1:])
+
+
+async def test_service_unavailable_is_retried_with_backoff_then_succeeds() -> None:
+    provider = FakeProvider(
+        createTask=[
+            error("ERROR_SERVICE_UNAVALIABLE"),
+            error("ERROR_SERVICE_UNAVALIABLE", 503),
+            ok_ready(),
+        ]
+    )
+    solver, _, clock = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.attempts == 3
+    backoffs = [s for s in clock.sleeps if s >= 0.2]
+    assert len(backoffs) == 2 and backoffs[1] > backoffs[0] * 0.9  # grows (with jitter)
+
+
+async def test_retries_stop_at_max_attempts_with_the_real_error_code() -> None:
+    provider = FakeProvider(createTask=[error("ERROR_SERVICE_UNAVALIABLE")])
+    solver, journal, _ = make_solver(provider, max_attempts=3)
+    result = await solve_job(solver, JOB)
+    assert result.status == "failed" and result.error_code == "ERROR_SERVICE_UNAVALIABLE"
+    assert provider.count("createTask") == 3 and result.attempts == 3
+    assert result.cost_usd == 0 and solver.spend.committed() == 0
+    assert journal.get(JOB.key).done  # type: ignore[union-attr]
+
+
+async def test_rate_limit_slows_the_run_honours_retry_after_and_costs_no_attempt() -> None:
+    provider = FakeProvider(
+        createTask=[
+            error("ERROR_RATE_LIMIT", 429, {"Retry-After": "2"}),
+            error("ERROR_RATE_LIMIT", 429, {"Retry-After": "2"}),
+            error("ERROR_RATE_LIMIT", 429, {"Retry-After": "2"}),
+            ok_ready(),
+        ]
+    )
+    solver, _, clock = make_solver(provider, max_attempts=1)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.attempts == 4
+    assert solver.limiter.rate < 100 and solver.stats.rate_limited == 3
+    assert sum(1 for s in clock.sleeps if s == pytest.approx(2.0, abs=0.05)) >= 3
+
+
+@pytest.mark.parametrize(
+    "code", ["ERROR_INVALID_IMAGE", "ERROR_INVALID_TASK_DATA", "ERROR_TASK_NOT_SUPPORTED"]
+)
+async def test_request_errors_fail_the_row_once_without_retry(code: str) -> None:
+    provider = FakeProvider(createTask=[error(code)])
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "failed" and result.error_code == code
+    assert provider.count("createTask") == 1 and result.cost_usd == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [("ERROR_KEY_DENIED_ACCESS", 401), ("ERROR_ZERO_BALANCE", 400), ("ERROR_IP_BANNED", 403)],
+)
+async def test_run_fatal_errors_stop_everything(code: str, http: int) -> None:
+    provider = FakeProvider(createTask=[error(code, http)])
+    solver, journal, _ = make_solver(provider)
+    with pytest.raises(RunStopped) as info:
+        await solve_job(solver, JOB)
+    assert info.value.error.error_code == code and solver.stopped is not None
+    assert KEY not in str(info.value.error)
+    assert not journal.get(JOB.key).done  # type: ignore[union-attr]  # resumable
+    with pytest.raises(RunStopped):  # later jobs stop before sending anything
+        await solve_job(solver, replace(JOB, key="key-2"))
+    assert provider.count("createTask") == 1
+
+
+@pytest.mark.parametrize(("profile", "charged"), [(CAPSOLVER, False), (ANTICAPTCHA, True)])
+async def test_unsolvable_is_retried_a_bounded_number_of_times(
+    profile: ProviderProfile, charged: bool
+) -> None:
+    provider = FakeProvider(createTask=[error("ERROR_CAPTCHA_UNSOLVABLE")])
+    solver, journal, _ = make_solver(provider, profile=profile, max_attempts=3)
+    result = await solve_job(solver, JOB)
+    assert result.status == "failed" and result.error_code == "ERROR_CAPTCHA_UNSOLVABLE"
+    assert provider.count("createTask") == 3
+    expected = 3 * PRICE if charged else 0.0
+    assert result.cost_usd == pytest.approx(expected)
+    assert journal.get(JOB.key).cost == pytest.approx(expected)  # type: ignore[union-attr]
+
+
+async def test_unsolvable_then_solved_on_a_new_task() -> None:
+    provider = FakeProvider(
+        createTask=[deferred("t-1"), deferred("t-2")],
+        getTaskResult=[error("ERROR_CAPTCHA_UNSOLVABLE"), ok_ready("good", "t-2")],
+    )
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.answer == "good" and result.attempts == 2
+
+
+async def test_expired_task_id_is_recreated() -> None:
+    provider = FakeProvider(
+        createTask=[deferred("t-1"), deferred("t-2")],
+        getTaskResult=[error("ERROR_TASKID_INVALID"), ok_ready("fresh", "t-2")],
+    )
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.answer == "fresh" and result.attempts == 2 and result.task_id == "t-2"
+
+
+async def test_poll_limit_gives_up_after_max_polls_per_task() -> None:
+    provider = FakeProvider(createTask=[deferred()], getTaskResult=[pending()])
+    solver, _, _ = make_solver(provider, max_attempts=2)
+    result = await solve_job(solver, JOB)
+    assert result.status == "failed" and result.error_code == POLL_LIMIT
+    assert provider.count("createTask") == 2
+    assert provider.count("getTaskResult") <= 2 * CAPSOLVER.poll.max_polls
+    assert solver.spend.committed() == 0
+
+
+async def test_transient_poll_errors_are_retried_without_recreating() -> None:
+    provider = FakeProvider(
+        createTask=[deferred()],
+        getTaskResult=[
+            httpx.ReadTimeout("slow"),
+            error("ERROR_SERVICE_UNAVALIABLE", 502),
+            ok_ready(),
+        ],
+    )
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.attempts == 1 and result.polls == 3
+
+
+async def test_lost_create_reply_is_counted_as_a_possible_double_payment() -> None:
+    provider = FakeProvider(createTask=[httpx.RemoteProtocolError("dropped"), ok_ready()])
+    solver, journal, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.attempts == 2
+    assert solver.stats.possible_double_payments == 1
+    assert journal.get(JOB.key).uncertain == 1  # type: ignore[union-attr]
+
+
+async def test_connect_failure_is_not_a_double_payment() -> None:
+    provider = FakeProvider(createTask=[httpx.ConnectError("refused"), ok_ready()])
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and solver.stats.possible_double_payments == 0
+
+
+async def test_spend_cap_counts_money_in_flight() -> None:
+    provider = FakeProvider(createTask=[deferred()], getTaskResult=[pending()])
+    solver, _, _ = make_solver(provider, cap=2.5 * PRICE)
+    assert solver.spend.reserve(PRICE) and solver.spend.reserve(PRICE)  # two in flight
+    with pytest.raises(SpendCapReached):
+        await solve_job(solver, JOB)
+    assert provider.count("createTask") == 0 and solver.spend.cap_reached
+
+
+def entry(state: str, created_ago: float, **kw: Any) -> JournalEntry:
+    base: dict[str, Any] = {
+        "key": JOB.key,
+        "state": state,
+        "owner": "0",
+        "task_id": "t-old",
+        "created_at": time.time() - created_ago,
+        "attempts": 1,
+        "polls": 0,
+        "uncertain": 0,
+        "status": None,
+        "answer": None,
+        "solution": None,
+        "error_code": None,
+        "error_message": None,
+        "cost": None,
+        "provider": "capsolver",
+        "submitted_at": time.time() - created_ago,
+        "finished_at": None,
+        "latency_ms": None,
+        "queue_ms": None,
+    }
+    base.update(kw)
+    return JournalEntry(**base)
+
+
+async def test_resume_polls_a_journaled_task_instead_of_creating_it_again() -> None:
+    provider = FakeProvider(createTask=[ok_ready("new")], getTaskResult=[ok_ready("old", "t-old")])
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, replace(JOB, resumed=entry("created", 5)))
+    assert result.answer == "old" and provider.count("createTask") == 0
+    assert solver.stats.possible_double_payments == 0 and result.attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("resumed", "doubles"),
+    [
+        (entry("created", 3600), 1),
+        (entry("intent", 5, task_id=None), 1),
+        (entry("intent", 5, task_id=None, uncertain=2), 3),
+    ],
+)
+async def test_resume_recreates_lost_or_expired_tasks_and_counts_them(
+    resumed: JournalEntry, doubles: int
+) -> None:
+    provider = FakeProvider(createTask=[ok_ready("new")])
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, replace(JOB, resumed=resumed))
+    assert result.answer == "new" and provider.count("createTask") == 1
+    assert solver.stats.possible_double_payments == doubles
+    assert result.attempts == 2
+
+
+async def test_no_request_body_or_error_carries_the_key_outside_clientKey() -> None:
+    provider = FakeProvider(createTask=[error("ERROR_INVALID_IMAGE")])
+    solver, journal, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert KEY not in repr(result)
+    assert all(b["clientKey"] == KEY for _, b in provider.calls)
+    dump = "\n".join(journal._db.iterdump())
+    assert KEY not in dump
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
