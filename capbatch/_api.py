@@ -380,9 +380,9 @@ async def arun(source: Any, **options: Any) -> pd.DataFrame:
     """
     outcome = await execute(source, RunOptions.from_kwargs(options), want_frame=True)
     if outcome.frame is None:  # a dry run
-        frame = pd.DataFrame()
-        frame.attrs["capbatch"] = outcome.summary.to_dict()
-        return frame
+        empty: pd.DataFrame = pd.DataFrame({})
+        empty.attrs["capbatch"] = outcome.summary.to_dict()
+        return empty
     return outcome.frame
 
 

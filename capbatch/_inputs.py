@@ -1,10 +1,9 @@
 """The streaming reader: an input table as record batches of one fixed schema.
 
-``TableSource`` reads Parquet, CSV and JSON Lines files (CSV and JSONL may be ``.gz``),
-pandas DataFrames and pyarrow Tables, and hands them out as ``pyarrow.RecordBatch``
-objects of at most ``batch_rows`` rows that all have exactly ``TableSource.schema``.
-Files are streamed, never loaded whole: memory is a batch plus a few MB of reader
-buffers, whatever the file size. Turning a cell into image bytes is ``_images``'s job.
+``TableSource`` streams Parquet, CSV and JSON Lines files (CSV and JSONL may be ``.gz``),
+pandas DataFrames and pyarrow Tables as ``pyarrow.RecordBatch`` objects of at most
+``batch_rows`` rows, all with exactly ``TableSource.schema``. Files are never loaded
+whole: memory is a batch plus a few MB of reader buffers, whatever the file size.
 """
 
 from __future__ import annotations
@@ -17,15 +16,19 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import Any, Final
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import _images
 from ._exceptions import ConfigError, TableError
-from ._images import guess_image_column, is_image_type
+from ._images import image_hash, resolve_column, resolve_image, task_key
+
+# The image helpers are re-exported: callers import everything about inputs from here.
+__all__ = ["TableSource", "image_hash", "resolve_column", "resolve_image", "task_key"]
 
 # Tried in this order, case-insensitively, before looking at the values.
 IMAGE_COLUMN_NAMES: Final = tuple(
@@ -38,12 +41,11 @@ _FORMATS.update({".ndjson": "jsonl", ".json": "jsonl"})  # .json must hold JSON 
 _READ_ERRORS: Final = (pa.ArrowException, OSError, ValueError, EOFError)
 # Columns pandas writes for a non-default index: index, not data.
 _PANDAS_INDEX: Final = re.compile(r"__index_level_\d+__")
-# Measured: pyarrow's CSV reader keeps ~40 blocks in flight when given a path, but only
-# a few when fed a Python file object (and is no slower), so files are opened here.
-_CSV_BLOCK: Final = 1 << 20
-_CSV_MAX_BLOCK: Final = 1 << 30
-# Without a read buffer ParquetFile loads a row group's whole column chunks (pandas writes
-# one row group per million rows: often the whole file); 1 MiB buffers keep it to pages.
+# Measured: pyarrow's CSV reader keeps ~40 blocks in flight (not configurable): ~3 MB with
+# 64 KiB blocks, 43 MB with 1 MiB, at the same speed. Longer rows make the block grow.
+_CSV_BLOCK, _CSV_MAX_BLOCK = 1 << 16, 1 << 30
+# ParquetFile's defaults load a row group's whole column chunks, and pandas writes a row
+# group per million rows (71 MB peak for a 60 MB file); buffered page reads keep 15 MB.
 _PARQUET_BUFFER: Final = 1 << 20
 
 
@@ -60,15 +62,13 @@ class _Reader:
 class TableSource:
     """A re-iterable stream of record batches from a file or an in-memory table.
 
-    Attributes: ``path`` (None in memory), ``base_dir`` (relative image paths are
-    resolved against it: the table's folder, or the working directory in memory),
-    ``format`` (parquet, csv, jsonl, dataframe, arrow), ``schema``, ``image_column``,
-    ``id_column`` and ``num_rows`` (None until counted, for CSV).
+    ``path`` is None in memory; relative image paths resolve against ``base_dir`` (the
+    table's folder, else the working directory); ``format`` is parquet, csv, jsonl,
+    dataframe or arrow; ``num_rows`` is None for CSV until ``count_rows()``.
 
-    Construction reads only metadata, the first batch when the image column must be
-    found by content, and (JSON Lines only) the whole file once to fix column types;
-    it raises ``TableError`` for an unreadable or unusable table. A table with no rows
-    is fine: ``batches()`` yields nothing.
+    Construction reads metadata, the first batch if the image column must be found by
+    content, and (JSON Lines only) the whole file once to fix column types. It raises
+    ``TableError`` for an unusable table; one with no rows is fine (no batches).
     """
 
     def __init__(
@@ -94,11 +94,9 @@ class TableSource:
             self.base_dir = self.path.parent
             self.format, gz = _check_file(self.path)
             self._reader = _file_reader(self.path, self.format, gz)
-        else:
-            raise TableError(
-                f"cannot read a {type(source).__name__}: pass a file path, a pandas "
-                "DataFrame or a pyarrow Table"
-            )
+        else:  # for untyped callers
+            what = type(source).__name__  # type: ignore[unreachable]
+            raise TableError(f"cannot read a {what}: pass a path, a DataFrame or a pyarrow Table")
         self.schema: pa.Schema = self._reader.schema
         self.num_rows: int | None = self._reader.num_rows
         names = self.schema.names
@@ -116,11 +114,8 @@ class TableSource:
         return f"TableSource({where!r}, format={self.format!r}, image_column={self.image_column!r})"
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """Stream from the first row: batches of up to ``batch_rows`` rows, in order.
-
-        Every batch has exactly ``schema``; empty batches are never yielded. A read error
-        part-way through (a corrupt page, a malformed CSV row) is a ``TableError``.
-        """
+        """Stream from the first row, in order: non-empty batches of up to ``batch_rows``
+        rows with exactly ``schema``. A read error part-way through is a ``TableError``."""
         try:
             raw = self._reader.stream(self.batch_rows)
             yield from _rechunk(raw, self.schema, self.batch_rows)
@@ -129,58 +124,53 @@ class TableSource:
 
     def count_rows(self) -> int:
         """The number of rows; streams a CSV once (one column only) the first time."""
-        if self.num_rows is None:
+        if self.num_rows is None and self._reader.count is not None:
             try:
-                assert self._reader.count is not None  # every reader without num_rows has one
                 self.num_rows = self._reader.count()
             except _READ_ERRORS as exc:
                 raise TableError(f"cannot read {self._name}: {_short(exc)}") from exc
-        return self.num_rows
+        return self.num_rows or 0
 
     def _find_image_column(self, wanted: str | None) -> str:
         names = self.schema.names
         if wanted is not None:
-            if wanted not in names:
-                hint = [n for n in names if n.lower() == wanted.lower()]
-                maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise TableError(
-                    f"image column {wanted!r} is not in {self._name}{maybe}; "
-                    f"columns: {_listing(names)}"
-                )
+            self._check_named("image", wanted)
             dtype = self.schema.field(wanted).type
-            if not is_image_type(dtype):
-                raise TableError(
-                    f"image column {wanted!r} in {self._name} holds {dtype} values, not "
-                    "file paths, base64 strings, data URIs or bytes"
-                )
+            if not _images.is_image_type(dtype):
+                what = "paths, base64 strings, data URIs or bytes"
+                raise TableError(f"image column {wanted!r} holds {dtype} values, not {what}")
             return wanted
         for candidate in IMAGE_COLUMN_NAMES:
             for name in names:
-                if name.lower() == candidate and is_image_type(self.schema.field(name).type):
+                if name.lower() == candidate and _images.is_image_type(
+                    self.schema.field(name).type
+                ):
                     return name
         first = next(self.batches(), None)
-        if (found := guess_image_column(first) if first is not None else None) is None:
+        if (found := _images.guess_image_column(first) if first is not None else None) is None:
             raise TableError(
-                f"no image column found in {self._name}; columns: {_listing(names)}. Name "
-                "it 'image' (or image_path, image_b64, ...) or pass the image column's name"
+                f"no image column found in {self._name}; columns: {', '.join(map(repr, names))}."
+                " Name it 'image' (or image_path, image_b64, ...) or pass the image column"
             )
         return found
 
     def _find_id_column(self, wanted: str | None) -> str | None:
-        names = self.schema.names
-        if wanted is not None and wanted not in names:
-            raise TableError(
-                f"id column {wanted!r} is not in {self._name}; columns: {_listing(names)}"
-            )
+        if wanted is not None:
+            self._check_named("id", wanted)
         for candidate in ID_COLUMN_NAMES if wanted is None else ():
-            for name in names:
+            for name in self.schema.names:
                 if name.lower() == candidate and name != self.image_column:
                     return name
         return wanted
 
-
-def _listing(names: list[str]) -> str:
-    return ", ".join(repr(n) for n in names) if names else "(none)"
+    def _check_named(self, role: str, wanted: str) -> None:
+        names = self.schema.names
+        if wanted not in names:
+            hint = [f" (did you mean {n!r}?)" for n in names if n.lower() == wanted.lower()]
+            raise TableError(
+                f"{role} column {wanted!r} is not in {self._name}{''.join(hint[:1])}; "
+                f"columns: {', '.join(map(repr, names))}"
+            )
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -218,15 +208,11 @@ def _file_reader(path: Path, fmt: str, gz: bool) -> _Reader:
     try:
         if fmt == "parquet":
             return _parquet_reader(path)
-        return _csv_reader(path, gz) if fmt == "csv" else _jsonl_reader(path, gz)
+        return _csv_reader(path) if fmt == "csv" else _jsonl_reader(path, gz)
     except _READ_ERRORS as exc:
         if "Empty CSV file" in str(exc):
             raise TableError(f"input file is empty: {path}") from exc
         raise TableError(f"{path} is not a valid {fmt.upper()} file: {_short(exc)}") from exc
-
-
-def _open_binary(path: Path, gz: bool) -> IO[bytes]:
-    return cast(IO[bytes], gzip.open(path, "rb") if gz else path.open("rb"))
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -264,13 +250,18 @@ def _concat(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
 def _frame_reader(frame: pd.DataFrame) -> _Reader:
     """A DataFrame, converted one slice at a time (never a full copy); index dropped.
 
-    Object columns of bytes become binary, of str string, as pyarrow infers them; the
-    schema is inferred once from the whole frame so every slice gets the same types.
+    Types are inferred once from the whole frame (object columns of bytes become binary)
+    so that every slice gets the same schema.
     """
     try:
         schema = pa.Schema.from_pandas(frame, preserve_index=False)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise TableError(f"cannot convert the input DataFrame to Arrow: {_short(exc)}") from exc
+    for i, field in enumerate(schema):
+        # pyarrow silently stores str as UTF-8 *bytes* in a column that also holds bytes,
+        # which would make a path look like (broken) image bytes: refuse it instead.
+        if field.type == pa.binary() and any(isinstance(v, str) for v in frame.iloc[:, i]):
+            raise TableError(f"DataFrame column {field.name!r} mixes str and bytes values")
 
     def stream(batch_rows: int) -> Iterator[pa.RecordBatch]:
         for start in range(0, len(frame), batch_rows):
@@ -289,34 +280,34 @@ def _parquet_reader(path: Path) -> _Reader:
     schema = pa.schema([full.field(n) for n in keep]) if columns else full
 
     def stream(batch_rows: int) -> Iterator[pa.RecordBatch]:
-        with pq.ParquetFile(path, buffer_size=_PARQUET_BUFFER) as pf:
+        with pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER) as pf:
             yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
     return _Reader(schema, stream, num_rows)
 
 
-def _csv_reader(path: Path, gz: bool) -> _Reader:
-    """Every column is read as text, so no block can infer a type another contradicts."""
+def _csv_reader(path: Path) -> _Reader:
+    """Every column is read as text, so no block can infer a type another contradicts.
+    (pyarrow decompresses a ``.gz`` path by itself, going by the file name.)"""
     block = [_CSV_BLOCK]  # grows, for all later reads, when a row is longer than a block
 
     def stream(convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
         emitted = 0
         while True:
             try:
-                with _open_binary(path, gz) as fh:
-                    reader = pacsv.open_csv(
-                        fh,
-                        read_options=pacsv.ReadOptions(block_size=block[0]),
-                        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                        convert_options=convert,
-                    )
-                    yield pa.RecordBatch.from_pylist([], schema=reader.schema)
-                    skip = emitted  # after a restart, drop the rows already handed out
-                    for raw in reader:
-                        batch = raw.slice(min(skip, raw.num_rows))
-                        skip = max(0, skip - raw.num_rows)
-                        emitted += batch.num_rows
-                        yield batch
+                reader = pacsv.open_csv(
+                    str(path),  # a path, not a Python file: pyarrow then reads natively
+                    read_options=pacsv.ReadOptions(block_size=block[0]),
+                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                    convert_options=convert,
+                )
+                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+                skip = emitted  # after a restart, drop the rows already handed out
+                for raw in reader:
+                    batch = raw.slice(min(skip, raw.num_rows))
+                    skip = max(0, skip - raw.num_rows)
+                    emitted += batch.num_rows
+                    yield batch
                 return
             except pa.ArrowInvalid as exc:
                 # A row longer than a block (a big base64 image): retry with bigger blocks.
@@ -340,15 +331,16 @@ def _csv_reader(path: Path, gz: bool) -> _Reader:
     )
 
 
-_JSON_TYPES: Final = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}
+# JSON kinds -> Arrow types; "str" also holds mixed kinds, big ints and nested values.
+_JSON_TYPES: Final[dict[str, pa.DataType]] = {"bool": pa.bool_(), "str": pa.string()}
+_JSON_TYPES.update(int=pa.int64(), float=pa.float64())
 
 
 def _json_kind(value: object) -> str | None:
     if value is None or isinstance(value, (bool, float)):
         return None if value is None else type(value).__name__
-    if isinstance(value, int):
-        return "int" if -(2**63) <= value < 2**63 else "str"
-    return "str"  # strings, and objects and arrays (kept as JSON text)
+    fits = isinstance(value, int) and -(2**63) <= value < 2**63
+    return "int" if fits else "str"  # str: strings, big ints, objects and arrays (as JSON)
 
 
 def _jsonl_reader(path: Path, gz: bool) -> _Reader:
@@ -360,7 +352,7 @@ def _jsonl_reader(path: Path, gz: bool) -> _Reader:
     """
 
     def objects() -> Iterator[dict[str, Any]]:
-        with _open_binary(path, gz) as fh:
+        with gzip.open(path, "rb") if gz else path.open("rb") as fh:
             for number, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
@@ -385,9 +377,7 @@ def _jsonl_reader(path: Path, gz: bool) -> _Reader:
                 kinds[key] = "float" if {old, new} == {"int", "float"} else "str"
     if rows == 0:
         raise TableError(f"input file has no JSON lines: {path}")
-    schema = pa.schema(
-        [pa.field(k, _JSON_TYPES.get(v or "str", pa.string())) for k, v in kinds.items()]
-    )
+    schema = pa.schema([(key, _JSON_TYPES[kind or "str"]) for key, kind in kinds.items()])
 
     def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
         arrays = []

@@ -139,8 +139,14 @@ class TaskSolver:
 
     # --- the request gate -------------------------------------------------------------
 
-    async def _request(self, state: _Attempt, call: Callable[[], Awaitable[T]]) -> T:
-        """One request: in-flight slot, then rate slot, then send. Adds queue time."""
+    async def _request(
+        self,
+        state: _Attempt,
+        call: Callable[[], Awaitable[T]],
+        before_send: Callable[[], None] | None = None,
+    ) -> T:
+        """One request: in-flight slot, then rate slot, then ``before_send`` (the journal
+        write that must precede it), then send. Adds the wait to the row's queue time."""
         if self.stopped is not None:
             raise RunStopped(self.stopped)
         started = self.clock.now()
@@ -149,6 +155,10 @@ class TaskSolver:
             state.queue_s += self.clock.now() - started
             if self.stopped is not None:
                 raise RunStopped(self.stopped)
+            if before_send is not None:
+                before_send()
+            if state.submitted_at is None:
+                state.submitted_at = time.time()  # latency runs from the first send
             self.stats.requests += 1
             return await call()
 
@@ -203,23 +213,38 @@ class TaskSolver:
         if not self.spend.reserve(self.price):
             raise SpendCapReached()
         state.reserved = self.price
-        wall = time.time()
-        if state.submitted_at is None:
-            state.submitted_at = wall
-        self.journal.record_intent(
-            job.key, owner=job.row_key, provider=self.profile.name, submitted_at=wall
-        )
-        state.calls += 1
+        sent = False
+
+        def record_intent() -> None:
+            # Written after the wait for a send slot, just before the request leaves.
+            nonlocal sent
+            sent = True
+            state.calls += 1
+            self.stats.creates += 1
+            self.journal.record_intent(
+                job.key,
+                owner=job.row_key,
+                provider=self.profile.name,
+                submitted_at=state.submitted_at or time.time(),
+            )
+
         state.budget += 1
-        self.stats.creates += 1
         try:
-            reply = await self._request(state, lambda: self.service.create_task(job.task))
+            reply = await self._request(
+                state, lambda: self.service.create_task(job.task), before_send=record_intent
+            )
+        except RunStopped:
+            self._release_task_money(state)
+            raise
         except CapbatchError as exc:
             self._settle_failed_create(job, state, exc)
             await self._handle(job, state, exc, creating=True)
             return None
         except BaseException:
-            # Cancelled or stopped while the request was out: its outcome is unknown.
+            if not sent:
+                self._release_task_money(state)
+                raise
+            # Cancelled while the request was out: its outcome is unknown.
             self._settle_failed_create(job, state, RequestTimeout("cancelled in flight"))
             raise
         state.failures = 0

@@ -192,7 +192,7 @@ def _seeded_captcha(rng: random.Random) -> Iterator[None]:
     Patches the module's ``secrets`` reference (captcha >= 0.6) and also seeds the global
     ``random`` (older captcha releases used it), restoring both afterwards.
     """
-    import captcha.image as captcha_image  # noqa: PLC0415 - optional dev dependency
+    import captcha.image as captcha_image
 
     saved_state = random.getstate()
     random.seed(rng.getrandbits(64))
@@ -211,7 +211,7 @@ def _seeded_captcha(rng: random.Random) -> Iterator[None]:
 
 def render_classic(label: str, rng: random.Random) -> Image.Image:
     """Hard: ``captcha.image.ImageCaptcha`` with its bundled DroidSansMono font."""
-    from captcha.image import ImageCaptcha  # noqa: PLC0415 - optional dev dependency
+    from captcha.image import ImageCaptcha
 
     with _seeded_captcha(rng):
         return ImageCaptcha(width=WIDTH, height=HEIGHT).generate_image(label)

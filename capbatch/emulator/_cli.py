@@ -57,56 +57,165 @@ def _default_solver() -> str:
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="Port; 0 picks a free one (printed on the first line).")
-@click.option("--allow-remote", is_flag=True,
-              help="Allow a non-loopback --host (anyone who can reach it can use it).")
-@click.option("--api-key", envvar="CAPBATCH_EMULATOR_KEY", default="test-key",
-              show_default=False, show_envvar=True,
-              help="The clientKey to accept [default: test-key].")
-@click.option("--solver", type=click.Choice(SOLVERS), default=None,
-              help="Answer source [default: local if ddddocr is installed, else constant].")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-              help="CSV with columns sha256,label for --solver oracle.")
-@click.option("--answer", default="capbatch", show_default=True,
-              help="The constant solver's answer.")
-@click.option("--error-rate", type=RATE, default=0.0, show_default=True,
-              help="Probability an answer comes back with one wrong character.")
-@click.option("--balance", type=click.FloatRange(min=0), default=100.0, show_default=True,
-              help="Account balance in USD.")
-@click.option("--price", type=click.FloatRange(min=0), default=0.0004, show_default=True,
-              help="USD charged per solved task.")
-@click.option("--deferred", type=RATE, default=0.0, show_default=True,
-              help="Fraction of tasks answered later via getTaskResult.")
-@click.option("--deferred-reply-status", type=click.Choice(DEFERRED_REPLY_STATUSES),
-              default="mixed", show_default=True,
-              help='Whether a deferred createTask reply says "status":"idle".')
-@click.option("--solve-time", type=RANGE, default="1-3", show_default=True,
-              help="Seconds a deferred task takes to be ready.")
-@click.option("--sync-latency", type=RANGE, default="0", show_default=True,
-              help="Seconds a synchronous createTask takes.")
-@click.option("--latency", type=RANGE, default="0", show_default=True,
-              help="Seconds added to every createTask/getTaskResult.")
-@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Requests per second before HTTP 429 [default: no limit].")
-@click.option("--fail-5xx", "http_5xx_rate", type=RATE, default=0.0, show_default=True,
-              help="Probability of an HTTP 500/502/503 with an HTML body.")
-@click.option("--drop-rate", type=RATE, default=0.0, show_default=True,
-              help="Probability the connection is closed without a reply.")
-@click.option("--drop-after-create/--drop-before-create", default=True, show_default=True,
-              help="Whether a dropped createTask still creates (and charges) the task.")
-@click.option("--malformed-rate", type=RATE, default=0.0, show_default=True,
-              help="Probability of an HTTP 200 with a truncated body.")
-@click.option("--unavailable-rate", type=RATE, default=0.0, show_default=True,
-              help="Probability of ERROR_SERVICE_UNAVALIABLE.")
-@click.option("--unsolvable-rate", type=RATE, default=0.0, show_default=True,
-              help="Probability of ERROR_CAPTCHA_UNSOLVABLE (not charged).")
-@click.option("--task-ttl", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="Seconds a task can be queried after creation.")
-@click.option("--max-polls", type=click.IntRange(min=1), default=120, show_default=True,
-              help="getTaskResult queries allowed per task.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of every random decision, so runs repeat.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port; 0 picks a free one (printed on the first line).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a non-loopback --host (anyone who can reach it can use it).",
+)
+@click.option(
+    "--api-key",
+    envvar="CAPBATCH_EMULATOR_KEY",
+    default="test-key",
+    show_default=False,
+    show_envvar=True,
+    help="The clientKey to accept [default: test-key].",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(SOLVERS),
+    default=None,
+    help="Answer source [default: local if ddddocr is installed, else constant].",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with columns sha256,label for --solver oracle.",
+)
+@click.option(
+    "--answer", default="capbatch", show_default=True, help="The constant solver's answer."
+)
+@click.option(
+    "--error-rate",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Probability an answer comes back with one wrong character.",
+)
+@click.option(
+    "--balance",
+    type=click.FloatRange(min=0),
+    default=100.0,
+    show_default=True,
+    help="Account balance in USD.",
+)
+@click.option(
+    "--price",
+    type=click.FloatRange(min=0),
+    default=0.0004,
+    show_default=True,
+    help="USD charged per solved task.",
+)
+@click.option(
+    "--deferred",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Fraction of tasks answered later via getTaskResult.",
+)
+@click.option(
+    "--deferred-reply-status",
+    type=click.Choice(DEFERRED_REPLY_STATUSES),
+    default="mixed",
+    show_default=True,
+    help='Whether a deferred createTask reply says "status":"idle".',
+)
+@click.option(
+    "--solve-time",
+    type=RANGE,
+    default="1-3",
+    show_default=True,
+    help="Seconds a deferred task takes to be ready.",
+)
+@click.option(
+    "--sync-latency",
+    type=RANGE,
+    default="0",
+    show_default=True,
+    help="Seconds a synchronous createTask takes.",
+)
+@click.option(
+    "--latency",
+    type=RANGE,
+    default="0",
+    show_default=True,
+    help="Seconds added to every createTask/getTaskResult.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Requests per second before HTTP 429 [default: no limit].",
+)
+@click.option(
+    "--fail-5xx",
+    "http_5xx_rate",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Probability of an HTTP 500/502/503 with an HTML body.",
+)
+@click.option(
+    "--drop-rate",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Probability the connection is closed without a reply.",
+)
+@click.option(
+    "--drop-after-create/--drop-before-create",
+    default=True,
+    show_default=True,
+    help="Whether a dropped createTask still creates (and charges) the task.",
+)
+@click.option(
+    "--malformed-rate",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Probability of an HTTP 200 with a truncated body.",
+)
+@click.option(
+    "--unavailable-rate",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Probability of ERROR_SERVICE_UNAVALIABLE.",
+)
+@click.option(
+    "--unsolvable-rate",
+    type=RATE,
+    default=0.0,
+    show_default=True,
+    help="Probability of ERROR_CAPTCHA_UNSOLVABLE (not charged).",
+)
+@click.option(
+    "--task-ttl",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds a task can be queried after creation.",
+)
+@click.option(
+    "--max-polls",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
+    help="getTaskResult queries allowed per task.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of every random decision, so runs repeat.",
+)
 def serve(allow_remote: bool, solver: str | None, **options: Any) -> None:
     """Run a CapSolver-compatible emulator (for tests, demos and benchmarks)."""
     if not allow_remote and not is_loopback_host(options["host"]):
@@ -121,5 +230,6 @@ def serve(allow_remote: bool, solver: str | None, **options: Any) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. the port is taken
-        raise click.ClickException(f"cannot serve on {options['host']}:{options['port']}: "
-                                   f"{exc.strerror or exc}") from None
+        raise click.ClickException(
+            f"cannot serve on {options['host']}:{options['port']}: {exc.strerror or exc}"
+        ) from None

@@ -189,8 +189,7 @@ class EmulatorState:
             deferred=r(),
             reply_status=r(),
             solve_time=cfg.solve_time[0] + (cfg.solve_time[1] - cfg.solve_time[0]) * r(),
-            sync_latency=cfg.sync_latency[0]
-            + (cfg.sync_latency[1] - cfg.sync_latency[0]) * r(),
+            sync_latency=cfg.sync_latency[0] + (cfg.sync_latency[1] - cfg.sync_latency[0]) * r(),
             unsolvable=r(),
             error=r(),
             error_position=r(),

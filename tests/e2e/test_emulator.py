@@ -82,7 +82,8 @@ def test_sync_answer(emulator, api, png):
 
 
 def test_deferred_goes_idle_processing_ready(emulator, api, png):
-    emu = emulator(deferred=1.0, solve_time=(0.3, 0.3), deferred_reply_status="idle")
+    # idle for the first 0.12 s, then processing until 0.6 s: wide enough for a busy CI.
+    emu = emulator(deferred=1.0, solve_time=(0.6, 0.6), deferred_reply_status="idle")
     client = api(emu)
     body = client.create(png).json()
     assert body["errorId"] == 0
@@ -210,10 +211,10 @@ def test_poll_limit(emulator, api, png):
 
 
 def test_expiry(emulator, api, png):
-    client = api(emulator(task_ttl=0.2))
+    client = api(emulator(task_ttl=0.5))
     task_id = client.create(png).json()["taskId"]
     assert client.result(task_id).json()["status"] == "ready"
-    time.sleep(0.3)
+    time.sleep(0.6)
     assert client.result(task_id).json()["errorCode"] == "ERROR_TASKID_INVALID"
     assert client.feedback(task_id).json()["errorCode"] == "ERROR_TASKID_INVALID"
 
@@ -221,8 +222,13 @@ def test_expiry(emulator, api, png):
 def test_balance_and_feedback(emulator, api, png):
     client = api(emulator(balance=2.5))
     reply = client.balance().json()
-    assert reply == {"errorId": 0, "errorCode": "", "errorDescription": "", "balance": 2.5,
-                     "packages": []}
+    assert reply == {
+        "errorId": 0,
+        "errorCode": "",
+        "errorDescription": "",
+        "balance": 2.5,
+        "packages": [],
+    }
     task_id = client.create(png).json()["taskId"]
     assert client.balance().json()["balance"] == pytest.approx(2.5 - PRICE)
     fb = client.feedback(task_id)
@@ -433,8 +439,11 @@ async def test_callback_reaches_loopback(emulator, png):
         emu = emulator(deferred=0.0, solve_time=(0.05, 0.05))
         callback = f"http://127.0.0.1:{port}/hook"
         async with httpx.AsyncClient(base_url=emu.url, timeout=10) as http:
-            body = {"clientKey": KEY, "task": {"type": "ImageToTextTask", "body": b64(png)},
-                    "callbackUrl": callback}
+            body = {
+                "clientKey": KEY,
+                "task": {"type": "ImageToTextTask", "body": b64(png)},
+                "callbackUrl": callback,
+            }
             sync = (await http.post("/createTask", json=body)).json()
             got = await asyncio.wait_for(received.get(), timeout=5)
             assert got == sync
@@ -442,8 +451,9 @@ async def test_callback_reaches_loopback(emulator, png):
             emu.control(deferred=1.0)
             task_id = (await http.post("/createTask", json=body)).json()["taskId"]
             got = await asyncio.wait_for(received.get(), timeout=5)
-            polled = (await http.post("/getTaskResult",
-                                      json={"clientKey": KEY, "taskId": task_id})).json()
+            polled = (
+                await http.post("/getTaskResult", json={"clientKey": KEY, "taskId": task_id})
+            ).json()
             assert got == polled
             assert got["taskId"] == task_id and got["status"] == "ready"
         stats = emu.stats()
@@ -455,8 +465,12 @@ async def test_callback_reaches_loopback(emulator, png):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://10.255.255.1/", "ftp://127.0.0.1/x", "http://localhost.example.com/",
-     "http://[::ffff:10.255.255.1]/"],
+    [
+        "http://10.255.255.1/",
+        "ftp://127.0.0.1/x",
+        "http://localhost.example.com/",
+        "http://[::ffff:10.255.255.1]/",
+    ],
 )
 def test_callback_to_other_hosts_refused(emulator, api, png, url):
     emu = emulator()
@@ -473,8 +487,14 @@ def test_callback_to_other_hosts_refused(emulator, api, png, url):
 
 
 def _run_script(emulator, api, png, seed):
-    emu = emulator(seed=seed, deferred=0.5, http_5xx_rate=0.2, unavailable_rate=0.1,
-                   malformed_rate=0.1, solve_time=(5.0, 5.0))
+    emu = emulator(
+        seed=seed,
+        deferred=0.5,
+        http_5xx_rate=0.2,
+        unavailable_rate=0.1,
+        malformed_rate=0.1,
+        solve_time=(5.0, 5.0),
+    )
     client = api(emu)
     outcome = []
     for _ in range(30):
@@ -496,7 +516,7 @@ def test_seeded_runs_repeat(emulator, api, png):
 
 
 async def test_stats_counts_concurrency(emulator, png):
-    emu = emulator(sync_latency=(0.2, 0.2))
+    emu = emulator(sync_latency=(0.3, 0.3))
     body = {"clientKey": KEY, "task": {"type": "ImageToTextTask", "body": b64(png)}}
     async with httpx.AsyncClient(base_url=emu.url, timeout=10) as http:
         replies = await asyncio.gather(*(http.post("/createTask", json=body) for _ in range(5)))
@@ -541,8 +561,19 @@ def test_config_repr_hides_key():
 def test_serve_command_prints_url_first_and_stops_on_sigterm(tmp_path, png):
     env = {**os.environ, "CAPBATCH_EMULATOR_KEY": "env-secret-key"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "capbatch.emulator", "--solver", "constant", "--port", "0",
-         "--deferred", "0", "--seed", "3"],
+        [
+            sys.executable,
+            "-m",
+            "capbatch.emulator",
+            "--solver",
+            "constant",
+            "--port",
+            "0",
+            "--deferred",
+            "0",
+            "--seed",
+            "3",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -554,8 +585,10 @@ def test_serve_command_prints_url_first_and_stops_on_sigterm(tmp_path, png):
         line = proc.stdout.readline().strip()
         assert line.startswith("capbatch emulator listening on http://127.0.0.1:")
         url = line.rsplit(" ", 1)[1]
-        body = {"clientKey": "env-secret-key",
-                "task": {"type": "ImageToTextTask", "body": b64(png)}}
+        body = {
+            "clientKey": "env-secret-key",
+            "task": {"type": "ImageToTextTask", "body": b64(png)},
+        }
         assert httpx.post(f"{url}/createTask", json=body, timeout=10).json()["status"] == "ready"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)

@@ -70,8 +70,13 @@ def test_capsolver_oracle(emulator, point_capsolver, labelled_images, labels_csv
 
 def test_capsolver_deferred(emulator, point_capsolver, labelled_images, labels_csv):
     # With "status":"idle" in the createTask reply; see the next test for without.
-    emu = emulator(solver="oracle", labels=str(labels_csv), deferred=1.0,
-                   solve_time=(0.2, 0.3), deferred_reply_status="idle")
+    emu = emulator(
+        solver="oracle",
+        labels=str(labels_csv),
+        deferred=1.0,
+        solve_time=(0.2, 0.3),
+        deferred_reply_status="idle",
+    )
     point_capsolver(emu)
     image, label = labelled_images[1]
     assert capsolver.solve(image_task(image)) == {"text": label}
@@ -139,8 +144,7 @@ async def test_python3_capsolver_async(emulator, labelled_images, labels_csv):
 
 
 def test_python3_capsolver_deferred_sync(emulator, labelled_images, labels_csv):
-    emu = emulator(solver="oracle", labels=str(labels_csv), deferred=1.0,
-                   solve_time=(0.2, 0.3))
+    emu = emulator(solver="oracle", labels=str(labels_csv), deferred=1.0, solve_time=(0.2, 0.3))
     image, label = labelled_images[2]
     solver = ImageToText(api_key=KEY, request_url=emu.url, sleep_time=0.1)
     result = solver.captcha_handler(task_payload={"body": b64(image)})
@@ -150,8 +154,13 @@ def test_python3_capsolver_deferred_sync(emulator, labelled_images, labels_csv):
 
 
 async def test_python3_capsolver_deferred_async(emulator, labelled_images, labels_csv):
-    emu = emulator(solver="oracle", labels=str(labels_csv), deferred=1.0,
-                   solve_time=(0.2, 0.3), deferred_reply_status="none")
+    emu = emulator(
+        solver="oracle",
+        labels=str(labels_csv),
+        deferred=1.0,
+        solve_time=(0.2, 0.3),
+        deferred_reply_status="none",
+    )
     image, label = labelled_images[3]
     solver = ImageToText(api_key=KEY, request_url=emu.url, sleep_time=0.1)
     result = await solver.aio_captcha_handler(task_payload={"body": b64(image)})
@@ -165,7 +174,7 @@ async def test_python3_capsolver_unsolvable_deferred_stops(emulator, png):
     result = await solver.aio_captcha_handler(task_payload={"body": b64(png)})
     assert result["errorId"] == 1
     assert result["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE"
-    assert emu.stats()["polls"] <= 3
+    assert emu.stats()["polls"] <= 5  # without "failed" it would poll 15 times
     assert emu.stats()["charged_total"] == 0
 
 
