@@ -212,16 +212,16 @@ class RunOutcome:
 async def execute(source: Any, options: RunOptions, *, want_frame: bool = False) -> RunOutcome:
     """One run from start to summary. The CLI calls this; ``arun`` wraps it."""
     resolved = resolve(options)
-    notice = options.notice or (lambda _message: None)
-    for message in resolved.notices:
-        if not options.quiet:
-            notice(message)
     table = TableSource(
         source,
         image_column=options.image_column,
         id_column=options.id_column,
         batch_rows=options.batch_rows,
     )
+    notice = options.notice or (lambda _message: None)
+    for message in resolved.notices:
+        if not options.quiet:
+            notice(message)
     output = Path(options.output) if options.output is not None else default_output(source)
     journal_path = str(options.journal) if options.journal is not None else default_journal(output)
     task_params = dict(options.task_params)

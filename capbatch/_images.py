@@ -186,6 +186,14 @@ def _from_text(text: str, base_dir: Path, min_bytes: int, max_bytes: int | None)
     decoded = _decode_base64(text)
     if decoded is not None and image_format(decoded) is not None:
         return _validate(decoded, f"base64 image ({len(text)} chars)", min_bytes, max_bytes)
+    if decoded is None and _base64_image_prefix(text):
+        # Starts like base64 of an image (iVBORw0KGgo..., /9j/...) but does not decode:
+        # a damaged payload, not a file name, whatever "/" it contains.
+        raise _fail(
+            INPUT_INVALID_BASE64,
+            f"image value ({len(text)} chars) starts as base64 of an image but is not valid "
+            "base64 (damaged or cut short)",
+        )
 
     # 3. Otherwise guess what the user meant, to give the most useful error.
     if _looks_like_path(text):
@@ -217,6 +225,15 @@ def _candidate_path(text: str, base_dir: Path) -> Path | None:
         with contextlib.suppress(RuntimeError):  # "~nosuchuser/...": leave it as written
             path = path.expanduser()
     return path if path.is_absolute() else base_dir / path
+
+
+def _base64_image_prefix(text: str) -> bool:
+    """True when the first characters decode to an image signature."""
+    head = text[:24]
+    if len(head) < 24 or not _BASE64_SHAPE.fullmatch(head):
+        return False
+    decoded = _decode_base64(head)
+    return decoded is not None and image_format(decoded) is not None
 
 
 def _looks_like_path(text: str) -> bool:

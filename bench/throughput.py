@@ -1,0 +1,394 @@
+"""End-to-end throughput of ``capbatch run``: does it keep the configured rate, never
+exceed it, and stay cheap in client CPU?
+
+What: the real CLI (``python -m capbatch run``, a child process) against the capbatch
+emulator (``python -m capbatch serve --solver constant``, another process, answering at
+once), for each ``--rates`` value on a table of ``rate x --seconds`` rows (paths to a few
+sample images, Parquet, ``--no-cache`` so every row is one ``createTask``).
+
+Why: the provider, not capbatch, must be the bottleneck. If the client cannot send at
+the configured rate, or bunches requests so a provider sees more than the rate in some
+second, or burns a core to do it, capbatch is in the way.
+
+Per rate it prints:
+
+  achieved/conf.   (requests - 1) / (t_last_send - t_first_send) / rate. The send times
+                   are the rows' ``submitted_at`` (each row is exactly one request here:
+                   the bench checks that requests == rows == creates received), so this
+                   is the rate of the sending phase alone, without CLI start-up or the
+                   final write. A limiter that spaces N requests exactly 1/rate apart
+                   scores 1.0; capbatch aims 2 % under (``SAFETY_FACTOR``). Goal >= 0.97.
+  emu max/1s       the most API requests the emulator saw in any sliding one-second
+                   window (``GET /_stats`` ``max_requests_per_second``, getBalance
+                   included, as a provider counts them). Goal <= rate.
+  client max/1s    the same, computed from the client's own send times (createTask
+                   only): tells client bunching from server-side queueing.
+  CPU/task         the CLI child's user+sys CPU (``os.wait4``) / rows. Goal <= 1 ms.
+  net CPU/task     (child CPU - fixed cost) / (rows - 1), where the fixed cost is the
+                   median CPU of a whole 1-row run (imports, setup, getBalance, writing
+                   the output), measured first and printed; ``import capbatch.cli`` alone
+                   is printed too.
+  emu CPU          the emulator's CPU share during the run (from /proc), to show it
+                   was not the bottleneck.
+
+Stats are reset (``POST /_reset_stats``) before every run. Everything runs on loopback,
+in a temporary directory that is removed at the end, and the emulator process is
+stopped. Each CLI run is killed if it takes 3x its nominal time plus 30 s; the default
+run (rates 50, 200, 1000 at 10 s) takes about 45 s.
+
+    python bench/throughput.py                       # rates 50, 200, 1000
+    python bench/throughput.py --rates 100,2000 --seconds 5 --max-in-flight 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+API_KEY = "bench-key"
+READY_LINE = re.compile(r"listening on (http://\S+)")
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGES = REPO / "sample_data" / "images"
+GOAL_RATIO = 0.97
+GOAL_CPU_MS = 1.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+# --- the emulator process -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def emulator(extra: list[str]) -> Iterator[tuple[str, int]]:
+    """Start ``python -m capbatch serve`` in its own process; yield (base URL, pid)."""
+    command = [
+        sys.executable, "-m", "capbatch", "serve", "--solver", "constant",
+        "--host", "127.0.0.1", "--port", "0", "--api-key", API_KEY, *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    tail: deque[str] = deque(maxlen=20)
+
+    def drain(stream: Any, keep: deque[str] | None) -> None:
+        for line in stream:  # keep reading so the server never blocks on a full pipe
+            if keep is not None:
+                keep.append(line)
+
+    threading.Thread(target=drain, args=(proc.stderr, tail), daemon=True).start()
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout=60)
+    try:
+        match = READY_LINE.search(first[0]) if first else None
+        if match is None:
+            raise SystemExit(f"the emulator did not start: {first[:1]} {''.join(tail)}")
+        threading.Thread(target=drain, args=(proc.stdout, None), daemon=True).start()
+        yield match.group(1).rstrip("/"), proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def emu_call(url: str, path: str, *, post: bool = False) -> dict[str, Any]:
+    request = urllib.request.Request(url + path, data=b"{}" if post else None)
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        data: dict[str, Any] = json.load(reply)
+        return data
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User+sys CPU seconds of a live process (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+# --- the CLI child --------------------------------------------------------------------
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    maxrss_mb: float
+    stderr: str
+
+
+def run_child(command: list[str], timeout: float, env: dict[str, str], log: Path) -> ChildRun:
+    """Run ``command``; its own rusage comes from ``os.wait4`` on its pid."""
+    with log.open("w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+    return ChildRun(
+        returncode=proc.returncode,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        stderr=log.read_text()[-2000:],
+    )
+
+
+def cli_command(table: Path, out: Path, url: str, rate: float, in_flight: int) -> list[str]:
+    return [
+        sys.executable, "-m", "capbatch", "run", str(table), "-o", str(out),
+        "--journal", str(out.with_suffix(".journal.sqlite")), "--base-url", url,
+        "--no-cache", "--quiet", "--rate", str(rate), "--max-in-flight", str(in_flight),
+    ]  # fmt: skip
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["CAPSOLVER_API_KEY"] = API_KEY
+    env.pop("CAPBATCH_EMULATOR_KEY", None)
+    return env
+
+
+# --- tables and measurements ----------------------------------------------------------
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """Most events in any half-open window (t - window, t] (as the emulator counts)."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@dataclass
+class RateResult:
+    rate: float
+    rows: int
+    child: ChildRun
+    requests: int = 0
+    received: int = 0
+    ratio: float = 0.0
+    emu_max: int = 0
+    client_max: int = 0
+    emu_cpu_share: float | None = None
+    error: str | None = None
+
+
+def measure_rate(
+    rate: float,
+    rows: int,
+    args: argparse.Namespace,
+    url: str,
+    emu_pid: int,
+    work: Path,
+    base: pa.Table,
+) -> RateResult:
+    table = work / f"rate{rate:g}.parquet"
+    pq.write_table(base.slice(0, rows), table)
+    out = work / f"rate{rate:g}.results.parquet"
+    emu_call(url, "/_reset_stats", post=True)
+    emu_cpu0 = proc_cpu_s(emu_pid)
+    command = cli_command(table, out, url, rate, args.max_in_flight)
+    child = run_child(command, 3 * rows / rate + 30, child_env(), work / "child.log")
+    emu_cpu1 = proc_cpu_s(emu_pid)
+    result = RateResult(rate, rows, child)
+    if emu_cpu0 is not None and emu_cpu1 is not None:
+        result.emu_cpu_share = (emu_cpu1 - emu_cpu0) / child.wall_s
+    stats = emu_call(url, "/_stats")
+    result.emu_max = int(stats["max_requests_per_second"])
+    result.received = int(stats["create_calls"]) + int(stats["polls"])
+    if child.returncode != 0 or not out.exists():
+        result.error = f"exit {child.returncode}: {child.stderr.strip()[-300:]}"
+        return result
+    meta = pq.read_metadata(out).metadata or {}
+    summary = json.loads(meta.get(b"capbatch.run", b"{}"))
+    result.requests = int(summary.get("requests", 0))
+    results = pq.read_table(out, columns=["status", "submitted_at"])
+    sent = sorted(
+        v.timestamp() for v in results.column("submitted_at").to_pylist() if v is not None
+    )
+    solved = results.column("status").to_pylist().count("solved")
+    if not (result.requests == rows == result.received == solved == len(sent)):
+        result.error = (
+            f"expected one request per row: rows {rows}, client requests {result.requests},"
+            f" emulator received {result.received}, solved {solved}"
+        )
+    if len(sent) >= 2 and sent[-1] > sent[0]:
+        result.ratio = (len(sent) - 1) / (sent[-1] - sent[0]) / rate
+    result.client_max = max_in_window(sent) if sent else 0
+    for leftover in work.glob("rate*"):
+        leftover.unlink()
+    return result
+
+
+def fixed_cost(url: str, work: Path, base: pa.Table, repeats: int) -> tuple[float, float, float]:
+    """Median CPU of ``import capbatch.cli`` and of a whole 1-row run; its RSS (MB)."""
+    imports = [
+        run_child([sys.executable, "-c", "import capbatch.cli"], 60, child_env(), work / "i.log")
+        for _ in range(repeats)
+    ]
+    table = work / "one.parquet"
+    pq.write_table(base.slice(0, 1), table)
+    runs = []
+    for n in range(repeats):
+        out = work / f"one{n}.results.parquet"
+        runs.append(
+            run_child(cli_command(table, out, url, 1000, 1), 60, child_env(), work / "o.log")
+        )
+        if runs[-1].returncode != 0:
+            raise SystemExit(f"a 1-row run failed: {runs[-1].stderr}")
+    return (
+        statistics.median(r.cpu_s for r in imports),
+        statistics.median(r.cpu_s for r in runs),
+        statistics.median(r.maxrss_mb for r in runs),
+    )
+
+
+# --- report ---------------------------------------------------------------------------
+
+
+def machine_info() -> list[str]:
+    model = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = []
+    for dist in ("capbatch", "aiohttp", "httpx", "pyarrow"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} ?")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return [
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs ({model}), "
+        f"load average {' '.join(f'{x:.2f}' for x in load)}",
+        f"python {platform.python_version()} ({sys.executable}); {', '.join(versions)}",
+    ]
+
+
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def print_table(results: list[RateResult], fixed_cpu: float) -> None:
+    header = (
+        f"{'rate':>6} {'rows':>6} {'wall s':>7} {'achieved/conf.':>15} {'emu max/1s':>11}"
+        f" {'client max/1s':>14} {'CPU s':>6} {'CPU/task ms':>12} {'net CPU/task ms':>16}"
+        f" {'emu CPU':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        cpu = r.child.cpu_s
+        per_task = cpu / r.rows * 1000
+        net = (cpu - fixed_cpu) / max(1, r.rows - 1) * 1000
+        emu_cpu = "?" if r.emu_cpu_share is None else f"{100 * r.emu_cpu_share:.0f}%"
+        print(
+            f"{r.rate:>6g} {r.rows:>6} {r.child.wall_s:>7.1f}"
+            f" {f'{r.ratio:.3f} {mark(r.ratio >= GOAL_RATIO)}':>15}"
+            f" {f'{r.emu_max} {mark(r.emu_max <= r.rate)}':>11}"
+            f" {f'{r.client_max} {mark(r.client_max <= r.rate)}':>14}"
+            f" {cpu:>6.2f} {f'{per_task:.3f} {mark(per_task <= GOAL_CPU_MS)}':>12}"
+            f" {f'{net:.3f} {mark(net <= GOAL_CPU_MS)}':>16} {emu_cpu:>8}"
+        )
+        if r.error:
+            print(f"       ! {r.error}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rates", default="50,200,1000", help="comma-separated requests/s [50,200,1000]"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="nominal seconds per run: rows = rate x this"
+    )
+    parser.add_argument("--max-in-flight", type=int, default=100, help="--max-in-flight [100]")
+    parser.add_argument("--images", type=int, default=8, help="distinct sample images [8]")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of the fixed-cost measurements [3]"
+    )
+    args = parser.parse_args()
+    rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    if not rates or min(rates) <= 0 or args.seconds <= 0:
+        parser.error("rates and --seconds must be positive")
+    images = sorted(str(p) for p in SAMPLE_IMAGES.glob("*.png"))[: args.images]
+    if not images:
+        parser.error(f"no sample images in {SAMPLE_IMAGES}")
+
+    for line in machine_info():
+        print(line)
+    total = max(int(rate * args.seconds) for rate in rates)
+    print(
+        f"table: up to {total} rows over {len(images)} images; --no-cache, "
+        f"--max-in-flight {args.max_in_flight}; emulator: constant solver, instant answers"
+    )
+    with tempfile.TemporaryDirectory(prefix="capbatch-bench-") as tmp:
+        work = Path(tmp)
+        ids = pa.array(range(total), type=pa.int64())
+        paths = pa.array([images[i % len(images)] for i in range(total)], type=pa.string())
+        base = pa.table({"id": ids, "image": paths})
+        with emulator(["--balance", "1000000"]) as (url, emu_pid):
+            import_cpu, fixed_cpu, fixed_rss = fixed_cost(url, work, base, args.repeats)
+            print(
+                f"fixed cost: `import capbatch.cli` {import_cpu * 1000:.0f} ms CPU; a whole 1-row"
+                f" run {fixed_cpu * 1000:.0f} ms CPU, {fixed_rss:.0f} MB peak RSS (medians of"
+                f" {args.repeats}); subtracted in 'net CPU/task'"
+            )
+            print()
+            results = []
+            for rate in rates:
+                rows = max(2, int(rate * args.seconds))
+                print(f"  rate {rate:g}: {rows} rows ...", flush=True)
+                results.append(measure_rate(rate, rows, args, url, emu_pid, work, base))
+    print()
+    print_table(results, fixed_cpu)
+    print()
+    print(
+        f"goals: achieved/conf. >= {GOAL_RATIO}, max requests in any 1 s <= rate, "
+        f"client CPU <= {GOAL_CPU_MS:g} ms per task"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""``capbatch run`` end to end: the real CLI against the real emulator on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from capbatch.emulator import EmulatorHandle
+from tests.e2e.runner_helpers import (
+    KEY,
+    SAMPLE,
+    assert_key_absent,
+    run_cli,
+    sample_frame,
+    start_cli,
+    write_table,
+)
+
+PRICE = 0.0004
+Start = Callable[..., EmulatorHandle]
+
+
+def oracle(emulator: Start, **options: Any) -> EmulatorHandle:
+    options.setdefault("solver", "oracle")
+    options.setdefault("labels", str(SAMPLE / "labels.csv"))
+    options.setdefault("price", PRICE)
+    options.setdefault("solve_time", (0.05, 0.2))
+    return emulator(api_key=KEY, **options)
+
+
+def run_args(server: EmulatorHandle, table: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", str(table), "-o", str(out), "--base-url", server.url, "--quiet", *extra]
+
+
+def assert_all_solved_right(result: pd.DataFrame) -> None:
+    assert (result["status"] == "solved").all(), result[["status", "error_code"]]
+    assert (result["answer"] == result["label"]).all()
+
+
+def test_synchronous_answers_fill_every_row_in_order(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator)
+    table = write_table(sample_frame(30), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    done = run_cli(*run_args(server, table, out, "--rate", "200"))
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert list(result["id"]) == [f"row-{i:05d}" for i in range(30)]
+    assert_all_solved_right(result)
+    assert (result["attempts"] == 1).all() and (result["polls"] == 0).all()
+    assert result["cost_usd"].sum() == pytest.approx(30 * PRICE)
+    assert result["latency_ms"].notna().all() and (result["provider"] == "capsolver").all()
+    assert all(json.loads(s) == {"text": a} for s, a in zip(result["solution"], result["answer"]))
+    stats = server.stats()
+    assert stats["create_calls"] == 30 and stats["charged_total"] == pytest.approx(30 * PRICE)
+    meta = pq.read_metadata(out).metadata
+    assert meta[b"capbatch.provider"] == b"capsolver"
+    run_info = json.loads(meta[b"capbatch.run"])
+    assert run_info["balance_before"] - run_info["balance_after"] == pytest.approx(30 * PRICE)
+
+
+@pytest.mark.parametrize("deferred", [1.0, 0.5])
+def test_deferred_and_mixed_answers_are_polled(
+    tmp_path: Path, emulator: Start, deferred: float
+) -> None:
+    server = oracle(emulator, deferred=deferred, solve_time=(0.1, 0.4), seed=3)
+    table = write_table(sample_frame(24), tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    done = run_cli(*run_args(server, table, out, "--rate", "100"))
+    assert done.returncode == 0, done.output
+    result = pd.read_csv(out)
+    assert_all_solved_right(result)
+    stats = server.stats()
+    assert stats["create_calls"] == 24
+    assert (result["polls"] > 0).sum() == stats["deferred_created"] > 0
+    assert stats["polls"] == result["polls"].sum()
+
+
+def test_retryable_errors_are_retried_until_they_succeed(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(
+        emulator,
+        seed=11,
+        deferred=0.3,
+        http_5xx_rate=0.1,
+        unavailable_rate=0.1,
+        malformed_rate=0.05,
+        drop_rate=0.05,
+        unsolvable_rate=0.1,
+    )
+    table = write_table(sample_frame(40), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    done = run_cli(*run_args(server, table, out, "--rate", "200", "--max-attempts", "10"))
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert_all_solved_right(result)
+    assert result["attempts"].max() > 1
+    stats = server.stats()
+    # Every charged answer reached the output, except those whose reply was dropped.
+    assert stats["solved"] - stats["dropped_after_create"] <= len(result)
+
+
+def test_errors_stop_mattering_when_the_service_recovers(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator, unavailable_rate=1.0)
+    table = write_table(sample_frame(5), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    proc = start_cli(*run_args(server, table, out, "--rate", "50", "--max-attempts", "8"))
+    deadline = time.monotonic() + 20
+    while server.stats()["create_calls"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.control(unavailable_rate=0.0)
+    assert proc.wait(timeout=60) == 0
+    assert_all_solved_right(pd.read_parquet(out))
+
+
+def test_non_retryable_errors_fail_once_and_a_systematic_failure_stops_the_run(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator)
+    table = write_table(sample_frame(60), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    done = run_cli(
+        *run_args(server, table, out, "--task-type", "NoSuchTask", "--max-in-flight", "1")
+    )
+    assert done.returncode == 1
+    assert "ERROR_TASK_NOT_SUPPORTED" in done.stderr and "first 20 rows" in done.stderr
+    stats = server.stats()
+    assert stats["create_calls"] <= 25  # stopped instead of burning through 60 rows
+    assert stats["errors_by_code"]["ERROR_TASK_NOT_SUPPORTED"] == stats["create_calls"]
+
+
+def test_bad_key_stops_at_once_with_one_line(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator)
+    table = write_table(sample_frame(10), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    wrong = "sk-wrong-key-5551212"
+    done = run_cli(*run_args(server, table, out), key=wrong)
+    assert done.returncode == 1
+    assert "ERROR_KEY_DENIED_ACCESS" in done.stderr
+    assert server.stats()["create_calls"] == 0
+    assert not out.exists()
+    assert_key_absent(wrong, done.output, roots=(tmp_path,))
+
+
+def test_zero_balance_mid_run_stops_and_resumes_after_a_top_up(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator, balance=10 * PRICE)
+    table = write_table(sample_frame(30), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--rate", "100")
+    first = run_cli(*args)
+    assert first.returncode == 1 and "ERROR_ZERO_BALANCE" in first.stderr
+    assert "resume" in first.stderr or "same command" in first.stderr
+    assert not out.exists()
+    server.control(balance=1.0)
+    second = run_cli(*args)
+    assert second.returncode == 0, second.output
+    assert_all_solved_right(pd.read_parquet(out))
+    assert max(server.stats()["creates_by_hash"].values()) == 1  # nothing paid twice
+
+
+def test_kill_9_mid_run_then_resume_never_recreates_a_journaled_task(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator, deferred=1.0, solve_time=(1.0, 2.0), seed=5)
+    frame = sample_frame(60)
+    table = write_table(frame, tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--rate", "40", "--no-cache")
+    proc = start_cli(*args)
+    args.remove("--quiet")  # the resume prints its summary
+    deadline = time.monotonic() + 30
+    while server.stats()["create_calls"] < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=10)
+    created_before = server.stats()["create_calls"]
+    assert 0 < created_before < 60
+    done = run_cli(*args)
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert_all_solved_right(result)
+    stats = server.stats()
+    reported = int(done.stderr.split("possible double payments: ")[1].split()[0])
+    extra = stats["create_calls"] - 60
+    assert extra <= reported  # every re-created task was counted as a possible double payment
+    assert extra <= 2  # only the (at most 1-2) requests in flight at the kill
+
+
+def test_spend_cap_is_never_exceeded(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator, deferred=0.5, solve_time=(0.2, 0.5), seed=2)
+    table = write_table(sample_frame(60), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    cap = 15 * PRICE
+    done = run_cli(
+        *run_args(server, table, out, "--rate", "500", "--max-in-flight", "50"),
+        "--max-spend",
+        str(cap),
+    )
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    stats = server.stats()
+    assert stats["charged_total"] <= cap + 1e-12
+    assert result["cost_usd"].sum() <= cap + 1e-12
+    not_sent = result[result["error_code"] == "SPEND_CAP_REACHED"]
+    assert len(not_sent) == 60 - (result["status"] == "solved").sum() > 0
+
+
+def test_identical_images_are_paid_once(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator)
+    frame = pd.concat([sample_frame(10), sample_frame(10)], ignore_index=True)
+    frame["id"] = [f"dup-{i}" for i in range(20)]
+    table = write_table(frame, tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    done = run_cli(*run_args(server, table, out))
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert_all_solved_right(result)
+    assert server.stats()["create_calls"] == 10
+    hits = result[result["from_cache"]]
+    assert len(hits) == 10 and (hits["cost_usd"] == 0).all()
+    # Appending rows and re-running sends only the new ones.
+    more = pd.concat([frame, sample_frame(5, start=100)], ignore_index=True)
+    write_table(more, table)
+    again = run_cli(*run_args(server, table, out))
+    assert again.returncode == 0, again.output
+    assert server.stats()["create_calls"] == 15
+    assert_all_solved_right(pd.read_parquet(out))
+
+
+def test_no_cache_sends_every_row(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator)
+    frame = pd.concat([sample_frame(4), sample_frame(4)], ignore_index=True)
+    table = write_table(frame, tmp_path / "in.parquet")
+    done = run_cli(*run_args(server, table, tmp_path / "o.parquet", "--no-cache"))
+    assert done.returncode == 0, done.output
+    assert server.stats()["create_calls"] == 8
+
+
+def test_every_bad_input_row_gets_its_own_error_and_the_rest_completes(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator)
+    good = sample_frame(3)
+    good_png = Path(good["image_path"][0]).read_bytes()
+    (tmp_path / "a dir").mkdir()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(good_png[: len(good_png) // 2])
+    (tmp_path / "ünïcode päth.png").write_bytes(good_png)
+    big = tmp_path / "big.png"
+    big.write_bytes(good_png + b"\0" * 600_000)
+    bad = {
+        "missing.png": "INPUT_FILE_NOT_FOUND",
+        str(tmp_path / "a dir"): "INPUT_IS_DIRECTORY",
+        str(tmp_path / "empty.png"): "INPUT_EMPTY",
+        str(tmp_path / "notes.txt"): "INPUT_NOT_AN_IMAGE",
+        str(tmp_path / "cut.png"): "INPUT_TRUNCATED_IMAGE",
+        "data:text/plain;base64," + base64.b64encode(b"hello world").decode(): "INPUT_NOT_AN_IMAGE",
+        _damaged_base64(good_png): "INPUT_INVALID_BASE64",
+        base64.b64encode(good_png[:60]).decode(): "INPUT_TRUNCATED_IMAGE",
+        str(big): "INPUT_TOO_LARGE",
+        "": "INPUT_NULL",
+    }
+    rows = [{"id": f"bad-{i}", "image_path": v, "label": "x"} for i, v in enumerate(bad)]
+    rows.append({"id": "uni", "image_path": str(tmp_path / "ünïcode päth.png"), "label": "u"})
+    frame = pd.concat([good[["id", "image_path", "label"]], pd.DataFrame(rows)], ignore_index=True)
+    table = write_table(frame, tmp_path / "in.csv")
+    out = tmp_path / "out.parquet"
+    done = run_cli(*run_args(server, table, out))
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out).set_index("id")
+    for i, code in enumerate(bad.values()):
+        row = result.loc[f"bad-{i}"]
+        assert row["status"] == "failed" and row["error_code"] == code, (i, row["error_message"])
+        assert row["error_message"]
+    assert (result.loc[good["id"], "status"] == "solved").all()
+    assert result.loc["uni", "status"] == "solved"
+
+
+def _damaged_base64(png: bytes) -> str:
+    text = base64.b64encode(png).decode()
+    return text[:50] + "*" + text[50:]
+
+
+def test_dry_run_sends_nothing_and_estimates(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator)
+    frame = pd.concat([sample_frame(8), sample_frame(4)], ignore_index=True)
+    table = write_table(frame, tmp_path / "in.parquet")
+    done = run_cli("run", str(table), "--base-url", server.url, "--dry-run", "--rate", "4")
+    assert done.returncode == 0, done.output
+    assert "12 rows, 8 unique images to send" in done.stdout
+    assert "$0.0032" in done.stdout and "2.0 s" in done.stdout
+    assert server.stats()["requests_total"] == 0
+
+
+def test_no_provider_and_no_key_solves_locally_and_says_so(tmp_path: Path) -> None:
+    table = write_table(sample_frame(6), tmp_path / "in.parquet")
+    done = run_cli("run", str(table), key=None)
+    assert done.returncode == 0, done.output
+    assert done.stderr.count("solving locally") == 1
+    out = tmp_path / "in.results.parquet"
+    assert done.stdout.strip().endswith(str(out))
+    result = pd.read_parquet(out)
+    assert (result["status"] == "solved").all() and (result["provider"] == "local").all()
+    assert (result["cost_usd"] == 0).all()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    missing = run_cli("run", str(tmp_path / "nope.parquet"), key=None)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "nope.parquet" in missing.stderr
+    bad_flag = run_cli("run", str(tmp_path / "x.parquet"), "--rate", "fast", key=None)
+    assert bad_flag.returncode == 2
+
+
+def test_the_key_is_in_no_file_written_and_no_output(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator, deferred=0.5, unavailable_rate=0.2, seed=9)
+    table = write_table(sample_frame(20), tmp_path / "in.parquet")
+    csv_out = tmp_path / "out.csv"
+    done = run_cli("run", str(table), "-o", str(csv_out), "--base-url", server.url)
+    assert done.returncode == 0, done.output
+    assert_key_absent(KEY, done.output, roots=(tmp_path,))
