@@ -113,4 +113,3 @@ class RateLimiter:
         until = self._clock.now() + max(0.0, seconds)
         if self._next_slot is None or self._next_slot < until:
             self._next_slot = until
-

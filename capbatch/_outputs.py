@@ -182,20 +182,27 @@ def _format_for(path: Path, format: str | None) -> str:
     return found
 
 
-_BINARY_TESTS = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary,
-                 pa.types.is_binary_view)
+_BINARY_TESTS = (
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_fixed_size_binary,
+    pa.types.is_binary_view,
+)
 
 
 def _csv_column(column: pa.Array[Any], dtype: pa.DataType) -> pa.Array[Any]:
     """Make an input column writable as CSV text; other columns pass unchanged."""
     if any(test(dtype) for test in _BINARY_TESTS):
         # CSV cannot hold bytes and pyarrow has no base64 kernel, hence the Python loop.
-        encoded = [None if b is None else base64.b64encode(b).decode("ascii")
-                   for b in column.to_pylist()]
+        encoded = [
+            None if b is None else base64.b64encode(b).decode("ascii") for b in column.to_pylist()
+        ]
         return pa.array(encoded, type=pa.string())
     if pa.types.is_nested(dtype):
-        dumped = [None if v is None else json.dumps(v, ensure_ascii=False, default=str)
-                  for v in column.to_pylist()]
+        dumped = [
+            None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+            for v in column.to_pylist()
+        ]
         return pa.array(dumped, type=pa.string())
     if pa.types.is_string_view(dtype):
         return column.cast(pa.string())
@@ -313,8 +320,14 @@ class ResultWriter:
         inputs = zip(out.columns[:n], self.input_schema, strict=True)
         results = zip(out.columns[n:], RESULT_SCHEMA, strict=True)
         columns = [_csv_column(c, f.type) for c, f in inputs]
-        columns += [_guard_formula(c) if f.name in UNTRUSTED_COLUMNS
-                    else _iso_utc(c) if f.type == _TS else c for c, f in results]
+        columns += [
+            _guard_formula(c)
+            if f.name in UNTRUSTED_COLUMNS
+            else _iso_utc(c)
+            if f.type == _TS
+            else c
+            for c, f in results
+        ]
         return pa.RecordBatch.from_arrays(columns, names=self.schema.names)
 
     def finish(self, metadata: Mapping[str, str] | None = None) -> Path:

@@ -219,9 +219,7 @@ def create_task_body(
     return body
 
 
-def get_task_result_body(
-    profile: ProviderProfile, client_key: str, task_id: str
-) -> dict[str, Any]:
+def get_task_result_body(profile: ProviderProfile, client_key: str, task_id: str) -> dict[str, Any]:
     return {"clientKey": client_key, "taskId": profile.task_id_for_request(task_id)}
 
 
@@ -326,9 +324,7 @@ def _raise_for_error(
     task_id: str | None,
 ) -> None:
     error_id = payload.get("errorId", 0)
-    if error_id not in (0, "0", None, False) or (
-        http_status >= 400 and payload.get("errorCode")
-    ):
+    if error_id not in (0, "0", None, False) or (http_status >= 400 and payload.get("errorCode")):
         raise error_from_reply(http_status, payload, retry_after=retry_after, task_id=task_id)
     if http_status >= 400:
         raise error_from_reply(http_status, payload, retry_after=retry_after, task_id=task_id)

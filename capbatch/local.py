@@ -31,9 +31,7 @@ def _load_ddddocr() -> Any:
     try:
         import ddddocr
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigError(
-            "the local solver needs ddddocr: pip install 'capbatch[local]'"
-        ) from exc
+        raise ConfigError("the local solver needs ddddocr: pip install 'capbatch[local]'") from exc
     return ddddocr
 
 

@@ -57,7 +57,10 @@ def test_synchronous_answers_fill_every_row_in_order(tmp_path: Path, emulator: S
     assert (result["attempts"] == 1).all() and (result["polls"] == 0).all()
     assert result["cost_usd"].sum() == pytest.approx(30 * PRICE)
     assert result["latency_ms"].notna().all() and (result["provider"] == "capsolver").all()
-    assert all(json.loads(s) == {"text": a} for s, a in zip(result["solution"], result["answer"]))
+    assert all(
+        json.loads(s) == {"text": a}
+        for s, a in zip(result["solution"], result["answer"], strict=True)
+    )
     stats = server.stats()
     assert stats["create_calls"] == 30 and stats["charged_total"] == pytest.approx(30 * PRICE)
     meta = pq.read_metadata(out).metadata
