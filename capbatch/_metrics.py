@@ -1,0 +1,280 @@
+"""Accuracy, latency and cost metrics of a results table: pure functions on DataFrames.
+
+``score`` turns a results table into one row of flags and numbers per input row, all
+vectorised; ``aggregate`` sums those overall or per group into the metric columns
+below; ``errors_by_code``, ``confusions`` and ``agreement`` make the other tables.
+
+Definitions (the README and ``capbatch.report`` document the same):
+
+* Answers and labels are compared as text with surrounding whitespace stripped. A null
+  or empty label makes the row *unlabelled*: it is counted, never scored as wrong.
+* A row *ran* when it has a result (``status`` not null) and was not skipped by the
+  spend cap (``SPEND_CAP_REACHED``); other rows are ``not_run`` and stay out of every
+  rate. ``rows = labelled + unlabelled + not_run``.
+* ``solved_rate`` = solved / rows that ran.
+* ``accuracy`` = correct / labelled, a null answer (failed row) counting as wrong;
+  ``accuracy_solved`` = correct / labelled solved rows. "Correct" is ``exact`` with
+  ``case_sensitive=True``, else case-insensitive (``str.casefold``). ``exact_accuracy``
+  and ``ci_accuracy`` are always reported, whatever the flag.
+* ``cer`` = mean over labelled rows of Levenshtein distance(answer, label) / len(label),
+  on the strings the headline compares (casefolded unless case-sensitive); a failed
+  row's answer is ``""`` (CER 1.0). ``cer_solved`` is the mean over solved rows.
+* Latency percentiles (linear interpolation, as numpy) and max over rows with a
+  latency; cache hits have none and are left out.
+* ``throughput_rps`` = rows the run sent itself (not cache hits) with both times /
+  (latest ``finished_at`` - earliest ``submitted_at``) of those rows.
+* ``cost_usd`` = sum of ``cost_usd``; ``cost_per_1000_usd`` = 1000 x cost / rows that
+  ran; ``cost_per_correct_usd`` = cost of labelled rows / correct answers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
+
+PERCENTILES = (50, 90, 95, 99)
+NOT_RUN_CODES = frozenset({"SPEND_CAP_REACHED"})
+UNKNOWN_CODE = "UNKNOWN"
+LABEL_LENGTH = "label_length"
+
+#: The metric columns of a summary, in display order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "rows",
+    "labelled",
+    "unlabelled",
+    "not_run",
+    "solved",
+    "failed",
+    "correct",
+    "solved_rate",
+    "accuracy",
+    "accuracy_solved",
+    "exact_accuracy",
+    "ci_accuracy",
+    "cer",
+    "cer_solved",
+    *(f"latency_p{p}_ms" for p in PERCENTILES),
+    "latency_max_ms",
+    "throughput_rps",
+    "cost_usd",
+    "cost_per_1000_usd",
+    "cost_per_correct_usd",
+)
+COUNT_COLUMNS = frozenset(SUMMARY_COLUMNS[:7])
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_FLAGS = (
+    "ran", "solved", "labelled", "unlabelled", "correct", "exact", "ci",
+    "labelled_solved", "correct_solved", "timed",
+)  # fmt: skip
+
+
+def text(values: pd.Series) -> pd.Series:
+    """``values`` as Arrow-backed strings, missing values kept (any pandas >= 2)."""
+    return values.astype("string[pyarrow]")
+
+
+def _flag(values: pd.Series) -> np.ndarray:
+    return values.to_numpy(dtype=bool, na_value=False)
+
+
+def _column(frame: pd.DataFrame, name: str, dtype: str) -> pd.Series:
+    """A column of ``frame``, or an all-missing one when the table lacks it."""
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series(pd.NA, index=frame.index, dtype=dtype)
+
+
+def _seconds(values: pd.Series) -> np.ndarray:
+    """Timestamps (or ISO text) as unix seconds, NaN where missing."""
+    stamps = pd.to_datetime(values, utc=True, errors="coerce")
+    return ((stamps - _EPOCH).dt.total_seconds()).to_numpy(dtype=float, na_value=np.nan)
+
+
+def _number(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def score(
+    frame: pd.DataFrame, label: str, *, case_sensitive: bool = False, by: Sequence[str] = ()
+) -> pd.DataFrame:
+    """One row per row of ``frame``: what it counts towards (see the module docstring).
+
+    ``frame`` needs ``answer`` and ``label`` columns; other result columns are optional.
+    The ``by`` columns are copied through for grouping, plus ``label_length``.
+    """
+    status = text(_column(frame, "status", "string"))
+    code = text(_column(frame, "error_code", "string"))
+    answer = text(frame["answer"]).str.strip()
+    truth = text(frame[label]).str.strip()
+    length = truth.str.len()
+    has_label = _flag(length > 0)
+    ran = _flag(status.notna()) & ~_flag(code.isin(NOT_RUN_CODES))
+    solved = ran & _flag(status == "solved")
+    labelled = ran & has_label
+    exact = labelled & _flag(answer == truth)
+    folded_answer, folded_truth = answer.str.casefold(), truth.str.casefold()
+    ci = labelled & _flag(folded_answer == folded_truth)
+    correct = exact if case_sensitive else ci
+    norm_answer = answer if case_sensitive else folded_answer
+    norm_truth = truth if case_sensitive else folded_truth
+
+    cer = np.full(len(frame), np.nan)
+    rows = np.flatnonzero(labelled)
+    if rows.size:
+        answers = norm_answer.iloc[rows].fillna("").tolist()
+        truths = norm_truth.iloc[rows].tolist()
+        distance = process.cpdist(answers, truths, scorer=Levenshtein.distance, workers=-1)
+        lengths = norm_truth.iloc[rows].str.len().to_numpy(dtype=float)
+        cer[rows] = distance / lengths
+
+    from_cache = _flag(_column(frame, "from_cache", "boolean").astype("boolean"))
+    submitted = _seconds(_column(frame, "submitted_at", "object"))
+    finished = _seconds(_column(frame, "finished_at", "object"))
+    timed = ran & ~from_cache & ~np.isnan(submitted) & ~np.isnan(finished)
+    cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
+    failed_code = code.fillna(UNKNOWN_CODE).where(ran & ~solved | ~ran & status.notna())
+
+    scored = pd.DataFrame(
+        {
+            "ran": ran,
+            "solved": solved,
+            "labelled": labelled,
+            "unlabelled": ran & ~has_label,
+            "correct": correct,
+            "exact": exact,
+            "ci": ci,
+            "labelled_solved": labelled & solved,
+            "correct_solved": correct & solved,
+            "cer": cer,
+            "cer_solved": np.where(solved, cer, np.nan),
+            "latency_ms": _number(_column(frame, "latency_ms", "float64")),
+            "timed": timed,
+            "t_submitted": np.where(timed, submitted, np.nan),
+            "t_finished": np.where(timed, finished, np.nan),
+            "cost_usd": cost,
+            "cost_labelled": np.where(labelled, cost, 0.0),
+            "error_code": failed_code,
+            "answer": norm_answer,
+            "label": norm_truth,
+            LABEL_LENGTH: length.where(has_label).astype("Int64"),
+        },
+        index=frame.index,
+    )
+    for column in by:
+        if column != LABEL_LENGTH:
+            scored[column] = frame[column]
+    return scored
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    return (num / den.where(den > 0)).astype(float)
+
+
+def aggregate(scored: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """The ``SUMMARY_COLUMNS`` of ``scored``: one row ``all``, or one per value of ``by``.
+
+    Missing group values form their own group (index value ``<NA>``).
+    """
+    keys = scored[by] if by is not None else pd.Series(np.zeros(len(scored), np.int8))
+    keys.index = scored.index
+    groups = scored.groupby(keys, dropna=False, sort=True, observed=True)
+    sums = groups[[*_FLAGS, "cost_usd", "cost_labelled"]].sum()
+    means = groups[["cer", "cer_solved"]].mean()
+    latency = groups["latency_ms"]
+    quantiles = latency.quantile([p / 100 for p in PERCENTILES]).unstack()
+    span = groups["t_finished"].max() - groups["t_submitted"].min()
+    if by is None and sums.empty:  # an empty table still has one summary row, of zeros
+        sums = pd.DataFrame(0, index=[0], columns=sums.columns)
+    index = sums.index
+    out = pd.DataFrame(index=index)
+    out["rows"] = groups.size().reindex(index, fill_value=0)
+    out["labelled"] = sums["labelled"]
+    out["unlabelled"] = sums["unlabelled"]
+    out["not_run"] = out["rows"] - sums["ran"]
+    out["solved"] = sums["solved"]
+    out["failed"] = sums["ran"] - sums["solved"]
+    out["correct"] = sums["correct"]
+    out["solved_rate"] = _ratio(sums["solved"], sums["ran"])
+    out["accuracy"] = _ratio(sums["correct"], sums["labelled"])
+    out["accuracy_solved"] = _ratio(sums["correct_solved"], sums["labelled_solved"])
+    out["exact_accuracy"] = _ratio(sums["exact"], sums["labelled"])
+    out["ci_accuracy"] = _ratio(sums["ci"], sums["labelled"])
+    out["cer"] = means["cer"].reindex(index)
+    out["cer_solved"] = means["cer_solved"].reindex(index)
+    for p in PERCENTILES:
+        out[f"latency_p{p}_ms"] = quantiles.get(p / 100, pd.Series(dtype=float)).reindex(index)
+    out["latency_max_ms"] = latency.max().reindex(index)
+    out["throughput_rps"] = _ratio(sums["timed"], span.reindex(index))
+    out["cost_usd"] = sums["cost_usd"].astype(float)
+    out["cost_per_1000_usd"] = 1000 * _ratio(sums["cost_usd"], sums["ran"])
+    out["cost_per_correct_usd"] = _ratio(sums["cost_labelled"], sums["correct"])
+    for column in COUNT_COLUMNS:
+        out[column] = out[column].astype("int64")
+    if by is None:
+        out.index = pd.Index(["all"])
+    else:
+        out.index.name = by
+    return out[list(SUMMARY_COLUMNS)]
+
+
+def errors_by_code(scored: pd.DataFrame) -> pd.DataFrame:
+    """Failed rows per ``error_code`` (``UNKNOWN`` when missing): ``rows`` and ``share``.
+
+    ``share`` is of all rows of the table. Most frequent first, then by code.
+    """
+    counts = scored["error_code"].dropna().value_counts()
+    out = pd.DataFrame({"error_code": counts.index.astype(str), "rows": counts.to_numpy()})
+    out = out.sort_values(["rows", "error_code"], ascending=[False, True], ignore_index=True)
+    out["rows"] = out["rows"].astype("int64")
+    out["share"] = out["rows"] / len(scored) if len(scored) else np.nan
+    return out
+
+
+def confusions(answers: Sequence[str], labels: Sequence[str], top: int = 20) -> pd.DataFrame:
+    """The ``top`` most frequent substitutions, label character -> answer character.
+
+    Pairs of equal length are compared position by position (a captcha answer of the
+    right length is read glyph by glyph); other pairs contribute the ``replace``
+    operations of a Levenshtein alignment. Columns: ``label_char``, ``answer_char``,
+    ``count``; most frequent first, then by characters.
+    """
+    counts: Counter[tuple[str, str]] = Counter()
+    for answer, truth in zip(answers, labels, strict=True):
+        if len(answer) == len(truth):
+            counts.update((t, a) for t, a in zip(truth, answer, strict=True) if t != a)
+        else:
+            for tag, src, dest in Levenshtein.editops(truth, answer).as_list():
+                if tag == "replace":
+                    counts[(truth[src], answer[dest])] += 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[: max(top, 0)]
+    return pd.DataFrame(
+        [(t, a, n) for (t, a), n in ranked], columns=["label_char", "answer_char", "count"]
+    ).astype({"label_char": object, "answer_char": object, "count": "int64"})
+
+
+def agreement(answers: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """Which matched rows every run answered alike, and the pairwise agreement rates.
+
+    ``answers`` has one column of normalised answers per run, one row per matched row.
+    Two answers agree when both are present and equal; a missing answer agrees with
+    nothing. Returns a boolean Series (all runs agree) and a square DataFrame of the
+    share of rows on which each pair of runs agrees (NaN for an empty table).
+    """
+    names = list(answers.columns)
+    present = answers.notna().to_numpy(dtype=bool).all(axis=1)
+    same = np.ones(len(answers), dtype=bool)
+    first = answers[names[0]]
+    for name in names[1:]:
+        same &= _flag(answers[name] == first)
+    matrix = pd.DataFrame(np.nan, index=names, columns=names, dtype=float)
+    for a in names:
+        for b in names:
+            agree = _flag(answers[a] == answers[b])
+            matrix.loc[a, b] = agree.mean() if len(answers) else np.nan
+    return pd.Series(present & same, index=answers.index), matrix
