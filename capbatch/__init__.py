@@ -4,6 +4,7 @@ The public API is what ``__all__`` lists; every module whose name starts with an
 underscore is private and may change without notice.
 """
 
+from ._api import RunOptions, arun, run
 from ._client import ProviderClient, TaskService
 from ._exceptions import (
     APIError,
@@ -26,9 +27,12 @@ from ._exceptions import (
     TransportError,
     Unsolvable,
 )
+from ._outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
 from ._protocol import Action, TaskReply, classify
 from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
+from ._runner import RunAborted
 from ._secrets import Secret
+from ._summary import RunSummary
 from ._version import __version__
 
 __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_exported_members.py
@@ -47,9 +51,14 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_e
     "PollSchedule",
     "ProviderClient",
     "ProviderProfile",
+    "RESULT_COLUMNS",
     "RateLimited",
     "RequestTimeout",
     "RowInputError",
+    "RowResult",
+    "RunAborted",
+    "RunOptions",
+    "RunSummary",
     "Secret",
     "ServiceUnavailable",
     "TableError",
@@ -60,6 +69,10 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_e
     "TransportError",
     "Unsolvable",
     "__version__",
+    "arun",
     "classify",
     "get_profile",
+    "read_results",
+    "run",
+    "run_metadata",
 ]

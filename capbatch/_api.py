@@ -262,7 +262,6 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             memory = MemorySink()
         sink = SummarySink(writer if writer is not None else memory)
         counters = RunCounters(total=table.num_rows)
-        done_before = journal.counts().get("done", 0)
         progress = _make_progress(options)
         clock = Clock()
         limiter = RateLimiter(resolved.limits.rate, clock=clock)
@@ -306,7 +305,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         finally:
             progress.close(counters)
             sink.fill(summary)
-            summary.resumed = min(done_before, summary.rows)
+            summary.resumed = min(runner.rows_final_before, summary.rows)
             stats = solver.stats
             summary.requests = stats.requests
             summary.creates = stats.creates

@@ -138,7 +138,7 @@ def score(
     finished = _seconds(_column(frame, "finished_at", "object"))
     timed = ran & ~from_cache & ~np.isnan(submitted) & ~np.isnan(finished)
     cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
-    failed_code = code.fillna(UNKNOWN_CODE).where(ran & ~solved | ~ran & status.notna())
+    failed_code = code.fillna(UNKNOWN_CODE).where(_flag(status.notna()) & ~solved)
 
     scored = pd.DataFrame(
         {
@@ -181,8 +181,10 @@ def aggregate(scored: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
 
     Missing group values form their own group (index value ``<NA>``).
     """
-    keys = scored[by] if by is not None else pd.Series(np.zeros(len(scored), np.int8))
-    keys.index = scored.index
+    if by is None:
+        keys = pd.Series(np.zeros(len(scored), np.int8), index=scored.index)
+    else:
+        keys = scored[by]
     groups = scored.groupby(keys, dropna=False, sort=True, observed=True)
     sums = groups[[*_FLAGS, "cost_usd", "cost_labelled"]].sum()
     means = groups[["cer", "cer_solved"]].mean()
@@ -259,22 +261,24 @@ def confusions(answers: Sequence[str], labels: Sequence[str], top: int = 20) -> 
 
 
 def agreement(answers: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
-    """Which matched rows every run answered alike, and the pairwise agreement rates.
+    """Which matched rows all runs answered alike, and the agreement of each pair of runs.
 
     ``answers`` has one column of normalised answers per run, one row per matched row.
-    Two answers agree when both are present and equal; a missing answer agrees with
-    nothing. Returns a boolean Series (all runs agree) and a square DataFrame of the
-    share of rows on which each pair of runs agrees (NaN for an empty table).
+    Two answers agree when both are present, non-empty and equal: a failed row agrees
+    with nothing. Returns a boolean Series (all runs agree) and a DataFrame with columns
+    ``run_a``, ``run_b``, ``rows``, ``agree``, ``agreement`` for every pair.
     """
     names = list(answers.columns)
-    present = answers.notna().to_numpy(dtype=bool).all(axis=1)
-    same = np.ones(len(answers), dtype=bool)
-    first = answers[names[0]]
-    for name in names[1:]:
-        same &= _flag(answers[name] == first)
-    matrix = pd.DataFrame(np.nan, index=names, columns=names, dtype=float)
-    for a in names:
-        for b in names:
-            agree = _flag(answers[a] == answers[b])
-            matrix.loc[a, b] = agree.mean() if len(answers) else np.nan
-    return pd.Series(present & same, index=answers.index), matrix
+    given = {name: text(answers[name]) for name in names}
+    given = {name: values.where(_flag(values != "")) for name, values in given.items()}
+    every = np.ones(len(answers), dtype=bool)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            agree = _flag(given[a] == given[b])
+            if i == 0:
+                every &= agree
+            share = agree.mean() if len(agree) else np.nan
+            pairs.append((a, b, len(agree), int(agree.sum()), share))
+    table = pd.DataFrame(pairs, columns=["run_a", "run_b", "rows", "agree", "agreement"])
+    return pd.Series(every, index=answers.index), table

@@ -39,6 +39,11 @@ class RunCounters:
         self.spend += result.cost_usd
 
     @property
+    def shown(self) -> int:
+        """Rows to show as done: earlier runs' rows count from the start (``resumed``)."""
+        return max(self.done, self.resumed)
+
+    @property
     def elapsed(self) -> float:
         return max(1e-9, time.monotonic() - self.started)
 
@@ -48,13 +53,13 @@ class RunCounters:
 
     @property
     def row_rate(self) -> float:
-        return (self.done - self.resumed) / self.elapsed
+        return max(0, self.done - self.resumed) / self.elapsed
 
     def eta(self) -> float | None:
         """Seconds left at the current row rate, when the total is known."""
         if self.total is None or self.row_rate <= 0:
             return None
-        return max(0.0, (self.total - self.done) / self.row_rate)
+        return max(0.0, (self.total - self.shown) / self.row_rate)
 
 
 class Progress(Protocol):
@@ -106,7 +111,7 @@ class TqdmProgress:
     def _make_bar(self, counters: RunCounters) -> Any:
         kwargs: dict[str, Any] = {
             "total": counters.total,
-            "initial": counters.done,
+            "initial": counters.shown,
             "desc": self._desc,
             "unit": "row",
             "dynamic_ncols": True,
@@ -142,7 +147,9 @@ class TqdmProgress:
     def update(self, counters: RunCounters, result: RowResult) -> None:
         if self._bar is None:
             return
-        self._bar.update(1)
+        step = counters.shown - self._bar.n
+        if step > 0:
+            self._bar.update(step)
         now = time.monotonic()
         if now - self._last_postfix >= 0.5:
             self._last_postfix = now

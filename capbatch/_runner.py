@@ -25,10 +25,20 @@ from ._outputs import RowResult
 from ._progress import Progress, RunCounters
 from ._protocol import ERROR_CODES, Action, classify
 from ._providers import ProviderProfile
-from ._scheduler import Job, RunStopped, SpendCapReached, TaskSolver, solve_job, spend_cap_result
+from ._scheduler import (
+    SPEND_CAP_REACHED,
+    Job,
+    RunStopped,
+    SpendCapReached,
+    TaskSolver,
+    solve_job,
+    spend_cap_result,
+)
 
 #: How many first final results must agree before a systematic failure stops the run.
 SYSTEMATIC_WINDOW = 20
+#: Journal meta key: rows with a final result in input order so far (for progress).
+ROWS_FINAL = "rows_final"
 
 
 class ResultSink(Protocol):
@@ -102,6 +112,11 @@ class BatchRunner:
         self._first_results: list[RowResult] = []
         self.failure: CapbatchError | None = None
         self.spend_capped = 0
+        self._final_rows = 0
+        self.rows_final_before = int(journal.get_meta(ROWS_FINAL) or 0)
+        counters.resumed = self.rows_final_before
+        if counters.total is not None:
+            counters.resumed = min(counters.resumed, counters.total)
 
     # --- the run ----------------------------------------------------------------------
 
@@ -260,12 +275,18 @@ class BatchRunner:
 
     def _flush(self) -> None:
         """Write every complete batch at the head of the window, in input order."""
+        wrote = False
         while self._window and self._window[0].missing == 0:
             pending = self._window.popleft()
             results = [r for r in pending.results if r is not None]
             self.sink.write(pending.batch, results)
             self._buffered_rows -= pending.batch.num_rows
+            self._final_rows += sum(1 for r in results if r.error_code != SPEND_CAP_REACHED)
             self._room.set()
+            wrote = True
+        if wrote and self._final_rows > self.rows_final_before:
+            # So a resumed run's progress bar can start where this one got to.
+            self.journal.set_meta(ROWS_FINAL, str(self._final_rows))
 
 
 def _input_failure(error: RowInputError, provider: str) -> RowResult:

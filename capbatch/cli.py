@@ -134,6 +134,14 @@ def run_command(
     CAPMONSTER_API_KEY or TWOCAPTCHA_API_KEY (by --provider), or --api-key-file.
     With no provider and no key, the local solver (ddddocr) answers offline.
     Re-running the same command resumes: answered rows are never paid for twice.
+
+    \b
+    Exit status:
+      0  the run finished (failed rows are recorded in the output, not fatal)
+      1  a run-fatal error stopped it (bad key, no balance, IP ban, or every
+         first row failing the same way); the journal is intact
+      2  usage error or unreadable input
+    130  interrupted (Ctrl-C); the journal is intact
     """
     options = RunOptions(
         output=output,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -331,3 +332,23 @@ def test_the_key_is_in_no_file_written_and_no_output(tmp_path: Path, emulator: S
     done = run_cli("run", str(table), "-o", str(csv_out), "--base-url", server.url)
     assert done.returncode == 0, done.output
     assert_key_absent(KEY, done.output, roots=(tmp_path,))
+
+
+def test_ctrl_c_leaves_a_resumable_journal(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator, deferred=1.0, solve_time=(0.5, 1.0), seed=8)
+    table = write_table(sample_frame(40), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    log = tmp_path / "first.log"
+    args = run_args(server, table, out, "--rate", "30")
+    proc = start_cli(*args, log=log)
+    deadline = time.monotonic() + 30
+    while server.stats()["create_calls"] < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert "run the same command to resume" in log.read_text()
+    assert not out.exists()
+    done = run_cli(*args)
+    assert done.returncode == 0, done.output
+    assert_all_solved_right(pd.read_parquet(out))
+    assert server.stats()["create_calls"] <= 40 + 2
