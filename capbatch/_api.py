@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ._client import ProviderClient, TaskService
+from ._control import RunControl
 from ._exceptions import AuthError, BalanceError, BannedError, CapbatchError, ConfigError
 from ._inputs import TableSource
 from ._journal import Journal
@@ -70,6 +71,10 @@ class RunOptions:
     batch_rows: int = 1024
     retry: RetryPolicy | None = None
     notice: Callable[[str], None] | None = field(default=None, repr=False)
+    #: Pause/resume/stop switches (the notebook panel's buttons).
+    control: RunControl | None = field(default=None, repr=False)
+    #: Called with (0-based input row number, result) as each row becomes final.
+    on_result: Callable[[int, RowResult], None] | None = field(default=None, repr=False)
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -276,6 +281,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             price=resolved.price,
             clock=clock,
             policy=options.retry,
+            control=options.control,
         )
         task_type = options.task_type
 
@@ -298,6 +304,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             max_pending_jobs=max(4 * resolved.limits.max_in_flight, 64),
             max_buffered_rows=max(16 * options.batch_rows, 65_536),
             make_task=make_task,
+            on_result=options.on_result,
         )
         progress.start(counters)
         try:

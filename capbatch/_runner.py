@@ -58,6 +58,7 @@ class _Pending:
     batch: pa.RecordBatch
     results: list[RowResult | None]
     missing: int
+    first_row: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class BatchRunner:
         max_pending_jobs: int,
         max_buffered_rows: int,
         make_task: Callable[[bytes], dict[str, Any]],
+        on_result: Callable[[int, RowResult], None] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -101,6 +103,7 @@ class BatchRunner:
         self.progress = progress
         self.counters = counters
         self.make_task = make_task
+        self.on_result = on_result
         self._jobs = asyncio.Semaphore(max_pending_jobs)
         self._max_buffered_rows = max_buffered_rows
         self._buffered_rows = 0
@@ -124,10 +127,12 @@ class BatchRunner:
         first_row = 0
         try:
             for batch in self.source.batches():
+                if self.failure is None and self.solver.stopped is not None:
+                    self._fail_run(self.solver.stopped)
                 if self.failure is not None:
                     break
                 plan = await asyncio.to_thread(self._plan_batch, batch, first_row)
-                pending = _Pending(batch, [None] * batch.num_rows, batch.num_rows)
+                pending = _Pending(batch, [None] * batch.num_rows, batch.num_rows, first_row)
                 self._window.append(pending)
                 self._buffered_rows += batch.num_rows
                 await self._schedule(pending, plan)
@@ -272,6 +277,8 @@ class BatchRunner:
         self.counters.add(result)
         self.counters.requests = self.solver.stats.requests
         self.progress.update(self.counters, result)
+        if self.on_result is not None:
+            self.on_result(pending.first_row + index, result)
 
     def _flush(self) -> None:
         """Write every complete batch at the head of the window, in input order."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._client import TaskService
+from ._control import RunControl, RunStoppedByUser
 from ._exceptions import APIError, CapbatchError, RequestTimeout
 from ._journal import Journal, JournalEntry
 from ._limits import Clock, Limits, RateLimiter
@@ -122,6 +123,7 @@ class TaskSolver:
         clock: Clock,
         policy: RetryPolicy | None = None,
         seed: int | None = None,
+        control: RunControl | None = None,
     ) -> None:
         self.service = service
         self.profile = profile
@@ -136,6 +138,7 @@ class TaskSolver:
         self._in_flight = asyncio.Semaphore(limits.max_in_flight)
         self._rng = random.Random(seed)
         self.stopped: CapbatchError | None = None
+        self.control = control
 
     # --- the request gate -------------------------------------------------------------
 
@@ -150,6 +153,12 @@ class TaskSolver:
         if self.stopped is not None:
             raise RunStopped(self.stopped)
         started = self.clock.now()
+        if self.control is not None:
+            try:
+                await self.control.checkpoint()
+            except RunStoppedByUser as stop:
+                self.stop(stop)
+                raise RunStopped(stop) from None
         async with self._in_flight:
             await self.limiter.acquire()
             state.queue_s += self.clock.now() - started
