@@ -394,44 +394,30 @@ class TaskSolver:
         cost = reply.cost if reply.cost is not None else self.price
         self.spend.charge(state.reserved, cost)
         state.reserved = 0.0
-        finished = time.time()
-        result = RowResult(
-            status="solved",
-            answer=reply.answer,
-            solution=reply.solution,
-            task_id=reply.task_id or state.task_id,
-            provider=self.profile.name,
-            attempts=state.calls,
-            polls=state.polls,
-            submitted_at=state.submitted_at,
-            finished_at=finished,
-            latency_ms=_latency_ms(state.submitted_at, finished),
-            queue_ms=state.queue_s * 1000.0,
-            cost_usd=state.cost + cost,
+        state.cost += cost
+        if reply.task_id:
+            state.task_id = reply.task_id
+        result = self._result(
+            state, "solved", answer=reply.answer, solution=reply.solution, task_id=state.task_id
         )
-        self.journal.record_result(
-            job.key,
-            status="solved",
-            answer=result.answer,
-            solution=reply.solution,
-            error_code=None,
-            error_message=None,
-            cost=cost,
-            task_id=result.task_id,
-            polls=state.polls,
-            finished_at=finished,
-            latency_ms=result.latency_ms,
-            queue_ms=result.queue_ms,
-        )
+        self._journal_result(job, result, cost=cost)
         return result
 
     def _failed(self, state: _Attempt, error: CapbatchError) -> RowResult:
-        finished = time.time()
-        return RowResult(
-            status="failed",
+        task_id = state.task_id or (error.task_id if isinstance(error, APIError) else None)
+        return self._result(
+            state,
+            "failed",
             error_code=error.error_code,
             error_message=str(error),
-            task_id=state.task_id or (error.task_id if isinstance(error, APIError) else None),
+            task_id=task_id,
+        )
+
+    def _result(self, state: _Attempt, status: str, **fields: Any) -> RowResult:
+        """The row result of ``state``, finished now."""
+        finished = time.time()
+        return RowResult(
+            status=status,
             provider=self.profile.name,
             attempts=state.calls,
             polls=state.polls,
@@ -440,18 +426,24 @@ class TaskSolver:
             latency_ms=_latency_ms(state.submitted_at, finished),
             queue_ms=state.queue_s * 1000.0,
             cost_usd=state.cost,
+            **fields,
         )
 
     def record_failure(self, job: Job, result: RowResult) -> None:
-        """Journal a final failure so a re-run does not pay for it again."""
+        """Journal a final failure so a re-run does not pay for it again. Charged
+        attempts were journaled by ``record_spent`` as they happened."""
+        self._journal_result(job, result, cost=0.0)
+
+    def _journal_result(self, job: Job, result: RowResult, *, cost: float) -> None:
+        """Write ``result`` as the key's final entry; ``cost`` is added to its spend."""
         self.journal.record_result(
             job.key,
-            status="failed",
-            answer=None,
-            solution=None,
+            status=result.status,
+            answer=result.answer,
+            solution=result.solution,
             error_code=result.error_code,
             error_message=result.error_message,
-            cost=0.0,  # charged attempts were journaled by record_spent already
+            cost=cost,
             task_id=result.task_id,
             polls=result.polls,
             finished_at=result.finished_at or time.time(),
