@@ -318,7 +318,8 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             summary.creates = stats.creates
             summary.polls = stats.polls
             summary.rate_limited = stats.rate_limited
-            summary.possible_double_payments = stats.possible_double_payments
+            # Over every run of this journal: a killed run could not report its own.
+            summary.possible_double_payments = journal.total_uncertain()
             summary.spend_usd = spend.spent
             summary.spend_cap_reached = spend.cap_reached or runner.spend_capped > 0
             summary.duration_s = time.monotonic() - started

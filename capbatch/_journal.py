@@ -259,6 +259,12 @@ class Journal:
         """Drop an unfinished key so a later run sends it afresh (never a done one)."""
         self._db.execute("DELETE FROM tasks WHERE key = ? AND state != 'done'", (key,))
 
+    def total_uncertain(self) -> int:
+        """createTask sends, over every run of this journal, that may have been paid
+        without an answer we could use (each a possible double payment)."""
+        row = self._db.execute("SELECT COALESCE(SUM(uncertain), 0) FROM tasks").fetchone()
+        return int(row[0])
+
     def total_spent(self) -> float:
         row = self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM tasks").fetchone()
         return float(row[0])

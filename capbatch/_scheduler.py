@@ -213,8 +213,10 @@ class TaskSolver:
             state.reserved = self.price
             return
         # Sent before the crash with no usable task id: it may have been paid for, and
-        # sending it again may pay twice. Count it so the summary can say so.
-        self.stats.possible_double_payments += 1 + entry.uncertain
+        # sending it again may pay twice. Count it, in the journal too, so the summary
+        # can say so even if this run is killed in its turn.
+        self.stats.possible_double_payments += 1
+        self.journal.record_uncertain(job.key)
 
     async def _create(self, job: Job, state: _Attempt) -> TaskReply | None:
         if state.budget >= self.limits.max_attempts:

@@ -89,7 +89,10 @@ class RunSummary:
             f"in {self.duration_s:.1f} s: {self.achieved_rate:.1f} req/s"
             + (f", {self.rate_limited} rate-limited" if self.rate_limited else "")
         )
-        lines.append(f"possible double payments: {self.possible_double_payments}")
+        lines.append(
+            f"possible double payments: {self.possible_double_payments} "
+            "(requests in flight at a crash or with a lost reply, over all runs of this output)"
+        )
         if self.spend_cap_reached:
             lines.append(f"spend cap reached: {self.rows_not_sent} rows not sent")
         if self.output:

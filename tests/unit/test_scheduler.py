@@ -319,21 +319,26 @@ async def test_resume_polls_a_journaled_task_instead_of_creating_it_again() -> N
 
 
 @pytest.mark.parametrize(
-    ("resumed", "doubles"),
+    ("resumed", "earlier_uncertain"),
     [
-        (entry("created", 3600), 1),
-        (entry("intent", 5, task_id=None), 1),
-        (entry("intent", 5, task_id=None, uncertain=2), 3),
+        (entry("created", 3600), 0),
+        (entry("intent", 5, task_id=None), 0),
+        (entry("intent", 5, task_id=None), 2),
     ],
 )
-async def test_resume_recreates_lost_or_expired_tasks_and_counts_them(
-    resumed: JournalEntry, doubles: int
+async def test_resume_recreates_lost_or_expired_tasks_and_counts_them_in_the_journal(
+    resumed: JournalEntry, earlier_uncertain: int
 ) -> None:
     provider = FakeProvider(createTask=[ok_ready("new")])
-    solver, _, _ = make_solver(provider)
+    solver, journal, _ = make_solver(provider)
+    # The earlier run's journal row (a killed run may already have counted some sends).
+    journal.record_intent(JOB.key, owner="0", provider="capsolver", submitted_at=1.0)
+    for _ in range(earlier_uncertain):
+        journal.record_uncertain(JOB.key)
     result = await solve_job(solver, replace(JOB, resumed=resumed))
     assert result.answer == "new" and provider.count("createTask") == 1
-    assert solver.stats.possible_double_payments == doubles
+    assert solver.stats.possible_double_payments == 1  # this run's share
+    assert journal.total_uncertain() == earlier_uncertain + 1  # every run's, kept on disk
     assert result.attempts == 2
 
 
