@@ -30,7 +30,9 @@ Definitions (the README and ``capbatch.report`` document the same):
 from __future__ import annotations
 
 from collections import Counter
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,7 +81,8 @@ def text(values: pd.Series) -> pd.Series:
     return values.astype("string[pyarrow]")
 
 
-def _flag(values: pd.Series) -> np.ndarray:
+def flag(values: pd.Series) -> np.ndarray:
+    """A boolean Series (NA as False) as a numpy array."""
     return values.to_numpy(dtype=bool, na_value=False)
 
 
@@ -113,13 +116,13 @@ def score(
     answer = text(frame["answer"]).str.strip()
     truth = text(frame[label]).str.strip()
     length = truth.str.len()
-    has_label = _flag(length > 0)
-    ran = _flag(status.notna()) & ~_flag(code.isin(NOT_RUN_CODES))
-    solved = ran & _flag(status == "solved")
+    has_label = flag(length > 0)
+    ran = flag(status.notna()) & ~flag(code.isin(NOT_RUN_CODES))
+    solved = ran & flag(status == "solved")
     labelled = ran & has_label
-    exact = labelled & _flag(answer == truth)
+    exact = labelled & flag(answer == truth)
     folded_answer, folded_truth = answer.str.casefold(), truth.str.casefold()
-    ci = labelled & _flag(folded_answer == folded_truth)
+    ci = labelled & flag(folded_answer == folded_truth)
     correct = exact if case_sensitive else ci
     norm_answer = answer if case_sensitive else folded_answer
     norm_truth = truth if case_sensitive else folded_truth
@@ -133,12 +136,12 @@ def score(
         lengths = norm_truth.iloc[rows].str.len().to_numpy(dtype=float)
         cer[rows] = distance / lengths
 
-    from_cache = _flag(_column(frame, "from_cache", "boolean").astype("boolean"))
+    from_cache = flag(_column(frame, "from_cache", "boolean").astype("boolean"))
     submitted = _seconds(_column(frame, "submitted_at", "object"))
     finished = _seconds(_column(frame, "finished_at", "object"))
     timed = ran & ~from_cache & ~np.isnan(submitted) & ~np.isnan(finished)
     cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
-    failed_code = code.fillna(UNKNOWN_CODE).where(_flag(status.notna()) & ~solved)
+    failed_code = code.fillna(UNKNOWN_CODE).where(flag(status.notna()) & ~solved)
 
     scored = pd.DataFrame(
         {
@@ -270,15 +273,71 @@ def agreement(answers: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     """
     names = list(answers.columns)
     given = {name: text(answers[name]) for name in names}
-    given = {name: values.where(_flag(values != "")) for name, values in given.items()}
+    given = {name: values.where(flag(values != "")) for name, values in given.items()}
     every = np.ones(len(answers), dtype=bool)
     pairs = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            agree = _flag(given[a] == given[b])
+            agree = flag(given[a] == given[b])
             if i == 0:
                 every &= agree
             share = agree.mean() if len(agree) else np.nan
             pairs.append((a, b, len(agree), int(agree.sum()), share))
     table = pd.DataFrame(pairs, columns=["run_a", "run_b", "rows", "agree", "agreement"])
     return pd.Series(every, index=answers.index), table
+
+
+def jsonable(value: Any) -> Any:
+    """A value fit for ``json.dumps``: NaN and NA become None, numpy scalars Python ones."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``frame`` (index included when named) as JSON-ready dicts."""
+    flat = frame.reset_index() if frame.index.name is not None else frame
+    return [jsonable(row) for row in flat.to_dict(orient="records")]
+
+
+def notes(frame: pd.DataFrame, scored: pd.DataFrame, run: dict[str, Any]) -> tuple[list[str], bool]:
+    """Notes for the reader of a report, and whether the run stopped part-way.
+
+    Part-way: the run's own summary (``run["summary"]``) counts more rows than the
+    table has or names what stopped it, rows were not sent for the spend cap, or rows
+    have no result (``status`` null).
+    """
+    notes: list[str] = []
+    summary = run.get("summary") or {}
+    recorded = summary.get("rows")
+    if isinstance(recorded, int) and recorded > len(frame):
+        notes.append(f"the run recorded {recorded} rows but the table has {len(frame)}: "
+                     "this reports on the rows present")  # fmt: skip
+    if summary.get("stopped_by"):
+        notes.append(f"the run was stopped by {summary['stopped_by']}")
+    spend_cap = int((scored["error_code"] == "SPEND_CAP_REACHED").sum())
+    no_result = int(len(scored) - scored["ran"].sum()) - spend_cap
+    if spend_cap:
+        notes.append(f"{spend_cap} rows not sent: the spend cap was reached")
+    if no_result:
+        notes.append(f"{no_result} rows have no result: the run did not reach them")
+    partial = bool(notes)
+    if partial:
+        notes.insert(0, "the run stopped part-way: rows that did not run are left out of "
+                        "every rate and counted as not_run")  # fmt: skip
+    if "status" not in frame.columns:
+        notes.append("no status column: rows with an answer count as solved")
+    unlabelled = int(scored["unlabelled"].sum())
+    if unlabelled:
+        notes.append(f"{unlabelled} rows have no label: reported as unlabelled, not scored")
+    if len(frame) and not scored["labelled"].any():
+        notes.append("no labelled rows that ran: accuracy cannot be measured")
+    return notes, partial

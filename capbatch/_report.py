@@ -29,8 +29,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from . import _metrics
-from ._exceptions import ConfigError, TableError
-from ._images import image_hash, resolve_image
+from ._exceptions import ConfigError, RowInputError, TableError
+from ._images import INPUT_FILE_NOT_FOUND, image_hash, resolve_image
 from ._inputs import ID_COLUMN_NAMES, IMAGE_COLUMN_NAMES
 from ._outputs import RESULT_SCHEMA, run_metadata
 from ._version import __version__
@@ -101,39 +101,16 @@ def run_info(source: Path | None, frame: pd.DataFrame) -> dict[str, Any]:
         "provider": meta.get("capbatch.provider"),
         "task_type": meta.get("capbatch.task_type"),
         "version": meta.get("capbatch.version"),
+        "input": meta.get("capbatch.input"),
         "settings": settings if isinstance(settings, dict) else {},
         "summary": summary if isinstance(summary, dict) else {},
     }
 
 
-def _notes(frame: pd.DataFrame, scored: pd.DataFrame, run: dict[str, Any]) -> tuple[list[str], bool]:
-    """Notes for the reader and whether the run stopped part-way."""
-    notes: list[str] = []
-    summary = run.get("summary") or {}
-    recorded = summary.get("rows")
-    if isinstance(recorded, int) and recorded > len(frame):
-        notes.append(f"the run recorded {recorded} rows but the table has {len(frame)}: "
-                     "this reports on the rows present")  # fmt: skip
-    if summary.get("stopped_by"):
-        notes.append(f"the run was stopped by {summary['stopped_by']}")
-    no_result = int(scored["error_code"].isna().sum() - scored["ran"].sum())
-    spend_cap = int((scored["error_code"] == "SPEND_CAP_REACHED").sum())
-    if spend_cap:
-        notes.append(f"{spend_cap} rows not sent: the spend cap was reached")
-    if no_result:
-        notes.append(f"{no_result} rows have no result: the run did not reach them")
-    partial = bool(notes)
-    if partial:
-        notes.insert(0, "the run stopped part-way: rows that did not run are left out of "
-                        "every rate and counted as not_run")  # fmt: skip
-    if "status" not in frame.columns:
-        notes.append("no status column: rows with an answer count as solved")
-    unlabelled = int(scored["unlabelled"].sum())
-    if unlabelled:
-        notes.append(f"{unlabelled} rows have no label: reported as unlabelled, not scored")
-    if len(frame) and not scored["labelled"].any():
-        notes.append("no labelled rows that ran: accuracy cannot be measured")
-    return notes, partial
+def _stem(path: Path) -> str:
+    """``captchas`` for ``captchas.results.parquet``: the name a run is shown by."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return stem.removesuffix(".results") or stem
 
 
 def _image_column(frame: pd.DataFrame, wanted: str | None, skip: Sequence[str]) -> str | None:
@@ -147,27 +124,6 @@ def _image_column(frame: pd.DataFrame, wanted: str | None, skip: Sequence[str]) 
             if str(name).lower() == candidate and name not in skip:
                 return str(name)
     return None
-
-
-def jsonable(value: Any) -> Any:
-    """A value fit for ``json.dumps``: NaN and NA become None, numpy scalars Python ones."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of ``frame`` (index included when named) as JSON-ready dicts."""
-    flat = frame.reset_index() if frame.index.name is not None else frame
-    return [jsonable(row) for row in flat.to_dict(orient="records")]
 
 
 class Report:
@@ -204,14 +160,17 @@ class Report:
                 raise TableError(f"group column {column!r} is not in the table"
                                  + _columns_hint(frame, column))  # fmt: skip
         self.source = source
-        self.name = name or (source.name.split(".")[0] if source is not None else "results")
+        self.name = name or (_stem(source) if source is not None else "results")
         self.label = label
         self.case_sensitive = case_sensitive
         self.by = tuple(dict.fromkeys([*by, _metrics.LABEL_LENGTH]))
-        self.base_dir = base_dir or (source.parent if source is not None else Path.cwd())
-        self.image_column = _image_column(frame, image_column, (label, "answer"))
+        dirs = [base_dir] if base_dir is not None else [source.parent] if source else []
         self.results = frame
         self.run = run_info(source, frame)
+        if base_dir is None and self.run.get("input"):
+            dirs.append(Path(self.run["input"]).parent)
+        self.image_dirs = list(dict.fromkeys([*dirs, Path.cwd()] if base_dir is None else dirs))
+        self.image_column = _image_column(frame, image_column, (label, "answer"))
         if "status" not in frame.columns:
             answered = frame["answer"].notna()
             frame = frame.assign(status=np.where(answered, "solved", "failed"))
@@ -220,12 +179,12 @@ class Report:
         self.groups = {column: self.grouped(column) for column in self.by}
         self.errors = _metrics.errors_by_code(self.scored)
         wrong = self.wrong_rows()
-        wrong = wrong[self.scored["answer"].to_numpy()[wrong].astype(bool)] if wrong.size else wrong
+        answers, labels = self.scored["answer"].iloc[wrong], self.scored["label"].iloc[wrong]
+        given = _metrics.flag(answers.str.len() > 0)
         self.confusions = _metrics.confusions(
-            self.scored["answer"].iloc[wrong].tolist(), self.scored["label"].iloc[wrong].tolist(),
-            top,
+            answers[given].tolist(), labels[given].tolist(), top
         )
-        self.notes, self.partial = _notes(self.results, self.scored, self.run)
+        self.notes, self.partial = _metrics.notes(self.results, self.scored, self.run)
 
     def __repr__(self) -> str:
         rows = int(self.summary["rows"].iloc[0])
@@ -241,6 +200,24 @@ class Report:
             scored = scored.assign(**{column: self.results[column]})
         return _metrics.aggregate(scored, column)
 
+    def image(self, value: object) -> bytes:
+        """The image bytes a cell of the image column stands for (``RowInputError`` if none).
+
+        A relative path is looked for in each of ``image_dirs`` in turn: ``base_dir`` if
+        given, else the results file's folder, the run's input folder (when the file
+        records it) and the working directory.
+        """
+        missing: RowInputError | None = None
+        for folder in self.image_dirs:
+            try:
+                return resolve_image(value, base_dir=folder)
+            except RowInputError as exc:
+                if exc.error_code != INPUT_FILE_NOT_FOUND:
+                    raise
+                missing = missing or exc
+        assert missing is not None
+        raise missing
+
     def wrong_rows(self) -> np.ndarray:
         """Positions of labelled rows that ran and are not correct, in table order."""
         return np.flatnonzero(self.scored["labelled"] & ~self.scored["correct"])
@@ -251,7 +228,7 @@ class Report:
 
     def metrics(self) -> dict[str, Any]:
         """The overall metrics as a JSON-ready dict."""
-        return records(self.summary)[0]
+        return _metrics.records(self.summary)[0]
 
     def to_dict(self) -> dict[str, Any]:
         """Everything the report shows, JSON-ready (NaN as None)."""
@@ -262,11 +239,11 @@ class Report:
             "case_sensitive": self.case_sensitive,
             "partial": self.partial,
             "notes": list(self.notes),
-            "run": jsonable({k: v for k, v in self.run.items() if k != "summary"}),
+            "run": _metrics.jsonable({k: v for k, v in self.run.items() if k != "summary"}),
             "summary": self.metrics(),
-            "groups": {column: records(frame) for column, frame in self.groups.items()},
-            "errors": records(self.errors),
-            "confusions": records(self.confusions),
+            "groups": {column: _metrics.records(frame) for column, frame in self.groups.items()},
+            "errors": _metrics.records(self.errors),
+            "confusions": _metrics.records(self.confusions),
             "capbatch_version": __version__,
         }
 
@@ -327,6 +304,183 @@ def report(
     )
 
 
-from ._report_compare import Comparison, compare  # noqa: E402  (re-exported)
 
-__all__ = ["Comparison", "Report", "compare", "report"]
+
+def _match_keys(reports: Sequence[Report], id_column: str | None) -> tuple[str, list[pd.Series]]:
+    """How rows are matched across runs: an id column, image values, or image hashes."""
+    frames = [r.results for r in reports]
+    column = id_column
+    if id_column is not None:
+        for r in reports:
+            if id_column not in r.results.columns:
+                raise TableError(f"id column {id_column!r} is not in {r.name}"
+                                 + _columns_hint(r.results, id_column))  # fmt: skip
+    else:
+        column = next((c for c in ID_COLUMN_NAMES if all(c in f.columns for f in frames)), None)
+    if column is not None:
+        return column, [_metrics.text(f[column]) for f in frames]
+    images = [r.image_column for r in reports]
+    if None in images:
+        lacking = reports[images.index(None)].name
+        raise TableError(f"cannot match rows: the tables share no id column and {lacking!r} "
+                         "has no image column; name the id column")  # fmt: skip
+    first = images[0]
+    assert first is not None
+    if len(set(images)) == 1 and all(pd.api.types.is_string_dtype(f[first]) for f in frames):
+        return first, [_metrics.text(f[first]).str.strip() for f in frames]
+    return "image_sha256", [_image_hashes(r) for r in reports]
+
+
+def _image_hashes(report: Report) -> pd.Series:
+    """SHA-256 of each row's image bytes; missing where the image cannot be read."""
+    assert report.image_column is not None
+    hashes: list[str | None] = []
+    for value in report.results[report.image_column].tolist():
+        try:
+            hashes.append(image_hash(report.image(value)))
+        except RowInputError:
+            hashes.append(None)
+    return _metrics.text(pd.Series(hashes, index=report.results.index, dtype=object))
+
+
+def _names(reports: Sequence[Report], names: Sequence[str] | None, taken: set[str]) -> list[str]:
+    if names is not None:
+        if len(names) != len(reports):
+            raise ConfigError(f"{len(names)} names for {len(reports)} results tables")
+        wanted = [str(n) for n in names]
+    else:
+        wanted = [r.name for r in reports]
+        if len(set(wanted)) < len(wanted):  # same stems: try whole file names
+            wanted = [r.source.name if r.source is not None else r.name for r in reports]
+    out: list[str] = []
+    for name in wanted:
+        unique, n = name, 1
+        while unique in taken or unique in out:
+            n += 1
+            unique = f"{name} ({n})"
+        out.append(unique)
+    return out
+
+
+class Comparison:
+    """Two or more runs over the same rows, side by side (made by ``capbatch.compare``).
+
+    Rows are matched by ``key`` (an id column, the image column's values, or
+    ``image_sha256``); metrics are over the matched rows. Attributes: ``names``,
+    ``reports`` (name -> Report over its whole table), ``summary`` (one row per run),
+    ``groups`` (column -> rows per run and value), ``errors``, ``matched`` (key, label
+    and each run's answer per matched row), ``agree`` (all runs agree, per matched row),
+    ``agreement`` (its share), ``pairs`` (agreement of each pair of runs),
+    ``disagreements`` and ``notes``.
+    """
+
+    def __init__(
+        self, reports: Sequence[Report], names: Sequence[str] | None, id_column: str | None
+    ) -> None:
+        if len(reports) < 2:
+            raise ConfigError("compare needs two or more results tables")
+        self.key, keys = _match_keys(reports, id_column)
+        self.names = _names(reports, names, {self.key, "label"})
+        self.reports = dict(zip(self.names, reports, strict=True))
+        self.notes: list[str] = []
+        firsts = []
+        for name, k in zip(self.names, keys, strict=True):
+            present = _metrics.flag(k.notna())
+            index = pd.Series(np.flatnonzero(present), index=k[present].to_numpy())
+            duplicated = index.index.duplicated()
+            if duplicated.any():
+                self.notes.append(f"{name}: {int(duplicated.sum())} rows repeat a {self.key} "
+                                  "value; only the first of each is compared")  # fmt: skip
+            firsts.append(index[~duplicated])
+        common = firsts[0].index
+        for index in firsts[1:]:
+            common = common[common.isin(index.index)]
+        self.positions = {n: f.loc[common].to_numpy() for n, f in zip(self.names, firsts)}
+        for name, report in self.reports.items():
+            if (unmatched := len(report.results) - len(common)) > 0:
+                self.notes.append(f"{name}: {unmatched} rows have no match in every other run")
+            self.notes += [f"{name}: {note}" for note in report.notes]
+        scored = {n: r.scored.iloc[self.positions[n]] for n, r in self.reports.items()}
+        self.summary = pd.concat([_metrics.aggregate(s) for s in scored.values()])
+        self.summary.index = pd.Index(self.names, name="run")
+        self.groups = {
+            column: pd.concat(
+                {n: _metrics.aggregate(s, column) for n, s in scored.items()}, names=["run"]
+            )
+            for column in reports[0].by
+            if all(column in s.columns for s in scored.values())
+        }
+        self.errors = pd.concat(
+            [_metrics.errors_by_code(s).assign(run=n) for n, s in scored.items()],
+            ignore_index=True,
+        )[["run", "error_code", "rows", "share"]]
+        first = reports[0]
+        at = self.positions[self.names[0]]
+        self.matched = pd.DataFrame(
+            {self.key: keys[0].iloc[at].to_numpy(), "label": first.results[first.label].iloc[at]
+             .to_numpy()}  # fmt: skip
+        )
+        for name, report in self.reports.items():
+            self.matched[name] = report.results["answer"].iloc[self.positions[name]].to_numpy()
+        self.correct = pd.DataFrame({n: s["correct"].to_numpy() for n, s in scored.items()})
+        normalised = pd.DataFrame({n: s["answer"].to_numpy() for n, s in scored.items()})
+        self.agree, self.pairs = _metrics.agreement(normalised)
+        self.agreement = float(self.agree.mean()) if len(self.agree) else math.nan
+        self.disagreements = self.matched[~self.agree.to_numpy()]
+
+    def __repr__(self) -> str:
+        return (f"<Comparison of {', '.join(self.names)}: {len(self.matched)} matched rows, "
+                f"agreement {self.agreement:.3f}>")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the comparison shows except the full row tables, JSON-ready."""
+        return {
+            "runs": self.names,
+            "key": self.key,
+            "matched_rows": len(self.matched),
+            "agreement": _metrics.jsonable(self.agreement),
+            "disagreements": len(self.disagreements),
+            "pairs": _metrics.records(self.pairs),
+            "notes": list(self.notes),
+            "summary": _metrics.records(self.summary),
+            "groups": {c: _metrics.records(f.reset_index()) for c, f in self.groups.items()},
+            "errors": _metrics.records(self.errors),
+            "capbatch_version": __version__,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+
+    def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The self-contained HTML page; written to ``path`` (UTF-8) when given."""
+        from ._report_html import comparison_page, write_page
+
+        page = comparison_page(self)
+        if path is not None:
+            write_page(Path(path), page)
+        return page
+
+    def _repr_html_(self) -> str:
+        from ._report_html import comparison_fragment
+
+        return comparison_fragment(self)
+
+
+def compare(
+    *results: Results,
+    names: Sequence[str] | None = None,
+    label: str = "label",
+    by: str | Sequence[str] | None = None,
+    case_sensitive: bool = False,
+    id_column: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Comparison:
+    """Compare two or more runs over the same rows (e.g. two providers, local vs service).
+
+    Rows are matched by ``id_column``, else by an id column all tables have (``id``,
+    ``row_id``, ``uuid``, ``key``), else by the image column's values when all tables
+    share it as text, else by the SHA-256 of the image bytes. Names default to the file
+    stems. Other arguments are as for ``report``.
+    """
+    reports = [report(r, label, by, case_sensitive, base_dir=base_dir) for r in results]
+    return Comparison(reports, names, id_column)

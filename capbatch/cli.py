@@ -17,6 +17,7 @@ import click
 from ._api import RunOptions, execute
 from ._exceptions import CapbatchError, ConfigError, InputError
 from ._providers import PROVIDERS
+from ._report_cli import compare, report
 from ._version import __version__
 from .emulator._cli import serve
 
@@ -187,6 +188,8 @@ def run_command(
 
 
 cli.add_command(serve)
+cli.add_command(report)
+cli.add_command(compare)
 
 
 def main() -> None:

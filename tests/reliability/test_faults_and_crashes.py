@@ -60,7 +60,7 @@ def oracle(emulator: Start, **options: object) -> EmulatorHandle:
 
 
 def summary_value(stderr: str, label: str) -> int:
-    return int(stderr.split(f"{label}: ")[1].split()[0])
+    return int(stderr.split(f"{label}: ")[1].split(maxsplit=1)[0])
 
 
 def test_faults_every_row_final_and_every_charged_answer_delivered(
