@@ -330,7 +330,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         )
         frame = None
         if writer is not None:
-            writer.finish(_metadata(summary, options, resolved))
+            writer.finish(_metadata(summary, options, resolved, table))
             if want_frame and output is not None:
                 frame = read_results(output)
         elif memory is not None and want_frame:
@@ -348,7 +348,9 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             await service.aclose()
 
 
-def _metadata(summary: RunSummary, options: RunOptions, resolved: ResolvedRun) -> dict[str, str]:
+def _metadata(
+    summary: RunSummary, options: RunOptions, resolved: ResolvedRun, table: TableSource
+) -> dict[str, str]:
     settings = {
         "provider": resolved.profile.name,
         "base_url": options.base_url or resolved.profile.base_url or None,
@@ -377,6 +379,8 @@ def _metadata(summary: RunSummary, options: RunOptions, resolved: ResolvedRun) -
         else str(summary.balance_after),
         "capbatch.settings": json.dumps(settings, sort_keys=True, default=str),
         "capbatch.run": summary.to_json(),
+        # Where relative image paths point: the report's gallery finds images with it.
+        "capbatch.input": "" if table.path is None else str(Path(table.path).resolve()),
     }
 
 

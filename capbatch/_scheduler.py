@@ -153,14 +153,16 @@ class TaskSolver:
         if self.stopped is not None:
             raise RunStopped(self.stopped)
         started = self.clock.now()
-        if self.control is not None:
-            try:
-                await self.control.checkpoint()
-            except RunStoppedByUser as stop:
-                self.stop(stop)
-                raise RunStopped(stop) from None
         async with self._in_flight:
             await self.limiter.acquire()
+            if self.control is not None:
+                # Checked after the slot waits, right before sending: a pause pressed
+                # while this request queued must still hold it back.
+                try:
+                    await self.control.checkpoint()
+                except RunStoppedByUser as stop:
+                    self.stop(stop)
+                    raise RunStopped(stop) from None
             state.queue_s += self.clock.now() - started
             if self.stopped is not None:
                 raise RunStopped(self.stopped)
