@@ -30,6 +30,7 @@ from ._exceptions import (
 from ._outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
 from ._protocol import Action, TaskReply, classify
 from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
+from ._report import Comparison, Report, compare, report
 from ._runner import RunAborted
 from ._secrets import Secret
 from ._summary import RunSummary
@@ -42,6 +43,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_e
     "BalanceError",
     "BannedError",
     "CapbatchError",
+    "Comparison",
     "ConfigError",
     "ConnectionFailed",
     "InputError",
@@ -53,6 +55,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_e
     "ProviderProfile",
     "RESULT_COLUMNS",
     "RateLimited",
+    "Report",
     "RequestTimeout",
     "RowInputError",
     "RowResult",
@@ -71,8 +74,10 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_e
     "__version__",
     "arun",
     "classify",
+    "compare",
     "get_profile",
     "read_results",
+    "report",
     "run",
     "run_metadata",
 ]

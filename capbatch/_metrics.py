@@ -2,7 +2,10 @@
 
 ``score`` turns a results table into one row of flags and numbers per input row, all
 vectorised; ``aggregate`` sums those overall or per group into the metric columns
-below; ``errors_by_code``, ``confusions`` and ``agreement`` make the other tables.
+below; ``errors_by_code``, ``confusions`` and ``agreement`` make the other tables;
+``notes`` says what a reader must know (a run that stopped part-way, unlabelled rows).
+``LABELS``, ``fmt`` and ``shown`` put metrics and untrusted text in front of people
+(terminal and HTML alike).
 
 Definitions (the README and ``capbatch.report`` document the same):
 
@@ -29,9 +32,9 @@ Definitions (the README and ``capbatch.report`` document the same):
 
 from __future__ import annotations
 
-from collections import Counter
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,36 +47,45 @@ NOT_RUN_CODES = frozenset({"SPEND_CAP_REACHED"})
 UNKNOWN_CODE = "UNKNOWN"
 LABEL_LENGTH = "label_length"
 
-#: The metric columns of a summary, in display order.
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "rows",
-    "labelled",
-    "unlabelled",
-    "not_run",
-    "solved",
-    "failed",
-    "correct",
-    "solved_rate",
-    "accuracy",
-    "accuracy_solved",
-    "exact_accuracy",
-    "ci_accuracy",
-    "cer",
-    "cer_solved",
-    *(f"latency_p{p}_ms" for p in PERCENTILES),
-    "latency_max_ms",
-    "throughput_rps",
-    "cost_usd",
-    "cost_per_1000_usd",
-    "cost_per_correct_usd",
-)
+#: The metric columns of a summary, in display order, with their names for people.
+LABELS: Mapping[str, str] = {
+    "rows": "rows",
+    "labelled": "labelled rows",
+    "unlabelled": "unlabelled rows",
+    "not_run": "rows not run",
+    "solved": "solved",
+    "failed": "failed",
+    "correct": "correct",
+    "solved_rate": "solved rate",
+    "accuracy": "accuracy",
+    "accuracy_solved": "accuracy over solved rows",
+    "exact_accuracy": "exact accuracy (case-sensitive)",
+    "ci_accuracy": "case-insensitive accuracy",
+    "cer": "character error rate",
+    "cer_solved": "character error rate, solved rows",
+    **{f"latency_p{p}_ms": f"latency p{p}" for p in PERCENTILES},
+    "latency_max_ms": "latency max",
+    "throughput_rps": "throughput",
+    "cost_usd": "total cost",
+    "cost_per_1000_usd": "cost per 1,000 rows",
+    "cost_per_correct_usd": "cost per correct answer",
+}
+SUMMARY_COLUMNS: tuple[str, ...] = tuple(LABELS)
 COUNT_COLUMNS = frozenset(SUMMARY_COLUMNS[:7])
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _FLAGS = (
-    "ran", "solved", "labelled", "unlabelled", "correct", "exact", "ci",
-    "labelled_solved", "correct_solved", "timed",
-)  # fmt: skip
+    "ran",
+    "solved",
+    "labelled",
+    "unlabelled",
+    "correct",
+    "exact",
+    "ci",
+    "labelled_solved",
+    "correct_solved",
+    "timed",
+)
 
 
 def text(values: pd.Series) -> pd.Series:
@@ -88,15 +100,17 @@ def flag(values: pd.Series) -> np.ndarray:
 
 def _column(frame: pd.DataFrame, name: str, dtype: str) -> pd.Series:
     """A column of ``frame``, or an all-missing one when the table lacks it."""
-    if name in frame.columns:
-        return frame[name]
-    return pd.Series(pd.NA, index=frame.index, dtype=dtype)
+    column: pd.Series = (
+        frame[name] if name in frame.columns else pd.Series(None, index=frame.index, dtype=dtype)
+    )
+    return column
 
 
 def _seconds(values: pd.Series) -> np.ndarray:
     """Timestamps (or ISO text) as unix seconds, NaN where missing."""
     stamps = pd.to_datetime(values, utc=True, errors="coerce")
-    return ((stamps - _EPOCH).dt.total_seconds()).to_numpy(dtype=float, na_value=np.nan)
+    seconds: np.ndarray = (stamps - _EPOCH).dt.total_seconds().to_numpy(float, na_value=np.nan)
+    return seconds
 
 
 def _number(values: pd.Series) -> np.ndarray:
@@ -143,7 +157,7 @@ def score(
     cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
     failed_code = code.fillna(UNKNOWN_CODE).where(flag(status.notna()) & ~solved)
 
-    scored = pd.DataFrame(
+    scored: pd.DataFrame = pd.DataFrame(
         {
             "ran": ran,
             "solved": solved,
@@ -176,7 +190,8 @@ def score(
 
 
 def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
-    return (num / den.where(den > 0)).astype(float)
+    ratio: pd.Series = (num / den.where(den > 0)).astype(float)
+    return ratio
 
 
 def aggregate(scored: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
@@ -192,7 +207,7 @@ def aggregate(scored: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     sums = groups[[*_FLAGS, "cost_usd", "cost_labelled"]].sum()
     means = groups[["cer", "cer_solved"]].mean()
     latency = groups["latency_ms"]
-    quantiles = latency.quantile([p / 100 for p in PERCENTILES]).unstack()
+    quantiles = latency.quantile(np.array([p / 100 for p in PERCENTILES])).unstack()
     span = groups["t_finished"].max() - groups["t_submitted"].min()
     if by is None and sums.empty:  # an empty table still has one summary row, of zeros
         sums = pd.DataFrame(0, index=[0], columns=sums.columns)
@@ -225,7 +240,8 @@ def aggregate(scored: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
         out.index = pd.Index(["all"])
     else:
         out.index.name = by
-    return out[list(SUMMARY_COLUMNS)]
+    ordered: pd.DataFrame = out[list(SUMMARY_COLUMNS)]
+    return ordered
 
 
 def errors_by_code(scored: pd.DataFrame) -> pd.DataFrame:
@@ -234,7 +250,9 @@ def errors_by_code(scored: pd.DataFrame) -> pd.DataFrame:
     ``share`` is of all rows of the table. Most frequent first, then by code.
     """
     counts = scored["error_code"].dropna().value_counts()
-    out = pd.DataFrame({"error_code": counts.index.astype(str), "rows": counts.to_numpy()})
+    out: pd.DataFrame = pd.DataFrame(
+        {"error_code": counts.index.astype(str), "rows": counts.to_numpy()}
+    )
     out = out.sort_values(["rows", "error_code"], ascending=[False, True], ignore_index=True)
     out["rows"] = out["rows"].astype("int64")
     out["share"] = out["rows"] / len(scored) if len(scored) else np.nan
@@ -254,13 +272,18 @@ def confusions(answers: Sequence[str], labels: Sequence[str], top: int = 20) -> 
         if len(answer) == len(truth):
             counts.update((t, a) for t, a in zip(truth, answer, strict=True) if t != a)
         else:
-            for tag, src, dest in Levenshtein.editops(truth, answer).as_list():
-                if tag == "replace":
-                    counts[(truth[src], answer[dest])] += 1
+            for op in Levenshtein.editops(truth, answer):
+                if op.tag == "replace":
+                    counts[(truth[op.src_pos], answer[op.dest_pos])] += 1
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[: max(top, 0)]
-    return pd.DataFrame(
-        [(t, a, n) for (t, a), n in ranked], columns=["label_char", "answer_char", "count"]
-    ).astype({"label_char": object, "answer_char": object, "count": "int64"})
+    table: pd.DataFrame = pd.DataFrame(
+        {
+            "label_char": pd.Series([t for (t, _), _ in ranked], dtype=object),
+            "answer_char": pd.Series([a for (_, a), _ in ranked], dtype=object),
+            "count": pd.Series([n for _, n in ranked], dtype="int64"),
+        }
+    )
+    return table
 
 
 def agreement(answers: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
@@ -315,29 +338,80 @@ def notes(frame: pd.DataFrame, scored: pd.DataFrame, run: dict[str, Any]) -> tup
     table has or names what stopped it, rows were not sent for the spend cap, or rows
     have no result (``status`` null).
     """
-    notes: list[str] = []
+    out: list[str] = []
     summary = run.get("summary") or {}
     recorded = summary.get("rows")
     if isinstance(recorded, int) and recorded > len(frame):
-        notes.append(f"the run recorded {recorded} rows but the table has {len(frame)}: "
-                     "this reports on the rows present")  # fmt: skip
+        out.append(
+            f"the run recorded {recorded} rows but the table has {len(frame)}: "
+            "this reports on the rows present"
+        )
     if summary.get("stopped_by"):
-        notes.append(f"the run was stopped by {summary['stopped_by']}")
+        out.append(f"the run was stopped by {summary['stopped_by']}")
     spend_cap = int((scored["error_code"] == "SPEND_CAP_REACHED").sum())
     no_result = int(len(scored) - scored["ran"].sum()) - spend_cap
     if spend_cap:
-        notes.append(f"{spend_cap} rows not sent: the spend cap was reached")
+        out.append(f"{spend_cap} rows not sent: the spend cap was reached")
     if no_result:
-        notes.append(f"{no_result} rows have no result: the run did not reach them")
-    partial = bool(notes)
+        out.append(f"{no_result} rows have no result: the run did not reach them")
+    partial = bool(out)
     if partial:
-        notes.insert(0, "the run stopped part-way: rows that did not run are left out of "
-                        "every rate and counted as not_run")  # fmt: skip
+        out.insert(
+            0,
+            "the run stopped part-way: rows that did not run are left out of "
+            "every rate and counted as not_run",
+        )
     if "status" not in frame.columns:
-        notes.append("no status column: rows with an answer count as solved")
+        out.append("no status column: rows with an answer count as solved")
     unlabelled = int(scored["unlabelled"].sum())
     if unlabelled:
-        notes.append(f"{unlabelled} rows have no label: reported as unlabelled, not scored")
+        out.append(f"{unlabelled} rows have no label: reported as unlabelled, not scored")
     if len(frame) and not scored["labelled"].any():
-        notes.append("no labelled rows that ran: accuracy cannot be measured")
-    return notes, partial
+        out.append("no labelled rows that ran: accuracy cannot be measured")
+    return out, partial
+
+
+# -- shown to people ---------------------------------------------------------------------
+
+
+def missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """Untrusted text made visible: control characters escaped, long text cut."""
+    if missing(value):
+        return "—"
+    string = str(value)
+    if not string.isprintable():
+        string = "".join(c if c.isprintable() else repr(c)[1:-1] for c in string)
+    return string if len(string) <= limit else string[: limit - 1] + "…"
+
+
+def usd(v: float) -> str:
+    """Dollars with cents, and three significant digits below a dollar ($0.0015)."""
+    decimals = 2 if abs(v) >= 1 or v == 0 else max(2, 2 - math.floor(math.log10(abs(v))))
+    digits = f"{v:,.{decimals}f}"
+    while decimals > 2 and digits.endswith("0"):
+        digits, decimals = digits[:-1], decimals - 1
+    return f"${digits}"
+
+
+def fmt(column: str, value: Any) -> str:
+    """A metric value as text for people ("87.5 %", "120 ms", "$0.0004")."""
+    if missing(value):
+        return "—"
+    v = float(value)
+    if column in COUNT_COLUMNS or column in {"count", "agree"}:
+        return f"{int(v):,}"
+    if column.endswith("_rate") or "accuracy" in column or column in {"share", "agreement"}:
+        return f"{100 * v:.1f} %"
+    if column.startswith("cer"):
+        return f"{v:.3f}"
+    if column.endswith("_ms"):
+        return f"{v:,.0f} ms" if v >= 100 else f"{v:.1f} ms"
+    if column.endswith("_rps"):
+        return f"{v:,.1f} rows/s"
+    if column.endswith("_usd"):
+        return usd(v)
+    return shown(value)

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -44,11 +44,14 @@ _READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 _CSV_GUARD = r"^'([=+\-@\t\r])"
 
 
-def _columns_hint(frame: pd.DataFrame, wanted: str) -> str:
+def _require(frame: pd.DataFrame, column: str, role: str, where: str = "the table") -> None:
+    """TableError naming the columns there are, unless ``frame`` has ``column``."""
+    if column in frame.columns:
+        return
     names = [str(c) for c in frame.columns]
-    near = [n for n in names if n.lower() == wanted.lower()]
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
-    return f"{hint}; columns: {', '.join(map(repr, names))}"
+    near = [f" (did you mean {n!r}?)" for n in names if n.lower() == column.lower()]
+    hint = f"{''.join(near[:1])}; columns: {', '.join(map(repr, names))}"
+    raise TableError(f"{role} column {column!r} is not in {where}{hint}")
 
 
 def read_table(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
@@ -90,8 +93,12 @@ def run_info(source: Path | None, frame: pd.DataFrame) -> dict[str, Any]:
     if source is None:
         summary = frame.attrs.get("capbatch")
         summary = summary if isinstance(summary, dict) else {}
-        return {"provider": summary.get("provider"), "task_type": summary.get("task_type"),
-                "settings": {}, "summary": summary}  # fmt: skip
+        return {
+            "provider": summary.get("provider"),
+            "task_type": summary.get("task_type"),
+            "settings": {},
+            "summary": summary,
+        }
     try:
         meta = run_metadata(source)
     except _READ_ERRORS:
@@ -115,9 +122,7 @@ def _stem(path: Path) -> str:
 
 def _image_column(frame: pd.DataFrame, wanted: str | None, skip: Sequence[str]) -> str | None:
     if wanted is not None:
-        if wanted not in frame.columns:
-            raise TableError(f"image column {wanted!r} is not in the table"
-                             + _columns_hint(frame, wanted))  # fmt: skip
+        _require(frame, wanted, "image")
         return wanted
     for candidate in IMAGE_COLUMN_NAMES:
         for name in frame.columns:
@@ -126,7 +131,31 @@ def _image_column(frame: pd.DataFrame, wanted: str | None, skip: Sequence[str]) 
     return None
 
 
-class Report:
+class _Shown:
+    """What reports and comparisons share: JSON, the HTML page, the notebook view."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+
+    def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The self-contained HTML page; written to ``path`` (UTF-8) when given."""
+        from . import _report_html
+
+        page = _report_html.page(cast("Report | Comparison", self))
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page
+
+    def _repr_html_(self) -> str:
+        from . import _report_html
+
+        return _report_html.fragment(cast("Report | Comparison", self))
+
+
+class Report(_Shown):
     """Accuracy, latency and cost of one results table (made by ``capbatch.report``).
 
     Attributes: ``summary`` (one row, ``all``, of ``_metrics.SUMMARY_COLUMNS``),
@@ -149,16 +178,11 @@ class Report:
         name: str | None = None,
         top: int = TOP_CONFUSIONS,
     ) -> None:
-        if label not in frame.columns:
-            raise TableError(f"label column {label!r} is not in the table"
-                             + _columns_hint(frame, label))  # fmt: skip
-        if "answer" not in frame.columns:
-            raise TableError("not a results table: no 'answer' column (make one with "
-                             "`capbatch run`)" + _columns_hint(frame, "answer"))  # fmt: skip
+        _require(frame, label, "label")
+        _require(frame, "answer", "result", "the table (is it the output of `capbatch run`?)")
         for column in by:
-            if column not in frame.columns and column != _metrics.LABEL_LENGTH:
-                raise TableError(f"group column {column!r} is not in the table"
-                                 + _columns_hint(frame, column))  # fmt: skip
+            if column != _metrics.LABEL_LENGTH:
+                _require(frame, column, "group")
         self.source = source
         self.name = name or (_stem(source) if source is not None else "results")
         self.label = label
@@ -181,22 +205,19 @@ class Report:
         wrong = self.wrong_rows()
         answers, labels = self.scored["answer"].iloc[wrong], self.scored["label"].iloc[wrong]
         given = _metrics.flag(answers.str.len() > 0)
-        self.confusions = _metrics.confusions(
-            answers[given].tolist(), labels[given].tolist(), top
-        )
+        self.confusions = _metrics.confusions(answers[given].tolist(), labels[given].tolist(), top)
         self.notes, self.partial = _metrics.notes(self.results, self.scored, self.run)
 
     def __repr__(self) -> str:
-        rows = int(self.summary["rows"].iloc[0])
-        return f"<Report {self.name!r}: {rows} rows, accuracy {self.metrics()['accuracy']}>"
+        s = self.summary.iloc[0]
+        accuracy = _metrics.fmt("accuracy", s["accuracy"])
+        return f"<Report {self.name!r}: {int(s['rows']):,} rows, accuracy {accuracy}>"
 
     def grouped(self, column: str) -> pd.DataFrame:
         """The summary metrics per value of ``column`` (any column of the table)."""
         scored = self.scored
         if column not in scored.columns:
-            if column not in self.results.columns:
-                raise TableError(f"group column {column!r} is not in the table"
-                                 + _columns_hint(self.results, column))  # fmt: skip
+            _require(self.results, column, "group")
             scored = scored.assign(**{column: self.results[column]})
         return _metrics.aggregate(scored, column)
 
@@ -224,7 +245,8 @@ class Report:
 
     def wrong_answers(self) -> pd.DataFrame:
         """The rows of the table whose answer is wrong (failed rows included)."""
-        return self.results.iloc[self.wrong_rows()]
+        wrong: pd.DataFrame = self.results.iloc[self.wrong_rows()]
+        return wrong
 
     def metrics(self) -> dict[str, Any]:
         """The overall metrics as a JSON-ready dict."""
@@ -246,23 +268,6 @@ class Report:
             "confusions": _metrics.records(self.confusions),
             "capbatch_version": __version__,
         }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
-
-    def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
-        """The self-contained HTML page; written to ``path`` (UTF-8) when given."""
-        from ._report_html import report_page, write_page
-
-        page = report_page(self)
-        if path is not None:
-            write_page(Path(path), page)
-        return page
-
-    def _repr_html_(self) -> str:
-        from ._report_html import report_fragment
-
-        return report_fragment(self)
 
 
 def report(
@@ -304,17 +309,13 @@ def report(
     )
 
 
-
-
 def _match_keys(reports: Sequence[Report], id_column: str | None) -> tuple[str, list[pd.Series]]:
     """How rows are matched across runs: an id column, image values, or image hashes."""
     frames = [r.results for r in reports]
     column = id_column
     if id_column is not None:
         for r in reports:
-            if id_column not in r.results.columns:
-                raise TableError(f"id column {id_column!r} is not in {r.name}"
-                                 + _columns_hint(r.results, id_column))  # fmt: skip
+            _require(r.results, id_column, "id", repr(r.name))
     else:
         column = next((c for c in ID_COLUMN_NAMES if all(c in f.columns for f in frames)), None)
     if column is not None:
@@ -322,8 +323,10 @@ def _match_keys(reports: Sequence[Report], id_column: str | None) -> tuple[str, 
     images = [r.image_column for r in reports]
     if None in images:
         lacking = reports[images.index(None)].name
-        raise TableError(f"cannot match rows: the tables share no id column and {lacking!r} "
-                         "has no image column; name the id column")  # fmt: skip
+        raise TableError(
+            f"cannot match rows: the tables share no id column and {lacking!r} "
+            "has no image column; name the id column"
+        )
     first = images[0]
     assert first is not None
     if len(set(images)) == 1 and all(pd.api.types.is_string_dtype(f[first]) for f in frames):
@@ -362,7 +365,7 @@ def _names(reports: Sequence[Report], names: Sequence[str] | None, taken: set[st
     return out
 
 
-class Comparison:
+class Comparison(_Shown):
     """Two or more runs over the same rows, side by side (made by ``capbatch.compare``).
 
     Rows are matched by ``key`` (an id column, the image column's values, or
@@ -389,16 +392,20 @@ class Comparison:
             index = pd.Series(np.flatnonzero(present), index=k[present].to_numpy())
             duplicated = index.index.duplicated()
             if duplicated.any():
-                self.notes.append(f"{name}: {int(duplicated.sum())} rows repeat a {self.key} "
-                                  "value; only the first of each is compared")  # fmt: skip
+                self.notes.append(
+                    f"{name}: {int(duplicated.sum())} rows repeat a {self.key} "
+                    "value; only the first of each is compared"
+                )
             firsts.append(index[~duplicated])
         common = firsts[0].index
         for index in firsts[1:]:
             common = common[common.isin(index.index)]
-        self.positions = {n: f.loc[common].to_numpy() for n, f in zip(self.names, firsts)}
+        self.positions = {
+            n: f.loc[common].to_numpy() for n, f in zip(self.names, firsts, strict=True)
+        }
         for name, report in self.reports.items():
             if (unmatched := len(report.results) - len(common)) > 0:
-                self.notes.append(f"{name}: {unmatched} rows have no match in every other run")
+                self.notes.append(f"{name}: {unmatched} rows are not in every run: not compared")
             self.notes += [f"{name}: {note}" for note in report.notes]
         scored = {n: r.scored.iloc[self.positions[n]] for n, r in self.reports.items()}
         self.summary = pd.concat([_metrics.aggregate(s) for s in scored.values()])
@@ -417,8 +424,10 @@ class Comparison:
         first = reports[0]
         at = self.positions[self.names[0]]
         self.matched = pd.DataFrame(
-            {self.key: keys[0].iloc[at].to_numpy(), "label": first.results[first.label].iloc[at]
-             .to_numpy()}  # fmt: skip
+            {
+                self.key: keys[0].iloc[at].to_numpy(),
+                "label": first.results[first.label].iloc[at].to_numpy(),
+            }
         )
         for name, report in self.reports.items():
             self.matched[name] = report.results["answer"].iloc[self.positions[name]].to_numpy()
@@ -429,8 +438,9 @@ class Comparison:
         self.disagreements = self.matched[~self.agree.to_numpy()]
 
     def __repr__(self) -> str:
-        return (f"<Comparison of {', '.join(self.names)}: {len(self.matched)} matched rows, "
-                f"agreement {self.agreement:.3f}>")  # fmt: skip
+        agreement = _metrics.fmt("agreement", self.agreement)
+        runs = ", ".join(map(repr, self.names))
+        return f"<Comparison of {runs}: {len(self.matched):,} matched rows, agreement {agreement}>"
 
     def to_dict(self) -> dict[str, Any]:
         """Everything the comparison shows except the full row tables, JSON-ready."""
@@ -447,23 +457,6 @@ class Comparison:
             "errors": _metrics.records(self.errors),
             "capbatch_version": __version__,
         }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
-
-    def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
-        """The self-contained HTML page; written to ``path`` (UTF-8) when given."""
-        from ._report_html import comparison_page, write_page
-
-        page = comparison_page(self)
-        if path is not None:
-            write_page(Path(path), page)
-        return page
-
-    def _repr_html_(self) -> str:
-        from ._report_html import comparison_fragment
-
-        return comparison_fragment(self)
 
 
 def compare(
