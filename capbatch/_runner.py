@@ -276,9 +276,9 @@ class BatchRunner:
         pending.missing -= 1
         self.counters.add(result)
         self.counters.requests = self.solver.stats.requests
-        self.progress.update(self.counters, result)
         if self.on_result is not None:
             self.on_result(pending.first_row + index, result)
+        self.progress.update(self.counters, result)
 
     def _flush(self) -> None:
         """Write every complete batch at the head of the window, in input order."""

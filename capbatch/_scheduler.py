@@ -154,15 +154,22 @@ class TaskSolver:
             raise RunStopped(self.stopped)
         started = self.clock.now()
         async with self._in_flight:
-            await self.limiter.acquire()
-            if self.control is not None:
+            while True:
+                await self.limiter.acquire()
+                if self.control is None:
+                    break
                 # Checked after the slot waits, right before sending: a pause pressed
-                # while this request queued must still hold it back.
+                # while this request queued must still hold it back. A request held by a
+                # pause queues for a fresh slot afterwards, or on Resume every held
+                # request would leave at once, above the rate.
+                held = self.control.paused
                 try:
                     await self.control.checkpoint()
                 except RunStoppedByUser as stop:
                     self.stop(stop)
                     raise RunStopped(stop) from None
+                if not held:
+                    break
             state.queue_s += self.clock.now() - started
             if self.stopped is not None:
                 raise RunStopped(self.stopped)
