@@ -102,6 +102,7 @@ def test_bad_rows_in_csv_each_get_their_error_and_the_rest_completes(
     # it is answered from the cache.
     assert server.stats()["create_calls"] == 4
     assert by_id.loc["spaced", "from_cache"] == "true"
+    assert KEY not in done.output
 
 
 def test_a_parquet_binary_column_with_bad_bytes(tmp_path: Path, server: EmulatorHandle) -> None:

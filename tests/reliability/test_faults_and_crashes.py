@@ -163,6 +163,7 @@ def test_five_kill_9s_then_resume_every_row_once_no_hidden_double_payment(
     reported = summary_value(done.stderr, "possible double payments")
     assert created_twice <= reported
     assert reported <= 5 * 50
+    assert_key_absent(KEY, done.output)
 
 
 @pytest.mark.parametrize("in_flight", [50])
@@ -195,3 +196,4 @@ def test_spend_cap_holds_with_many_requests_in_flight(
     assert result["cost_usd"].sum() <= cap + 1e-9
     assert (result["error_code"] == "SPEND_CAP_REACHED").sum() > 0
     assert "spend cap reached" in done.stderr
+    assert_key_absent(KEY, done.output)
