@@ -28,13 +28,21 @@ Per rate it prints:
                    median CPU of a whole 1-row run (imports, setup, getBalance, writing
                    the output), measured first and printed; ``import capbatch.cli`` alone
                    is printed too.
+  floor CPU/req    the same createTask bodies sent at the same rate for ``--floor-seconds``
+                   by a bare aiohttp client (a child process; CPU of its sending loop
+                   only): what one request costs on this machine at this rate without
+                   capbatch. At low rates every request wakes an idle process, and that
+                   alone can cost most of a millisecond on a VM. ``--no-floor`` skips it.
   emu CPU          the emulator's CPU share during the run (from /proc), to show it
                    was not the bottleneck.
+  others           CPU cores used by every other process during the run (/proc/stat
+                   minus the CLI and the emulator). Timing needs a quiet machine: with
+                   others > ~0.3 on a 2-CPU box, rerun before trusting a MISS.
 
 Stats are reset (``POST /_reset_stats``) before every run. Everything runs on loopback,
 in a temporary directory that is removed at the end, and the emulator process is
 stopped. Each CLI run is killed if it takes 3x its nominal time plus 30 s; the default
-run (rates 50, 200, 1000 at 10 s) takes about 45 s.
+run (rates 50, 200, 1000 at 10 s, floors at 5 s) takes about 65 s.
 
     python bench/throughput.py                       # rates 50, 200, 1000
     python bench/throughput.py --rates 100,2000 --seconds 5 --max-in-flight 100
@@ -122,6 +130,16 @@ def emu_call(url: str, path: str, *, post: bool = False) -> dict[str, Any]:
         return data
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all CPUs spent busy since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 def proc_cpu_s(pid: int) -> float | None:
     """User+sys CPU seconds of a live process (Linux /proc), None elsewhere."""
     try:
@@ -184,6 +202,63 @@ def child_env() -> dict[str, str]:
     return env
 
 
+# --- the floor: a bare aiohttp client at the same rate ---------------------------------
+
+FLOOR_SCRIPT = r"""
+import asyncio, base64, json, resource, sys, time
+import aiohttp
+
+url, rate, n, key, out = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+bodies = []
+for path in sys.argv[6:]:
+    with open(path, "rb") as fh:
+        task = {"type": "ImageToTextTask", "body": base64.b64encode(fh.read()).decode()}
+    bodies.append(json.dumps({"clientKey": key, "task": task}).encode())
+
+
+async def main():
+    interval = 1 / (rate * 0.98)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i):
+            async with session.post(url + "/createTask", data=bodies[i % len(bodies)],
+                                    headers=headers) as reply:
+                json.loads(await reply.read())
+
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start, tasks = time.monotonic(), []
+        for i in range(n):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    with open(out, "w") as fh:
+        fh.write(repr(cpu / n))
+
+
+asyncio.run(main())
+"""
+
+
+def floor_cpu_per_request(
+    url: str, rate: float, seconds: float, images: list[str], work: Path
+) -> float | None:
+    """CPU seconds per request of a bare aiohttp client sending at ``rate``."""
+    script, out = work / "floor.py", work / "floor.out"
+    script.write_text(FLOOR_SCRIPT)
+    n = max(2, int(rate * seconds))
+    command = [sys.executable, str(script), url, str(rate), str(n), API_KEY, str(out), *images]
+    run = run_child(command, 3 * seconds + 30, child_env(), work / "floor.log")
+    if run.returncode != 0 or not out.exists():
+        print(f"    (floor client failed: {run.stderr.strip()[-200:]})")
+        return None
+    return float(out.read_text())
+
+
 # --- tables and measurements ----------------------------------------------------------
 
 
@@ -208,6 +283,9 @@ class RateResult:
     emu_max: int = 0
     client_max: int = 0
     emu_cpu_share: float | None = None
+    floor_s: float | None = None
+    #: CPU used by every other process on the machine during the run, in cores.
+    others_cores: float | None = None
     error: str | None = None
 
 
@@ -224,13 +302,16 @@ def measure_rate(
     pq.write_table(base.slice(0, rows), table)
     out = work / f"rate{rate:g}.results.parquet"
     emu_call(url, "/_reset_stats", post=True)
-    emu_cpu0 = proc_cpu_s(emu_pid)
+    emu_cpu0, busy0 = proc_cpu_s(emu_pid), machine_busy_s()
     command = cli_command(table, out, url, rate, args.max_in_flight)
     child = run_child(command, 3 * rows / rate + 30, child_env(), work / "child.log")
-    emu_cpu1 = proc_cpu_s(emu_pid)
+    emu_cpu1, busy1 = proc_cpu_s(emu_pid), machine_busy_s()
     result = RateResult(rate, rows, child)
     if emu_cpu0 is not None and emu_cpu1 is not None:
         result.emu_cpu_share = (emu_cpu1 - emu_cpu0) / child.wall_s
+        if busy0 is not None and busy1 is not None:
+            others = (busy1 - busy0) - (emu_cpu1 - emu_cpu0) - child.cpu_s
+            result.others_cores = max(0.0, others) / child.wall_s
     stats = emu_call(url, "/_stats")
     result.emu_max = int(stats["max_requests_per_second"])
     result.received = int(stats["create_calls"]) + int(stats["polls"])
@@ -313,7 +394,7 @@ def print_table(results: list[RateResult], fixed_cpu: float) -> None:
     header = (
         f"{'rate':>6} {'rows':>6} {'wall s':>7} {'achieved/conf.':>15} {'emu max/1s':>11}"
         f" {'client max/1s':>14} {'CPU s':>6} {'CPU/task ms':>12} {'net CPU/task ms':>16}"
-        f" {'emu CPU':>8}"
+        f" {'floor CPU/req':>14} {'emu CPU':>8} {'others':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -322,13 +403,16 @@ def print_table(results: list[RateResult], fixed_cpu: float) -> None:
         per_task = cpu / r.rows * 1000
         net = (cpu - fixed_cpu) / max(1, r.rows - 1) * 1000
         emu_cpu = "?" if r.emu_cpu_share is None else f"{100 * r.emu_cpu_share:.0f}%"
+        others = "?" if r.others_cores is None else f"{r.others_cores:.2f}"
+        floor = "-" if r.floor_s is None else f"{r.floor_s * 1000:.3f}"
         print(
             f"{r.rate:>6g} {r.rows:>6} {r.child.wall_s:>7.1f}"
             f" {f'{r.ratio:.3f} {mark(r.ratio >= GOAL_RATIO)}':>15}"
             f" {f'{r.emu_max} {mark(r.emu_max <= r.rate)}':>11}"
             f" {f'{r.client_max} {mark(r.client_max <= r.rate)}':>14}"
             f" {cpu:>6.2f} {f'{per_task:.3f} {mark(per_task <= GOAL_CPU_MS)}':>12}"
-            f" {f'{net:.3f} {mark(net <= GOAL_CPU_MS)}':>16} {emu_cpu:>8}"
+            f" {f'{net:.3f} {mark(net <= GOAL_CPU_MS)}':>16} {floor:>14} {emu_cpu:>8}"
+            f" {others:>7}"
         )
         if r.error:
             print(f"       ! {r.error}")
@@ -347,6 +431,10 @@ def main() -> int:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of the fixed-cost measurements [3]"
     )
+    parser.add_argument(
+        "--floor-seconds", type=float, default=5.0, help="seconds of the bare-aiohttp floor [5]"
+    )
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare-aiohttp floor")
     args = parser.parse_args()
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
     if not rates or min(rates) <= 0 or args.seconds <= 0:
@@ -379,7 +467,12 @@ def main() -> int:
             for rate in rates:
                 rows = max(2, int(rate * args.seconds))
                 print(f"  rate {rate:g}: {rows} rows ...", flush=True)
-                results.append(measure_rate(rate, rows, args, url, emu_pid, work, base))
+                result = measure_rate(rate, rows, args, url, emu_pid, work, base)
+                if not args.no_floor:
+                    result.floor_s = floor_cpu_per_request(
+                        url, rate, args.floor_seconds, images, work
+                    )
+                results.append(result)
     print()
     print_table(results, fixed_cpu)
     print()

@@ -198,9 +198,13 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-async def _balance(service: TaskService) -> float | None:
-    """The balance, or None when unavailable; a bad key or ban stops the run here."""
+async def _balance(service: TaskService, limiter: RateLimiter) -> float | None:
+    """The balance, or None when unavailable; a bad key or ban stops the run here.
+
+    getBalance waits for the run's limiter like every other request: the provider
+    counts it against the same rate."""
     try:
+        await limiter.acquire()
         return await service.get_balance()
     except (AuthError, BannedError, BalanceError):
         raise
@@ -259,8 +263,10 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
     writer: ResultWriter | None = None
     memory: MemorySink | None = None
     started = time.monotonic()
+    clock = Clock()
+    limiter = RateLimiter(resolved.limits.rate, clock=clock)
     try:
-        summary.balance_before = await _balance(service)
+        summary.balance_before = await _balance(service, limiter)
         if output is not None:
             writer = ResultWriter(output, table.schema)
         else:
@@ -268,8 +274,6 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         sink = SummarySink(writer if writer is not None else memory)
         counters = RunCounters(total=table.num_rows)
         progress = _make_progress(options)
-        clock = Clock()
-        limiter = RateLimiter(resolved.limits.rate, clock=clock)
         spend = SpendGuard(resolved.limits.max_spend)
         solver = TaskSolver(
             service,
@@ -326,7 +330,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             summary.achieved_rate = stats.requests / max(summary.duration_s, 1e-9)
             summary.finished_at = _now_iso()
         summary.balance_after = (
-            await _balance(service) if summary.balance_before is not None else None
+            await _balance(service, limiter) if summary.balance_before is not None else None
         )
         frame = None
         if writer is not None:

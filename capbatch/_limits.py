@@ -2,9 +2,12 @@
 
 ``RateLimiter`` hands out send times spaced ``1/rate`` apart (GCRA with a burst of
 one), so a run never bursts at start or resume: the first request goes at once, the
-next ``1/rate`` later, and so on, whatever the queue. On ``ERROR_RATE_LIMIT`` the
-runner calls ``slow_down``: the rate drops multiplicatively and everyone waits out the
-``Retry-After``; after a stretch of clean requests it climbs back (AIMD, as TCP does).
+next ``1/rate`` later, and so on, whatever the queue. A request that leaves more than
+``CATCH_UP`` late (a busy event loop, a garbage collection) pushes every later slot
+back by the excess, so a stall never turns into a burst of overdue requests. On
+``ERROR_RATE_LIMIT`` the runner calls ``slow_down``: the rate drops multiplicatively
+and everyone waits out the ``Retry-After``; after a stretch of clean requests it
+climbs back (AIMD, as TCP does).
 
 Time comes from a ``Clock`` so tests use a fake one and never sleep for real.
 """
@@ -21,6 +24,13 @@ from ._exceptions import ConfigError
 #: loop and the network add jitter, and a request that leaves a little late next to one
 #: on time would otherwise put ``rate + 1`` requests into some one-second window.
 SAFETY_FACTOR = 0.98
+
+#: How late a request may leave and still keep the slots after it where they were
+#: (the GCRA burst tolerance, in seconds). Sends spaced ``1/(SAFETY_FACTOR * rate)``
+#: with this much catch-up put at most ``rate * (1 + SAFETY_FACTOR) / 2`` requests into
+#: any one-second window: half of the margin; the other half is left for jitter between
+#: the send and the provider's clock.
+CATCH_UP = (1.0 / SAFETY_FACTOR - 1.0) / 2.0
 
 
 class Clock:
@@ -70,7 +80,10 @@ class RateLimiter:
         self.configured_rate = rate
         self.rate = rate
         self._clock = clock or Clock()
+        # Slots are planned on a timeline that ``_shift`` pushes back when a request
+        # leaves too late; a slot's real time is ``slot + _shift``.
         self._next_slot: float | None = None
+        self._shift = 0.0
         self._clean = 0
         self.slowdowns = 0
 
@@ -78,19 +91,31 @@ class RateLimiter:
     def interval(self) -> float:
         return 1.0 / (self.rate * SAFETY_FACTOR)
 
+    def _plan(self) -> float:
+        """Reserve the next slot on the planned timeline."""
+        earliest = self._clock.now() - self._shift
+        slot = earliest if self._next_slot is None else max(earliest, self._next_slot)
+        self._next_slot = slot + self.interval
+        return slot
+
     def reserve(self) -> float:
         """Reserve the next send slot; returns how long the caller must wait for it."""
-        now = self._clock.now()
-        slot = now if self._next_slot is None else max(now, self._next_slot)
-        self._next_slot = slot + self.interval
-        return slot - now
+        return max(0.0, self._plan() + self._shift - self._clock.now())
 
     async def acquire(self) -> float:
         """Wait for a send slot; returns the seconds waited (the row's queue time)."""
-        wait = self.reserve()
-        if wait > 0:
-            await self._clock.sleep(wait)
-        return wait
+        started = self._clock.now()
+        slot = self._plan()
+        while True:  # again if a late request pushed the slots back meanwhile
+            now = self._clock.now()
+            due = slot + self._shift
+            if due <= now:
+                break
+            await self._clock.sleep(due - now)
+        late = now - due
+        if late > CATCH_UP:
+            self._shift += late - CATCH_UP
+        return now - started
 
     def record_success(self) -> None:
         """A request went through without a rate-limit error: maybe speed back up."""
@@ -110,6 +135,6 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """No request leaves for ``seconds`` from now (temporary blocks, Retry-After)."""
-        until = self._clock.now() + max(0.0, seconds)
+        until = self._clock.now() + max(0.0, seconds) - self._shift
         if self._next_slot is None or self._next_slot < until:
             self._next_slot = until

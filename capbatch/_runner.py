@@ -110,6 +110,8 @@ class BatchRunner:
         self._room = asyncio.Event()
         self._window: deque[_Pending] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the last job finishes or the run fails: what the tail of run() awaits.
+        self._settled = asyncio.Event()
         # key -> rows waiting on the job already solving that key (the in-run cache)
         self._waiting: dict[str, list[tuple[_Pending, int, str]]] = {}
         self._first_results: list[RowResult] = []
@@ -139,8 +141,11 @@ class BatchRunner:
                 first_row += batch.num_rows
                 self._flush()
                 await self._wait_for_room()
+            # Jobs flush their own batches; wait for the last one (not for each one in
+            # turn: asyncio.wait over every pending job costs O(jobs) per completion).
             while self._tasks and self.failure is None:
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                self._settled.clear()
+                await self._settled.wait()
                 self._flush()
         finally:
             if self._tasks:
@@ -218,7 +223,7 @@ class BatchRunner:
             await self._jobs.acquire()
             task = asyncio.create_task(self._run_job(job, pending, i))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._job_done)
 
     async def _run_job(self, job: Job, pending: _Pending, index: int) -> None:
         try:
@@ -238,11 +243,17 @@ class BatchRunner:
         self._check_systematic(result)
         self._flush()
 
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._settled.set()
+
     def _fail_run(self, error: CapbatchError) -> None:
         if self.failure is None:
             self.failure = error
             self.solver.stop(error)
         self._room.set()
+        self._settled.set()
 
     def _check_systematic(self, result: RowResult) -> None:
         """Stop when the first results all fail with one error that retries cannot fix."""

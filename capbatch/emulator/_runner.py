@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import signal
 import socket
 import sys
@@ -78,6 +79,12 @@ async def _serve(config: EmulatorConfig) -> None:
     app = build_app(config)
     runner, url = await start(app, config.host, config.port)
     print(f"capbatch emulator listening on {url}", flush=True)
+    # This process only serves from now on: take the start-up objects out of the
+    # collector's full passes. Each pass otherwise walked them all (66 ms measured), and
+    # requests queued meanwhile were then handled, and counted in
+    # max_requests_per_second, as a burst the client never sent.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import itertools
 import math
 
 import pytest
 
 from capbatch._exceptions import ConfigError
-from capbatch._limits import SAFETY_FACTOR, Limits, RateLimiter
+from capbatch._limits import CATCH_UP, SAFETY_FACTOR, Limits, RateLimiter
 from tests.fakes import FakeClock
 
 
@@ -49,6 +51,60 @@ async def test_acquire_sleeps_for_its_slot_and_reports_queue_time() -> None:
     for w in waits[1:]:
         assert w == pytest.approx(1 / (10 * SAFETY_FACTOR))
     assert clock.sleeps == pytest.approx(waits[1:])
+
+
+class SteppedClock:
+    """A clock the test moves by hand. ``advance`` wakes every sleeper then due at once,
+    in deadline order, as a real event loop does after a stall."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._count = itertools.count()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.t + seconds, next(self._count), future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        while self._sleepers and self._sleepers[0][0] <= self.t:
+            heapq.heappop(self._sleepers)[2].set_result(None)
+
+
+async def test_a_stall_does_not_release_the_overdue_requests_at_once() -> None:
+    rate = 100
+    clock = SteppedClock()
+    limiter = RateLimiter(rate, clock=clock)
+    sent: list[float] = []
+
+    async def caller() -> None:
+        await limiter.acquire()
+        sent.append(clock.now())
+
+    callers = [asyncio.create_task(caller()) for _ in range(2 * rate)]
+    step = 0.0005
+    for _ in range(3):
+        await asyncio.sleep(0)
+    while len(sent) < len(callers):
+        # A 0.3 s stall half a second in: some 30 slots pass while nobody can run.
+        clock.advance(0.3 if len(sent) == rate // 2 else step)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    await asyncio.gather(*callers)
+    interval = 1 / (rate * SAFETY_FACTOR)
+    assert max_in_any_window(sent) <= rate
+    # At most CATCH_UP's worth of overdue requests catch up at once; the rest keep
+    # their spacing after the stall instead of going out together.
+    burst = sent.count(sent[rate // 2])
+    assert 1 < burst <= 1 + CATCH_UP / interval
+    after = sent[rate // 2 + burst - 1 :]
+    gaps = [b - a for a, b in itertools.pairwise(after)]
+    assert min(gaps) >= interval - step
 
 
 def test_idle_time_does_not_bank_a_burst() -> None:
