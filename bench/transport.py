@@ -4,7 +4,10 @@ Contenders, all in one run and against the same server:
 
   httpx default    httpx.AsyncClient with its own (httpcore) transport
   httpx-aiohttp    httpx.AsyncClient over the ``httpx-aiohttp`` package's transport
-  capbatch         capbatch._client.make_http_client() (capbatch._transport.AiohttpTransport)
+  capbatch/httpx   httpx.AsyncClient over capbatch._transport.AiohttpTransport: the path
+                   when a caller passes an httpx client built with make_http_client()
+  capbatch         what ProviderClient does on its own client: AiohttpTransport.post,
+                   the same pool and error mapping without httpx's Request/Response
   raw aiohttp      aiohttp.ClientSession directly: the floor
 
 The server is the capbatch emulator (``python -m capbatch serve --solver constant``)
@@ -176,11 +179,24 @@ def open_httpx_aiohttp(url: str, body: bytes) -> tuple[Send, Callable[[], Awaita
     return _httpx_sender(client, url, body), client.aclose
 
 
-def open_capbatch(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitable[None]]]:
+def open_capbatch_httpx(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitable[None]]]:
     from capbatch._client import make_http_client
 
     client = make_http_client(max_connections=100)
     return _httpx_sender(client, url, body), client.aclose
+
+
+def open_capbatch(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    from capbatch._transport import AiohttpTransport
+
+    transport = AiohttpTransport(max_connections=100)
+
+    async def send() -> dict[str, Any]:
+        reply = await transport.post(url, body, headers=HEADERS, timeout=TIMEOUT)
+        data: dict[str, Any] = json.loads(reply.content)
+        return data
+
+    return send, transport.aclose
 
 
 def open_raw_aiohttp(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitable[None]]]:
@@ -197,6 +213,7 @@ def open_raw_aiohttp(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitabl
 CONTENDERS = [
     ("httpx default", open_httpx_default),
     ("httpx-aiohttp", open_httpx_aiohttp),
+    ("capbatch/httpx", open_capbatch_httpx),
     ("capbatch", open_capbatch),
     ("raw aiohttp", open_raw_aiohttp),
 ]

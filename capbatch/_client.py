@@ -22,9 +22,10 @@ from . import _protocol as protocol
 from ._exceptions import CapbatchError, ConfigError, ConnectionFailed, RequestTimeout
 from ._providers import ProviderProfile
 from ._secrets import Secret, as_secret, redact
-from ._transport import AiohttpTransport
+from ._transport import AiohttpTransport, Reply
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_HEADERS = {"Content-Type": "application/json", "User-Agent": "capbatch"}
 
 T = TypeVar("T")
 
@@ -46,13 +47,16 @@ class TaskService(Protocol):
 
 
 def make_http_client(
-    *, max_connections: int = 100, timeout: httpx.Timeout = DEFAULT_TIMEOUT
+    *,
+    max_connections: int = 100,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    transport: AiohttpTransport | None = None,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` over the aiohttp transport (see ``_transport.py``)."""
     return httpx.AsyncClient(
-        transport=AiohttpTransport(max_connections=max_connections),
+        transport=transport or AiohttpTransport(max_connections=max_connections),
         timeout=timeout,
-        headers={"Content-Type": "application/json", "User-Agent": "capbatch"},
+        headers=_HEADERS,
     )
 
 
@@ -84,9 +88,15 @@ class ProviderClient:
             self._urls = [profile.base_url, *profile.fallback_urls]
         self._url_index = 0
         self._owns_http = http_client is None
-        self._http = http_client or make_http_client(
-            max_connections=max_connections, timeout=timeout
-        )
+        self._timeout = timeout
+        # With its own client, requests go straight to the aiohttp transport under it
+        # (same pool, same errors), skipping httpx's Request/Response models; a caller's
+        # client (or a MockTransport in tests) is used through httpx as it is.
+        self._fast: AiohttpTransport | None = None
+        if http_client is None:
+            self._fast = AiohttpTransport(max_connections=max_connections)
+            http_client = make_http_client(timeout=timeout, transport=self._fast)
+        self._http = http_client
 
     def __repr__(self) -> str:
         return f"ProviderClient(provider={self.profile.name!r}, base_url={self.base_url!r})"
@@ -95,7 +105,7 @@ class ProviderClient:
     def base_url(self) -> str:
         return self._urls[self._url_index]
 
-    async def _post(self, endpoint: str, body: Mapping[str, Any]) -> httpx.Response:
+    async def _post(self, endpoint: str, body: Mapping[str, Any]) -> httpx.Response | Reply:
         content = json.dumps(body, separators=(",", ":")).encode()
         # Try the current host, then each fallback, but only past connect failures:
         # nothing was sent then, so moving on cannot create a task twice. Each call walks
@@ -106,11 +116,20 @@ class ProviderClient:
         for step in range(len(self._urls)):
             index = (start + step) % len(self._urls)
             try:
-                response = await self._http.post(
-                    self._urls[index] + endpoint,
-                    content=content,
-                    headers={"Content-Type": "application/json"},
-                )
+                response: httpx.Response | Reply
+                if self._fast is not None:
+                    response = await self._fast.post(
+                        self._urls[index] + endpoint,
+                        content,
+                        headers=_HEADERS,
+                        timeout=self._timeout,
+                    )
+                else:
+                    response = await self._http.post(
+                        self._urls[index] + endpoint,
+                        content=content,
+                        headers={"Content-Type": "application/json"},
+                    )
             except httpx.ConnectError as exc:
                 last = exc
                 continue
