@@ -105,6 +105,9 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
 class Journal:
     """The SQLite journal of one output. Not thread-safe: use it from one thread."""
 
+    #: Seconds to wait for another run to let go of the journal before giving up.
+    LOCK_TIMEOUT = 2.0
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -112,10 +115,28 @@ class Journal:
         try:
             # One user at a time, but not always the thread that opened it (a dry run reads
             # it from a worker thread).
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.LOCK_TIMEOUT,
+            )
+            # Exclusive: two runs on one journal would each send the other's rows and
+            # pay twice, so the second one must not start. It also spares every commit
+            # the shared-memory index and its file locks (40 -> 30 us per row here).
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")  # take the lock now, not at the first write
+            self._db.execute("COMMIT")
             self._db.executescript(_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise ConfigError(
+                    f"the journal {self.path} is in use by another capbatch run; wait for "
+                    "it to finish or use another --journal"
+                ) from None
+            raise ConfigError(f"cannot open the journal {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"cannot open the journal {self.path}: {exc}") from None
         version = self.get_meta("schema_version")

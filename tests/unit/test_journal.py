@@ -142,3 +142,12 @@ def test_committed_steps_survive_kill_9(tmp_path: Path) -> None:
     assert proc.exitcode == -signal.SIGKILL
     entry = Journal(path).get("k")
     assert entry is not None and entry.state == "created" and entry.task_id == "task-42"
+
+
+def test_a_second_run_cannot_open_a_journal_in_use(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    first = Journal(path)
+    with pytest.raises(ConfigError, match="in use by another capbatch run"):
+        Journal(path)
+    first.close()
+    Journal(path).close()  # free again once the first run is done
