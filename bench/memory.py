@@ -35,28 +35,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _emulator import API_KEY, emu_call, emulator
 
-API_KEY = "bench-key"
-READY_LINE = re.compile(r"listening on (http://\S+)")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
 GOAL_MB = 500.0
@@ -64,52 +57,7 @@ GOAL_RATIO = 1.25
 CHUNK_ROWS = 100_000
 
 
-# --- the emulator process -------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def emulator(extra: list[str]) -> Iterator[str]:
-    """Start ``python -m capbatch serve`` in its own process; yield its base URL."""
-    command = [
-        sys.executable, "-m", "capbatch", "serve", "--solver", "constant",
-        "--host", "127.0.0.1", "--port", "0", "--api-key", API_KEY, *extra,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    tail: deque[str] = deque(maxlen=20)
-
-    def drain(stream: Any, keep: deque[str] | None) -> None:
-        for line in stream:  # keep reading so the server never blocks on a full pipe
-            if keep is not None:
-                keep.append(line)
-
-    threading.Thread(target=drain, args=(proc.stderr, tail), daemon=True).start()
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=60)
-    try:
-        match = READY_LINE.search(first[0]) if first else None
-        if match is None:
-            raise SystemExit(f"the emulator did not start: {first[:1]} {''.join(tail)}")
-        threading.Thread(target=drain, args=(proc.stdout, None), daemon=True).start()
-        yield match.group(1).rstrip("/")
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-def emu_call(url: str, path: str, *, post: bool = False) -> dict[str, Any]:
-    request = urllib.request.Request(url + path, data=b"{}" if post else None)
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        data: dict[str, Any] = json.load(reply)
-        return data
+# --- measurements -------------------------------------------------------------------
 
 
 def rss_mb(pid: int) -> tuple[float, float] | None:
@@ -290,7 +238,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="capbatch-bench-") as tmp:
         work = Path(tmp)
         # Money for every row, and a short task TTL so the emulator stays small too.
-        with emulator(["--balance", "100000000", "--task-ttl", "60"]) as url:
+        with emulator(["--balance", "100000000", "--task-ttl", "60"]) as (url, _pid):
             one = work / "one.parquet"
             write_table(one, 1, images)
             floor = run_cli(1, one, work, url, args, label="")

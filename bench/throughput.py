@@ -55,26 +55,19 @@ import contextlib
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _emulator import API_KEY, emu_call, emulator
 
-API_KEY = "bench-key"
-READY_LINE = re.compile(r"listening on (http://\S+)")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
 GOAL_RATIO = 0.97
@@ -82,52 +75,7 @@ GOAL_CPU_MS = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-# --- the emulator process -------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def emulator(extra: list[str]) -> Iterator[tuple[str, int]]:
-    """Start ``python -m capbatch serve`` in its own process; yield (base URL, pid)."""
-    command = [
-        sys.executable, "-m", "capbatch", "serve", "--solver", "constant",
-        "--host", "127.0.0.1", "--port", "0", "--api-key", API_KEY, *extra,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    tail: deque[str] = deque(maxlen=20)
-
-    def drain(stream: Any, keep: deque[str] | None) -> None:
-        for line in stream:  # keep reading so the server never blocks on a full pipe
-            if keep is not None:
-                keep.append(line)
-
-    threading.Thread(target=drain, args=(proc.stderr, tail), daemon=True).start()
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=60)
-    try:
-        match = READY_LINE.search(first[0]) if first else None
-        if match is None:
-            raise SystemExit(f"the emulator did not start: {first[:1]} {''.join(tail)}")
-        threading.Thread(target=drain, args=(proc.stdout, None), daemon=True).start()
-        yield match.group(1).rstrip("/"), proc.pid
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-def emu_call(url: str, path: str, *, post: bool = False) -> dict[str, Any]:
-    request = urllib.request.Request(url + path, data=b"{}" if post else None)
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        data: dict[str, Any] = json.load(reply)
-        return data
+# --- measurements -------------------------------------------------------------------
 
 
 def machine_busy_s() -> float | None:
