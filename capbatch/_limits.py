@@ -73,6 +73,8 @@ class RateLimiter:
     #: the rate climbs by ``INCREASE`` of the configured rate.
     RECOVER_AFTER = 2.0
     INCREASE = 0.1
+    #: Seconds after a cut during which further rate-limit errors do not cut again.
+    CUT_EVERY = 1.0
 
     def __init__(self, rate: float, *, clock: Clock | None = None) -> None:
         if not rate > 0:
@@ -86,6 +88,8 @@ class RateLimiter:
         self._shift = 0.0
         self._clean = 0
         self.slowdowns = 0
+        #: When the rate was last cut by ``slow_down``.
+        self._cut_at: float | None = None
 
     @property
     def interval(self) -> float:
@@ -127,10 +131,18 @@ class RateLimiter:
             self.rate = min(self.configured_rate, self.rate + self.INCREASE * self.configured_rate)
 
     def slow_down(self, retry_after: float | None = None) -> None:
-        """The provider said we are too fast: lower the rate and hold everyone back."""
+        """The provider said we are too fast: lower the rate and hold everyone back.
+
+        The rate is cut once per ``CUT_EVERY`` at most: the 429s of requests that were
+        already out when the first one came back say nothing new (TCP halves its window
+        once per round trip, not once per lost packet). Every 429 still pauses everyone
+        for its ``Retry-After``."""
         self.slowdowns += 1
         self._clean = 0
-        self.rate = max(self.configured_rate * self.MIN_FRACTION, self.rate * self.DECREASE)
+        now = self._clock.now()
+        if self._cut_at is None or now - self._cut_at >= self.CUT_EVERY:
+            self._cut_at = now
+            self.rate = max(self.configured_rate * self.MIN_FRACTION, self.rate * self.DECREASE)
         self.pause(retry_after if retry_after is not None else self.interval)
 
     def pause(self, seconds: float) -> None:

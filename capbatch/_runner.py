@@ -127,8 +127,11 @@ class BatchRunner:
 
     async def run(self) -> None:
         first_row = 0
+        # Each batch is read in a worker thread too: decoding a Parquet batch of images
+        # takes tens of milliseconds, and a stalled loop sends late requests in a bunch.
+        batches = iter(self.source.batches())
         try:
-            for batch in self.source.batches():
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 if self.failure is None and self.solver.stopped is not None:
                     self._fail_run(self.solver.stopped)
                 if self.failure is not None:

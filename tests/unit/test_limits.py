@@ -128,10 +128,27 @@ def test_slow_down_lowers_rate_and_honours_retry_after() -> None:
 
 
 def test_rate_floor_after_many_slowdowns() -> None:
-    limiter = RateLimiter(100, clock=FakeClock())
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock=clock)
     for _ in range(50):
         limiter.slow_down(0)
+        clock.t += RateLimiter.CUT_EVERY
     assert limiter.rate == pytest.approx(100 * RateLimiter.MIN_FRACTION)
+
+
+def test_a_burst_of_rate_limit_errors_cuts_the_rate_once() -> None:
+    # Requests in flight together meet a full window: their 429s come back together and
+    # say one thing, "too fast", so the rate drops once (to 70), not six times (to 12).
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock=clock)
+    for _ in range(6):
+        limiter.slow_down(1.0)
+        clock.t += 0.01
+    assert limiter.rate == pytest.approx(70)
+    assert limiter.slowdowns == 6
+    clock.t += RateLimiter.CUT_EVERY
+    limiter.slow_down(1.0)
+    assert limiter.rate == pytest.approx(49)
 
 
 def test_rate_recovers_after_clean_requests_but_not_above_configured() -> None:
