@@ -23,11 +23,14 @@ READY_LINE = re.compile(r"listening on (http://\S+)")
 
 @contextlib.contextmanager
 def emulator(
-    extra: list[str], *, api_key: str = API_KEY, solver: str = "constant"
+    extra: list[str], *, api_key: str = API_KEY, solver: str | None = "constant"
 ) -> Iterator[tuple[str, int]]:
-    """Start ``python -m capbatch serve`` in its own process; yield (base URL, pid)."""
+    """Start ``python -m capbatch serve`` in its own process; yield (base URL, pid).
+
+    ``solver=None`` when ``extra`` names the solver itself."""
     command = [
-        sys.executable, "-m", "capbatch", "serve", "--solver", solver,
+        sys.executable, "-m", "capbatch", "serve",
+        *(["--solver", solver] if solver else []),
         "--host", "127.0.0.1", "--port", "0", "--api-key", api_key, *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(

@@ -56,27 +56,25 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import _emulator
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
 CONTENDERS_SCRIPT = Path(__file__).resolve().parent / "_peer_contenders.py"
 API_KEY = "peers-bench-key"
-READY_LINE = re.compile(r"listening on (http://\S+)")
 
 #: The emulator, configured like a real service.
 EMULATOR_SETTINGS = [
@@ -158,49 +156,10 @@ def _get_json(url: str, method: str = "GET") -> dict[str, Any]:
         return data
 
 
-@contextmanager
-def emulator(seed: int) -> Iterator[tuple[str, int]]:
-    """Start ``python -m capbatch serve`` in its own process; yield its base URL and
-    process id."""
-    command = [
-        sys.executable, "-m", "capbatch", "serve",
-        *EMULATOR_SETTINGS,
-        "--labels", str(SAMPLE / "labels.csv"),
-        "--seed", str(seed), "--api-key", API_KEY, "--port", "0",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    stderr_tail: list[str] = []
-
-    def drain(stream: Any, keep: list[str] | None) -> None:
-        for line in stream:
-            if keep is not None:
-                keep.append(line)
-                del keep[:-20]
-
-    threading.Thread(target=drain, args=(proc.stderr, stderr_tail), daemon=True).start()
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=60)
-    try:
-        match = READY_LINE.search(first[0]) if first else None
-        if match is None:
-            raise RuntimeError(
-                "the emulator did not start: "
-                f"{first[0].strip() if first else 'no output'}\n{''.join(stderr_tail)}"
-            )
-        threading.Thread(target=drain, args=(proc.stdout, None), daemon=True).start()
-        yield match.group(1).rstrip("/"), proc.pid
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+def emulator(seed: int) -> AbstractContextManager[tuple[str, int]]:
+    """The emulator configured like a real service, in its own process."""
+    extra = [*EMULATOR_SETTINGS, "--labels", str(SAMPLE / "labels.csv"), "--seed", str(seed)]
+    return _emulator.emulator(extra, api_key=API_KEY, solver=None)
 
 
 # --- running one contender ------------------------------------------------------------

@@ -37,25 +37,20 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import aiohttp
 import httpx
+from _emulator import emulator
 
 API_KEY = "bench-key"
 GOAL_US = 800.0
 WARMUP = 200
-READY_LINE = re.compile(r"listening on (http://\S+)")
 
 #: One request: send the body, return the parsed JSON reply.
 Send = Callable[[], Awaitable[dict[str, Any]]]
@@ -89,51 +84,6 @@ def create_task_body() -> bytes:
 
 
 # --- the emulator process -------------------------------------------------------------
-
-
-@contextmanager
-def emulator() -> Iterator[str]:
-    """Start ``python -m capbatch serve`` in its own process; yield its base URL."""
-    command = [
-        sys.executable, "-m", "capbatch", "serve",
-        "--solver", "constant", "--port", "0", "--api-key", API_KEY,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    stderr_tail: list[str] = []
-
-    def drain(stream: Any, keep: list[str] | None) -> None:
-        # Keep reading so a chatty server never blocks on a full pipe.
-        for line in stream:
-            if keep is not None:
-                keep.append(line)
-                del keep[:-20]
-
-    threading.Thread(target=drain, args=(proc.stderr, stderr_tail), daemon=True).start()
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=60)
-    try:
-        match = READY_LINE.search(first[0]) if first else None
-        if match is None:
-            proc.kill()
-            proc.wait(timeout=5)
-            sys.exit(
-                "the emulator did not start: "
-                f"{first[0].strip() if first else 'no output'}\n{''.join(stderr_tail)}"
-            )
-        threading.Thread(target=drain, args=(proc.stdout, None), daemon=True).start()
-        yield match.group(1).rstrip("/")
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 # --- contenders -----------------------------------------------------------------------
@@ -354,7 +304,7 @@ def main() -> None:
         print(f"server: {args.url} (already running)")
         contenders = asyncio.run(bench(args.url.rstrip("/"), args))
     else:
-        with emulator() as url:
+        with emulator([], api_key=API_KEY) as (url, _pid):
             print(f"server: capbatch emulator, solver constant, separate process at {url}")
             contenders = asyncio.run(bench(url, args))
     print_table(contenders, args)

@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import RowInputError
-from ._inputs import TableSource, resolve_column, task_key
+from ._inputs import TableSource
 from ._journal import Journal
+from ._runner import plan_batch
 from ._summary import RunSummary
 
 if TYPE_CHECKING:
@@ -31,33 +31,26 @@ def dry_run(
     cached = 0
     rows = 0
     for batch in table.batches():
-        images = resolve_column(
+        plan = plan_batch(
             batch,
-            table.image_column,
-            base_dir=table.base_dir,
-            min_bytes=profile.min_image_bytes,
-            max_bytes=profile.max_image_bytes,
-            first_row=rows,
+            rows,
+            table,
+            profile,
+            task_type=options.task_type,
+            task_params=cache_params,
+            cache=options.cache,
         )
-        keys: list[str] = []
-        for i, image in enumerate(images):
-            if isinstance(image, RowInputError):
-                input_errors[image.error_code] += 1
-                continue
-            key = task_key(image, options.task_type, cache_params)
-            if not options.cache:
-                key = f"{key}:{rows + i}"
-            keys.append(key)
         rows += batch.num_rows
+        for error in plan.errors.values():
+            input_errors[error.error_code] += 1
+        keys = [key for key in plan.keys if key is not None]
         known = journal.get_many(keys)
         for key in keys:
-            digest = bytes.fromhex(key[:32])
             if key in known and known[key].done:
                 cached += 1
                 continue
-            if options.cache and digest in unique:
-                continue
-            unique.add(digest if options.cache else key.encode())
+            digest = bytes.fromhex(key[:32]) if options.cache else key.encode()
+            unique.add(digest)
     to_send = len(unique)
     summary.rows = rows
     summary.failed_by_code = dict(input_errors)

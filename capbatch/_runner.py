@@ -167,35 +167,15 @@ class BatchRunner:
     # --- planning (runs in a worker thread: file reads, base64, hashing) -------------
 
     def _plan_batch(self, batch: pa.RecordBatch, first_row: int) -> BatchPlan:
-        images = resolve_column(
+        return plan_batch(
             batch,
-            self.source.image_column,
-            base_dir=self.source.base_dir,
-            min_bytes=self.profile.min_image_bytes,
-            max_bytes=self.profile.max_image_bytes,
-            first_row=first_row,
+            first_row,
+            self.source,
+            self.profile,
+            task_type=self.task_type,
+            task_params=self.task_params,
+            cache=self.cache,
         )
-        row_keys = self._row_keys(batch, first_row)
-        keys: list[str | None] = []
-        errors: dict[int, RowInputError] = {}
-        resolved: dict[int, bytes] = {}
-        for i, image in enumerate(images):
-            if isinstance(image, RowInputError):
-                errors[i] = image
-                keys.append(None)
-                continue
-            key = task_key(image, self.task_type, self.task_params)
-            if not self.cache:
-                # Without the cache, identical images on different rows are different tasks.
-                key = f"{key}:{row_keys[i]}"
-            keys.append(key)
-            resolved[i] = image
-        return BatchPlan(row_keys, keys, errors, resolved)
-
-    def _row_keys(self, batch: pa.RecordBatch, first_row: int) -> list[str]:
-        # Row keys are positions: stable when rows are appended, and unique even when an
-        # id column has duplicates.
-        return [str(first_row + i) for i in range(batch.num_rows)]
 
     # --- scheduling -------------------------------------------------------------------
 
@@ -308,6 +288,45 @@ class BatchRunner:
         if wrote and self._final_rows > self.rows_final_before:
             # So a resumed run's progress bar can start where this one got to.
             self.journal.set_meta(ROWS_FINAL, str(self._final_rows))
+
+
+def plan_batch(
+    batch: pa.RecordBatch,
+    first_row: int,
+    source: TableSource,
+    profile: ProviderProfile,
+    *,
+    task_type: str,
+    task_params: Mapping[str, Any],
+    cache: bool,
+) -> BatchPlan:
+    """Each row's image (or input error) and content key; the run and the dry run share it."""
+    images = resolve_column(
+        batch,
+        source.image_column,
+        base_dir=source.base_dir,
+        min_bytes=profile.min_image_bytes,
+        max_bytes=profile.max_image_bytes,
+        first_row=first_row,
+    )
+    # Row keys are positions: stable when rows are appended, and unique even when an id
+    # column has duplicates.
+    row_keys = [str(first_row + i) for i in range(batch.num_rows)]
+    keys: list[str | None] = []
+    errors: dict[int, RowInputError] = {}
+    resolved: dict[int, bytes] = {}
+    for i, image in enumerate(images):
+        if isinstance(image, RowInputError):
+            errors[i] = image
+            keys.append(None)
+            continue
+        key = task_key(image, task_type, task_params)
+        if not cache:
+            # Without the cache, identical images on different rows are different tasks.
+            key = f"{key}:{row_keys[i]}"
+        keys.append(key)
+        resolved[i] = image
+    return BatchPlan(row_keys, keys, errors, resolved)
 
 
 def _input_failure(error: RowInputError, provider: str) -> RowResult:
