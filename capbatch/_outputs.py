@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import json
 import os
 import types
@@ -388,18 +389,27 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read an output table (Parquet or CSV) into a DataFrame.
 
     For CSV the result columns get their real types back (so an answer like ``0123``
-    stays text and timestamps are UTC); input columns are inferred by pyarrow. An empty
-    quoted field reads as ``""``, an empty unquoted one as missing.
+    stays text and timestamps are UTC) and every input column is text, as ``capbatch run``
+    reads a CSV input (a label ``0042`` stays ``"0042"``). An empty quoted field reads as
+    ``""``, an empty unquoted one as missing.
     """
     p = Path(path)
     if _format_for(p, None) == "parquet":
         return pq.read_table(p).to_pandas()
+    return read_results_csv(p).to_pandas()
+
+
+def read_results_csv(path: Path) -> pa.Table:
+    """A CSV output as an Arrow table: result columns typed, the others text."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    types: dict[str, pa.DataType] = {name: pa.string() for name in header}
+    types.update({f.name: f.type for f in RESULT_SCHEMA})
     options = pa_csv.ConvertOptions(
-        column_types={f.name: f.type for f in RESULT_SCHEMA},
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
+        column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
     )
-    return pa_csv.read_csv(p, convert_options=options).to_pandas()
+    parse = pa_csv.ParseOptions(newlines_in_values=True)
+    return pa_csv.read_csv(path, parse_options=parse, convert_options=options)
 
 
 def run_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

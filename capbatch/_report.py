@@ -25,14 +25,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from . import _metrics
 from ._exceptions import ConfigError, RowInputError, TableError
 from ._images import INPUT_FILE_NOT_FOUND, image_hash, resolve_image
 from ._inputs import ID_COLUMN_NAMES, IMAGE_COLUMN_NAMES
-from ._outputs import RESULT_SCHEMA, run_metadata
+from ._outputs import read_results_csv, run_metadata
 from ._version import __version__
 
 Results: TypeAlias = "pd.DataFrame | str | os.PathLike[str]"
@@ -54,8 +53,8 @@ def _require(frame: pd.DataFrame, column: str, role: str, where: str = "the tabl
     raise TableError(f"{role} column {column!r} is not in {where}{hint}")
 
 
-def read_table(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a results file; ``text_columns`` stay text in CSV (a label ``0123`` is no int)."""
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a results file; in CSV every input column is text (a label ``0123`` is no int)."""
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TableError(f"cannot tell the format of {path}: use .parquet or .csv")
@@ -64,12 +63,7 @@ def read_table(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     try:
         if fmt == "parquet":
             return pq.read_table(path).to_pandas()
-        types = {f.name: f.type for f in RESULT_SCHEMA}
-        types.update({name: pa.string() for name in text_columns})
-        options = pa_csv.ConvertOptions(
-            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
-        )
-        table = pa_csv.read_csv(path, convert_options=options)
+        table = read_results_csv(path)
         if "answer" in table.column_names:
             guarded = pc.replace_substring_regex(
                 table["answer"], pattern=_CSV_GUARD, replacement=r"\1"
@@ -294,8 +288,7 @@ def report(
         frame, source = results, None
     else:
         source = Path(results)
-        id_columns = [c for c in ID_COLUMN_NAMES if c not in columns]
-        frame = read_table(source, [label, *columns, *id_columns])
+        frame = read_table(source)
     return Report(
         frame,
         label=label,
