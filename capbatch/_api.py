@@ -117,7 +117,7 @@ def resolve(options: RunOptions) -> ResolvedRun:
         )
     limits = Limits(
         rate=options.rate if options.rate is not None else profile.default_rate,
-        max_in_flight=options.max_in_flight or _default_in_flight(profile),
+        max_in_flight=options.max_in_flight or default_in_flight(profile),
         max_attempts=options.max_attempts,
         max_spend=options.max_spend,
     )
@@ -129,7 +129,7 @@ def resolve(options: RunOptions) -> ResolvedRun:
     return ResolvedRun(profile, key, limits, price, notices)
 
 
-def _default_in_flight(profile: ProviderProfile) -> int:
+def default_in_flight(profile: ProviderProfile) -> int:
     if profile.is_local:
         return 2 * (os.cpu_count() or 1)
     return profile.default_max_in_flight

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import pandas as pd
 
-from ._api import RunOptions, default_journal, default_output, execute
+from ._api import RunOptions, default_in_flight, default_journal, default_output, execute
 from ._control import RunControl, RunStoppedByUser
 from ._exceptions import CapbatchError, ConfigError
 from ._outputs import RowResult
@@ -52,7 +52,7 @@ from ._panel_results import (
 )
 from ._panel_views import CardView, report_outputs, results_preview
 from ._progress import RunCounters
-from ._providers import PROVIDERS, get_profile
+from ._providers import PROVIDERS, ProviderProfile, get_profile
 from ._secrets import Secret, as_secret
 
 if TYPE_CHECKING:
@@ -142,8 +142,8 @@ class RunPanel:
             tooltip="most requests open at once; 0 = the provider's default", style=_WIDE,
         )  # fmt: skip
         self.max_spend = w.BoundedFloatText(
-            value=options.max_spend or 0.0, min=0.0, max=1e9, description="spend cap ($)",
-            tooltip="0 = no cap", style=_WIDE,
+            value=options.max_spend or 0.0, min=0.0, max=1e9, description="spend cap $ (0: none)",
+            tooltip="0 = no cap", style=_WIDE, layout=w.Layout(width="auto"),
         )  # fmt: skip
         self.task_params = w.Text(
             value=format_task_params(options.task_params), description="task params",
@@ -167,6 +167,8 @@ class RunPanel:
         self.start_button.on_click(lambda _button: self.start())
         self.pause_button.on_click(lambda _button: self.toggle_pause())
         self.stop_button.on_click(lambda _button: self.stop())
+        # The limits the provider's defaults would give, shown while the user keeps them.
+        self._shown_defaults: tuple[float, int] = (0.0, 0)
         self._provider_changed()
 
         form = w.HBox(
@@ -207,6 +209,18 @@ class RunPanel:
         else:
             hint = "not needed"
         self.api_key.placeholder = hint
+        self._show_default_limits(profile)
+
+    def _show_default_limits(self, profile: ProviderProfile) -> None:
+        """Fill rate and in-flight with this provider's defaults, unless the user typed
+        their own: a 0 would say nothing about the limits the run is going to use."""
+        rate, in_flight = float(profile.default_rate), default_in_flight(profile)
+        old_rate, old_in_flight = self._shown_defaults
+        if self.rate.value in (0.0, old_rate):
+            self.rate.value = min(rate, self.rate.max)
+        if self.max_in_flight.value in (0, old_in_flight):
+            self.max_in_flight.value = in_flight
+        self._shown_defaults = (self.rate.value, self.max_in_flight.value)
 
     def _run_options(self, control: RunControl) -> RunOptions:
         self._take_key()

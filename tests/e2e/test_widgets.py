@@ -316,3 +316,20 @@ def test_bad_form_values_are_reported_not_raised(panels: list[RunPanel]) -> None
 def test_options_the_panel_owns_are_refused() -> None:
     with pytest.raises(Exception, match="RunPanel sets"):
         RunPanel(pd.DataFrame({"image": []}), progress=False)
+
+
+def test_the_form_shows_the_provider_defaults_and_keeps_typed_values() -> None:
+    from capbatch._providers import get_profile
+
+    capsolver, anticaptcha = get_profile("capsolver"), get_profile("anticaptcha")
+    panel = RunPanel(sample_frame(2), provider="capsolver")
+    assert panel.rate.value == capsolver.default_rate
+    assert panel.max_in_flight.value == capsolver.default_max_in_flight
+    panel.provider.value = "anticaptcha"  # defaults follow the provider...
+    assert panel.max_in_flight.value == anticaptcha.default_max_in_flight
+    panel.max_in_flight.value = 7  # ...until the user types a value
+    panel.provider.value = "capsolver"
+    assert panel.max_in_flight.value == 7
+    assert panel.rate.value == capsolver.default_rate
+    typed = RunPanel(sample_frame(2), provider="capsolver", rate=3.5, max_in_flight=4)
+    assert (typed.rate.value, typed.max_in_flight.value) == (3.5, 4)
