@@ -19,7 +19,6 @@ Loopback only; every wait is bounded; it cleans up after itself.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -28,10 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from _emulator import emu_call, emulator
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -49,29 +49,18 @@ TERMINAL = {
 }
 
 
-def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
-    command = [
-        sys.executable, "-m", "capbatch", "serve", "--port", "0", "--api-key", KEY,
+def emulator_flags(args: argparse.Namespace) -> list[str]:
+    return [
         "--solver", "oracle", "--labels", str(SAMPLE / "labels.csv"),
         "--deferred", "0.3", "--solve-time", "0.3-1.5", "--seed", str(args.seed),
         "--fail-5xx", "0.05", "--drop-rate", "0.02", "--malformed-rate", "0.01",
         "--unavailable-rate", "0.03", "--unsolvable-rate", "0.02",
         "--rate-limit", str(int(args.rate * 1.2)), "--balance", "1000",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    url = line.rsplit(" ", 1)[-1]
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit(f"emulator did not start: {line!r}")
-    return proc, url
 
 
-def stats(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url + "/_stats", timeout=10) as reply:
-        data: dict[str, object] = json.load(reply)
-        return data
+def stats(url: str) -> dict[str, Any]:
+    return emu_call(url, "/_stats")
 
 
 def make_table(rows: int, folder: Path) -> Path:
@@ -98,74 +87,105 @@ def main() -> int:
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_minutes * 60
     folder = Path(tempfile.mkdtemp(prefix="capbatch-soak-"))
-    emulator, url = start_emulator(args)
+    with emulator(emulator_flags(args), api_key=KEY, solver=None) as (url, _pid):
+        try:
+            return soak(args, url, folder, deadline)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def soak(args: argparse.Namespace, url: str, folder: Path, deadline: float) -> int:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["CAPSOLVER_API_KEY"] = KEY
     rng = random.Random(args.seed)
     logs: list[str] = []
-    try:
-        table = make_table(args.rows, folder)
-        out = folder / "out.parquet"
-        run_args = ["run", str(table), "-o", str(out), "--base-url", url, "--no-cache",
-                    "--rate", str(args.rate), "--max-in-flight", "64", "--max-attempts", "8"]
-        kills = 0
-        started = time.monotonic()
-        while kills < args.kills and time.monotonic() < deadline:
-            proc = subprocess.Popen(cli([*run_args, "--quiet"]), env=env, cwd=REPO,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            time.sleep(rng.uniform(1.0, 6.0))
-            if proc.poll() is not None:
-                logs.append(proc.communicate()[0])
-                break
-            proc.send_signal(signal.SIGKILL)
-            logs.append(proc.communicate(timeout=30)[0])
-            kills += 1
-            print(f"kill {kills}: {stats(url)['create_calls']} createTask calls so far")
-        final = subprocess.run(cli(run_args), env=env, cwd=REPO, capture_output=True,
-                               text=True, timeout=max(60.0, deadline - time.monotonic()),
-                               check=False)
-        logs += [final.stdout, final.stderr]
-        elapsed = time.monotonic() - started
-        if final.returncode != 0:
-            print(final.stderr)
-            return 1
-        result = pd.read_parquet(out)
-        counters = stats(url)
-        problems: list[str] = []
-        if len(result) != args.rows or not result["id"].is_unique:
-            problems.append(f"{len(result)} rows in the output for {args.rows} in the input")
-        failed = result[result["status"] != "solved"]
-        odd = set(failed["error_code"]) - TERMINAL
-        if odd:
-            problems.append(f"non-terminal failure codes: {sorted(odd)}")
-        solved = result[result["status"] == "solved"]
-        wrong = int((solved["answer"] != solved["label"]).sum())
-        if wrong:
-            problems.append(f"{wrong} answers differ from the oracle's")
-        # Money is the measure: the emulator charges once per solved task. Answers it
-        # charged for beyond the rows we solved were paid twice; each must have been
-        # reported (a dropped reply or a send in flight at a kill).
-        reported = int(final.stderr.split("possible double payments: ")[1].split()[0])
-        paid_twice = int(counters["solved"]) - len(solved)  # type: ignore[call-overload]
-        if paid_twice > reported:
-            problems.append(f"{paid_twice} answers paid twice, {reported} reported")
-        leaked = [p for p in folder.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
-        leaked_text = any(KEY in text for text in logs)
-        if leaked or leaked_text:
-            problems.append(f"key found in {leaked or 'the CLI output'}")
-        print(f"rows {args.rows}, kills {kills}, {elapsed:.0f} s")
-        print(f"solved {len(solved)}, failed {len(failed)}: "
-              f"{failed['error_code'].value_counts().to_dict()}")
-        print(f"createTask calls {counters['create_calls']}, charged answers "
-              f"{counters['solved']}, paid twice {paid_twice}, reported possible double "
-              f"payments {reported} (of which replies dropped by the emulator: "
-              f"{counters['dropped_after_create']})")
-        print("PASS" if not problems else "FAIL: " + "; ".join(problems))
-        return 0 if not problems else 1
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
+    table = make_table(args.rows, folder)
+    out = folder / "out.parquet"
+    run_args = [
+        "run",
+        str(table),
+        "-o",
+        str(out),
+        "--base-url",
+        url,
+        "--no-cache",
+        "--rate",
+        str(args.rate),
+        "--max-in-flight",
+        "64",
+        "--max-attempts",
+        "8",
+    ]
+    kills = 0
+    started = time.monotonic()
+    while kills < args.kills and time.monotonic() < deadline:
+        proc = subprocess.Popen(
+            cli([*run_args, "--quiet"]),
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(rng.uniform(1.0, 6.0))
+        if proc.poll() is not None:
+            logs.append(proc.communicate()[0])
+            break
+        proc.send_signal(signal.SIGKILL)
+        logs.append(proc.communicate(timeout=30)[0])
+        kills += 1
+        print(f"kill {kills}: {stats(url)['create_calls']} createTask calls so far")
+    final = subprocess.run(
+        cli(run_args),
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=max(60.0, deadline - time.monotonic()),
+        check=False,
+    )
+    logs += [final.stdout, final.stderr]
+    elapsed = time.monotonic() - started
+    if final.returncode != 0:
+        print(final.stderr)
+        return 1
+    result = pd.read_parquet(out)
+    counters = stats(url)
+    problems: list[str] = []
+    if len(result) != args.rows or not result["id"].is_unique:
+        problems.append(f"{len(result)} rows in the output for {args.rows} in the input")
+    failed = result[result["status"] != "solved"]
+    odd = set(failed["error_code"]) - TERMINAL
+    if odd:
+        problems.append(f"non-terminal failure codes: {sorted(odd)}")
+    solved = result[result["status"] == "solved"]
+    wrong = int((solved["answer"] != solved["label"]).sum())
+    if wrong:
+        problems.append(f"{wrong} answers differ from the oracle's")
+    # Money is the measure: the emulator charges once per solved task. Answers it
+    # charged for beyond the rows we solved were paid twice; each must have been
+    # reported (a dropped reply or a send in flight at a kill).
+    reported = int(final.stderr.split("possible double payments: ")[1].split()[0])
+    paid_twice = int(counters["solved"]) - len(solved)
+    if paid_twice > reported:
+        problems.append(f"{paid_twice} answers paid twice, {reported} reported")
+    leaked = [p for p in folder.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    leaked_text = any(KEY in text for text in logs)
+    if leaked or leaked_text:
+        problems.append(f"key found in {leaked or 'the CLI output'}")
+    print(f"rows {args.rows}, kills {kills}, {elapsed:.0f} s")
+    print(
+        f"solved {len(solved)}, failed {len(failed)}: "
+        f"{failed['error_code'].value_counts().to_dict()}"
+    )
+    print(
+        f"createTask calls {counters['create_calls']}, charged answers "
+        f"{counters['solved']}, paid twice {paid_twice}, reported possible double "
+        f"payments {reported} (of which replies dropped by the emulator: "
+        f"{counters['dropped_after_create']})"
+    )
+    print("PASS" if not problems else "FAIL: " + "; ".join(problems))
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":
