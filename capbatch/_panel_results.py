@@ -252,6 +252,20 @@ def parse_task_params(text: str) -> dict[str, Any]:
     return out
 
 
+def parse_spend_cap(text: str) -> float | None:
+    """The panel's spend cap in USD; empty means no cap."""
+    text = text.strip().lstrip("$").strip()
+    if not text:
+        return None
+    try:
+        cap = float(text)
+    except ValueError:
+        raise ConfigError(f"spend cap {text!r} is not a number of dollars") from None
+    if not math.isfinite(cap) or cap < 0:
+        raise ConfigError(f"spend cap must be 0 or more dollars (got {text})")
+    return cap
+
+
 def format_task_params(params: Any) -> str:
     """The inverse of ``parse_task_params`` for the field's initial value."""
     if not params:

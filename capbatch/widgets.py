@@ -47,6 +47,7 @@ from ._panel_results import (
     format_counters,
     format_task_params,
     is_path,
+    parse_spend_cap,
     parse_task_params,
     temp_journal,
 )
@@ -141,9 +142,10 @@ class RunPanel:
             value=options.max_in_flight or 0, min=0, max=100_000, description="in flight",
             tooltip="most requests open at once; 0 = the provider's default", style=_WIDE,
         )  # fmt: skip
-        self.max_spend = w.BoundedFloatText(
-            value=options.max_spend or 0.0, min=0.0, max=1e9, description="spend cap $ (0: none)",
-            tooltip="0 = no cap", style=_WIDE, layout=w.Layout(width="auto"),
+        # Text, not a number field: only a text field can show "no cap" while empty.
+        self.max_spend = w.Text(
+            value="" if options.max_spend is None else f"{options.max_spend:g}",
+            description="spend cap ($)", placeholder="no cap", style=_WIDE,
         )  # fmt: skip
         self.task_params = w.Text(
             value=format_task_params(options.task_params), description="task params",
@@ -231,7 +233,7 @@ class RunPanel:
             api_key=self._key,
             rate=self.rate.value or None,
             max_in_flight=self.max_in_flight.value or None,
-            max_spend=self.max_spend.value or None,
+            max_spend=parse_spend_cap(self.max_spend.value),
             task_params=parse_task_params(self.task_params.value),
             journal=self.journal,
             control=control,

@@ -331,5 +331,16 @@ def test_the_form_shows_the_provider_defaults_and_keeps_typed_values() -> None:
     panel.provider.value = "capsolver"
     assert panel.max_in_flight.value == 7
     assert panel.rate.value == capsolver.default_rate
-    typed = RunPanel(sample_frame(2), provider="capsolver", rate=3.5, max_in_flight=4)
+    assert panel.max_spend.value == "" and panel.max_spend.placeholder == "no cap"
+    typed = RunPanel(
+        sample_frame(2), provider="capsolver", rate=3.5, max_in_flight=4, max_spend=1.25
+    )
     assert (typed.rate.value, typed.max_in_flight.value) == (3.5, 4)
+    assert typed.max_spend.value == "1.25"
+
+
+def test_a_bad_spend_cap_is_reported_not_raised(panels: list[RunPanel]) -> None:
+    panel = make_panel(panels, sample_frame(2), provider="local")
+    panel.max_spend.value = "lots"
+    panel.start()
+    assert not panel.running and "spend cap 'lots' is not a number" in panel.status.value

@@ -25,6 +25,7 @@ from capbatch._panel_results import (
     format_duration,
     format_task_params,
     matches,
+    parse_spend_cap,
     parse_task_params,
 )
 from capbatch._progress import RunCounters
@@ -144,6 +145,17 @@ def test_bad_task_params_name_the_problem() -> None:
         parse_task_params("{nope")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_task_params("a=1, =2")
+
+
+def test_spend_cap_field_empty_is_no_cap_and_bad_values_name_the_problem() -> None:
+    assert parse_spend_cap("") is None and parse_spend_cap("  ") is None
+    assert parse_spend_cap("2.5") == 2.5 and parse_spend_cap("$ 10") == 10.0
+    assert parse_spend_cap("0") == 0.0  # a cap of nothing, not "no cap"
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_spend_cap("ten")
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="0 or more"):
+            parse_spend_cap(bad)
 
 
 def test_counters_line_and_durations() -> None:
