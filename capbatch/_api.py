@@ -321,6 +321,8 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             summary.requests = stats.requests
             summary.creates = stats.creates
             summary.polls = stats.polls
+            if solver.pacer.first_polls:
+                summary.first_poll_s = round(solver.pacer.first_delay, 3)
             summary.rate_limited = stats.rate_limited
             # Over every run of this journal: a killed run could not report its own.
             summary.possible_double_payments = journal.total_uncertain()

@@ -9,12 +9,21 @@ back by the excess, so a stall never turns into a burst of overdue requests. On
 and everyone waits out the ``Retry-After``; after a stretch of clean requests it
 climbs back (AIMD, as TCP does).
 
+Requests wait in priority order, for the in-flight cap (``PrioritySemaphore``) and for a
+send slot alike: a poll for a task already paid for goes before a new ``createTask``.
+First come, first served would put each poll behind every queued ``createTask``: at
+10 req/s with 200 rows waiting that is 20 s, so a task ready in half a second showed
+20 s of latency, and at a low rate a task needing a few polls could outlive the
+provider's five minutes and be paid for twice.
+
 Time comes from a ``Clock`` so tests use a fake one and never sleep for real.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -63,6 +72,42 @@ class Limits:
             raise ConfigError(f"--max-spend cannot be negative (got {self.max_spend})")
 
 
+#: Priorities for ``acquire``: lower goes first.
+POLL = 0
+CREATE = 1
+
+
+class PrioritySemaphore:
+    """``asyncio.Semaphore`` whose waiters are served lowest ``priority`` first, then in
+    arrival order."""
+
+    def __init__(self, value: int) -> None:
+        self._free = value
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int = CREATE) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            granted = heapq.heappop(self._waiting)[2]
+            if not granted.done():  # skip waiters cancelled meanwhile
+                granted.set_result(None)
+                return
+        self._free += 1
+
+
 class RateLimiter:
     """Spaces requests ``1/rate`` apart across the whole run; adapts to 429s."""
 
@@ -90,6 +135,9 @@ class RateLimiter:
         self.slowdowns = 0
         #: When the rate was last cut by ``slow_down``.
         self._cut_at: float | None = None
+        # Waiters for a slot; only the first sleeps towards it, the rest wait their turn.
+        self._waiting: list[tuple[int, int, asyncio.Event]] = []
+        self._order = itertools.count()
 
     @property
     def interval(self) -> float:
@@ -97,8 +145,7 @@ class RateLimiter:
 
     def _plan(self) -> float:
         """Reserve the next slot on the planned timeline."""
-        earliest = self._clock.now() - self._shift
-        slot = earliest if self._next_slot is None else max(earliest, self._next_slot)
+        slot = self._free_slot(self._clock.now())
         self._next_slot = slot + self.interval
         return slot
 
@@ -106,20 +153,48 @@ class RateLimiter:
         """Reserve the next send slot; returns how long the caller must wait for it."""
         return max(0.0, self._plan() + self._shift - self._clock.now())
 
-    async def acquire(self) -> float:
-        """Wait for a send slot; returns the seconds waited (the row's queue time)."""
+    async def acquire(self, priority: int = CREATE) -> float:
+        """Wait for a send slot, lowest ``priority`` first; returns the seconds waited
+        (the row's queue time)."""
         started = self._clock.now()
-        slot = self._plan()
-        while True:  # again if a late request pushed the slots back meanwhile
-            now = self._clock.now()
-            due = slot + self._shift
-            if due <= now:
-                break
-            await self._clock.sleep(due - now)
+        turn = asyncio.Event()
+        entry = (priority, next(self._order), turn)
+        heapq.heappush(self._waiting, entry)
+        slot: float | None = None
+        try:
+            while True:
+                if self._waiting[0] is not entry:
+                    slot = None  # someone more urgent came first: plan again on our turn
+                    turn.clear()
+                    await turn.wait()
+                    continue
+                now = self._clock.now()
+                if slot is None:
+                    slot = self._free_slot(now)
+                # Again if a pause or a late request pushed the slots back meanwhile.
+                slot = max(slot, self._next_slot if self._next_slot is not None else slot)
+                due = slot + self._shift
+                if due <= now:
+                    break
+                await self._clock.sleep(due - now)
+        finally:
+            if self._waiting[0] is entry:
+                heapq.heappop(self._waiting)
+            else:  # cancelled while waiting its turn
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
+            if self._waiting:
+                self._waiting[0][2].set()
+        self._next_slot = slot + self.interval
         late = now - due
         if late > CATCH_UP:
             self._shift += late - CATCH_UP
         return now - started
+
+    def _free_slot(self, now: float) -> float:
+        """The next slot on the planned timeline, without taking it."""
+        earliest = now - self._shift
+        return earliest if self._next_slot is None else max(earliest, self._next_slot)
 
     def record_success(self) -> None:
         """A request went through without a rate-limit error: maybe speed back up."""

@@ -10,7 +10,6 @@ Errors that doom the run raise ``RunStopped`` out of every job at once.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,8 +20,9 @@ from ._client import TaskService
 from ._control import RunControl, RunStoppedByUser
 from ._exceptions import APIError, CapbatchError, RequestTimeout
 from ._journal import Journal, JournalEntry
-from ._limits import Clock, Limits, RateLimiter
+from ._limits import CREATE, POLL, Clock, Limits, PrioritySemaphore, RateLimiter
 from ._outputs import RowResult
+from ._polling import PollPacer
 from ._protocol import Action, TaskReply, classify
 from ._providers import ProviderProfile
 from ._spend import SpendGuard
@@ -135,7 +135,8 @@ class TaskSolver:
         self.clock = clock
         self.policy = policy or RetryPolicy()
         self.stats = RunStats()
-        self._in_flight = asyncio.Semaphore(limits.max_in_flight)
+        self._in_flight = PrioritySemaphore(limits.max_in_flight)
+        self.pacer = PollPacer(profile.poll)
         self._rng = random.Random(seed)
         self.stopped: CapbatchError | None = None
         self.control = control
@@ -147,15 +148,19 @@ class TaskSolver:
         state: _Attempt,
         call: Callable[[], Awaitable[T]],
         before_send: Callable[[], None] | None = None,
+        *,
+        priority: int = CREATE,
     ) -> T:
         """One request: in-flight slot, then rate slot, then ``before_send`` (the journal
-        write that must precede it), then send. Adds the wait to the row's queue time."""
+        write that must precede it), then send. Adds the wait to the row's queue time.
+        Polls (``POLL``) wait ahead of new tasks at both gates."""
         if self.stopped is not None:
             raise RunStopped(self.stopped)
         started = self.clock.now()
-        async with self._in_flight:
+        await self._in_flight.acquire(priority)
+        try:
             while True:
-                await self.limiter.acquire()
+                await self.limiter.acquire(priority)
                 if self.control is None:
                     break
                 # Checked after the slot waits, right before sending: a pause pressed
@@ -179,6 +184,8 @@ class TaskSolver:
                 state.submitted_at = time.time()  # latency runs from the first send
             self.stats.requests += 1
             return await call()
+        finally:
+            self._in_flight.release()
 
     def stop(self, error: CapbatchError) -> None:
         if self.stopped is None:
@@ -275,7 +282,8 @@ class TaskSolver:
         state.task_id = reply.task_id
         state.created_wall = time.time()
         state.created_mono = self.clock.now()
-        state.extra["next_poll"] = state.created_mono + self.profile.poll.first_delay
+        state.extra["next_poll"] = state.created_mono + self.pacer.first_delay
+        state.extra["paced"] = True  # its first poll teaches the pacer
         self.journal.record_created(job.key, reply.task_id, created_at=state.created_wall)
         return None
 
@@ -312,13 +320,18 @@ class TaskSolver:
         self.stats.polls += 1
         task_id = state.task_id
         try:
-            reply = await self._request(state, lambda: self.service.get_task_result(task_id))
+            reply = await self._request(
+                state, lambda: self.service.get_task_result(task_id), priority=POLL
+            )
         except CapbatchError as exc:
+            state.extra.pop("paced", None)  # an error says nothing about the solve time
             state.extra["next_poll"] = self.clock.now() + poll.interval
             await self._handle(job, state, exc, creating=False)
             return None
         state.failures = 0
         self.limiter.record_success()
+        if state.extra.pop("paced", False):
+            self.pacer.observe_first_poll(reply.ready)
         if not reply.ready:
             state.extra["next_poll"] = self.clock.now() + poll.interval
         return reply
@@ -328,6 +341,7 @@ class TaskSolver:
         state.created_mono = None
         state.created_wall = None
         state.extra.pop("next_poll", None)
+        state.extra.pop("paced", None)
 
     # --- errors -----------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ class RunSummary:
     requests: int = 0
     creates: int = 0
     polls: int = 0
+    #: The first-poll delay the run had learned by its end (None: nothing deferred).
+    first_poll_s: float | None = None
     rate_limited: int = 0
     achieved_rate: float = 0.0
     possible_double_payments: int = 0
@@ -73,7 +75,9 @@ class RunSummary:
                 f"latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms or 0:.0f} ms"
             )
         lines.append(
-            f"{self.requests} requests ({self.creates} createTask, {self.polls} polls) "
+            f"{self.requests} requests ({self.creates} createTask, {self.polls} polls"
+            + (f"; first poll after {self.first_poll_s:.1f} s" if self.first_poll_s else "")
+            + ") "
             f"in {self.duration_s:.1f} s: {self.achieved_rate:.1f} req/s"
             + (f", {self.rate_limited} rate-limited" if self.rate_limited else "")
         )

@@ -85,6 +85,11 @@ def test_deferred_and_mixed_answers_are_polled(
     assert stats["create_calls"] == 24
     assert (result["polls"] > 0).sum() == stats["deferred_created"] > 0
     assert stats["polls"] == result["polls"].sum()
+    # Ready after 0.1-0.4 s: CapSolver's first poll at 1 s finds them all ready, so the
+    # pacer has no reason to wait longer; the summary says what it learned.
+    again = run_cli(*run_args(server, table, tmp_path / "again.parquet", "--no-cache"))
+    run_info = json.loads(pq.read_metadata(tmp_path / "again.parquet").metadata[b"capbatch.run"])
+    assert again.returncode == 0 and run_info["first_poll_s"] == 1.0
 
 
 def test_retryable_errors_are_retried_until_they_succeed(tmp_path: Path, emulator: Start) -> None:

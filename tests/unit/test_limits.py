@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import math
 
 import pytest
 
 from capbatch._exceptions import ConfigError
-from capbatch._limits import CATCH_UP, SAFETY_FACTOR, Limits, RateLimiter
-from tests.fakes import FakeClock
+from capbatch._limits import (
+    CATCH_UP,
+    CREATE,
+    POLL,
+    SAFETY_FACTOR,
+    Limits,
+    PrioritySemaphore,
+    RateLimiter,
+)
+from tests.fakes import FakeClock, SteppedClock
 
 
 def send_times(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
@@ -51,29 +58,6 @@ async def test_acquire_sleeps_for_its_slot_and_reports_queue_time() -> None:
     for w in waits[1:]:
         assert w == pytest.approx(1 / (10 * SAFETY_FACTOR))
     assert clock.sleeps == pytest.approx(waits[1:])
-
-
-class SteppedClock:
-    """A clock the test moves by hand. ``advance`` wakes every sleeper then due at once,
-    in deadline order, as a real event loop does after a stall."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._count = itertools.count()
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + seconds, next(self._count), future))
-        await future
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        while self._sleepers and self._sleepers[0][0] <= self.t:
-            heapq.heappop(self._sleepers)[2].set_result(None)
 
 
 async def test_a_stall_does_not_release_the_overdue_requests_at_once() -> None:
@@ -181,3 +165,74 @@ def test_pause_holds_everyone() -> None:
 def test_limits_reject_bad_values(kwargs: dict[str, float], flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         Limits(**kwargs)  # type: ignore[arg-type]
+
+
+# --- priority: polls for paid tasks before new tasks -----------------------------------
+
+
+async def test_a_poll_takes_the_next_slot_ahead_of_queued_creates() -> None:
+    clock = SteppedClock()
+    limiter = RateLimiter(10, clock=clock)
+    order: list[str] = []
+
+    async def caller(name: str, priority: int) -> None:
+        await limiter.acquire(priority)
+        order.append(name)
+
+    tasks = [asyncio.create_task(caller(f"create{i}", CREATE)) for i in range(5)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(caller("poll", POLL)))
+    interval = 1 / (10 * SAFETY_FACTOR)
+    for _ in range(40):
+        clock.advance(interval / 4)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    # create0 went at once; the poll, queued last, takes the very next slot.
+    assert order == ["create0", "poll", "create1", "create2", "create3", "create4"]
+
+
+async def test_a_cancelled_waiter_does_not_hold_up_the_queue() -> None:
+    clock = SteppedClock()
+    limiter = RateLimiter(10, clock=clock)
+    sent: list[str] = []
+
+    async def caller(name: str) -> None:
+        await limiter.acquire()
+        sent.append(name)
+
+    tasks = {n: asyncio.create_task(caller(n)) for n in ("a", "b", "c", "d")}
+    for _ in range(3):
+        await asyncio.sleep(0)
+    tasks["b"].cancel()  # sleeping towards its slot (the head)
+    tasks["c"].cancel()  # waiting its turn
+    for _ in range(40):
+        clock.advance(0.05)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), 1)
+    assert sent == ["a", "d"]
+
+
+async def test_priority_semaphore_serves_polls_first_and_survives_cancellation() -> None:
+    gate = PrioritySemaphore(1)
+    await gate.acquire()
+    order: list[str] = []
+
+    async def holder(name: str, priority: int) -> None:
+        await gate.acquire(priority)
+        order.append(name)
+        gate.release()
+
+    waiting = [asyncio.create_task(holder(f"create{i}", CREATE)) for i in range(3)]
+    cancelled = asyncio.create_task(holder("cancelled poll", POLL))
+    waiting.append(asyncio.create_task(holder("poll", POLL)))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    gate.release()
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert order == ["poll", "create0", "create1", "create2"]
+    # Every unit came back: two more can be taken at once with a fresh holder.
+    await asyncio.wait_for(gate.acquire(), 0.1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from capbatch._scheduler import (
     solve_job,
 )
 from capbatch._spend import SpendGuard
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, SteppedClock
 
 KEY = "sk-SCHEDULER-SECRET"
 PRICE = 0.0004
@@ -353,3 +354,32 @@ async def test_no_request_body_or_error_carries_the_key_outside_clientKey() -> N
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
+
+
+async def test_a_poll_goes_ahead_of_queued_new_tasks_and_teaches_the_pacer() -> None:
+    # One deferred task among many new ones at 10 req/s: its poll must not wait behind
+    # every createTask queued meanwhile (first come, first served made a task ready in
+    # 0.5 s show 20 s of latency, and at low rates outlive the provider's lifetime).
+    provider = FakeProvider(
+        createTask=[deferred("t-slow")] + [ok_ready(f"a{i}") for i in range(40)],
+        getTaskResult=[ok_ready("late", "t-slow")],
+    )
+    clock = SteppedClock()
+    solver, _, _ = make_solver(provider, clock=clock)  # type: ignore[arg-type]
+    solver.limiter = RateLimiter(10, clock=clock)
+    jobs = [replace(JOB, key=f"k{i}", row_key=str(i)) for i in range(40)]
+    tasks = [asyncio.create_task(solve_job(solver, job)) for job in jobs]
+    for _ in range(2000):  # bounded: 200 s of fake time in 0.1 s steps
+        if all(t.done() for t in tasks):
+            break
+        clock.advance(0.1)
+        for _ in range(30):
+            await asyncio.sleep(0)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    order = [endpoint for endpoint, _ in provider.calls]
+    poll_at = order.index("getTaskResult")
+    # Created first, polled after CAPSOLVER's first delay (1 s): about ten sends later,
+    # not after the 30 createTasks still queued then.
+    assert poll_at <= 14, order
+    assert results[0].answer == "late" and results[0].latency_ms is not None
+    assert solver.pacer.first_polls == 1 and solver.pacer.first_polls_ready == 1
