@@ -108,6 +108,22 @@ class PrioritySemaphore:
         self._free += 1
 
 
+class _SlotWaiter:
+    """One request waiting for a send slot."""
+
+    __slots__ = ("arrived", "gone", "sent_at", "wake")
+
+    def __init__(self, arrived: float) -> None:
+        self.arrived = arrived
+        self.sent_at: float | None = None
+        self.gone = False
+        self.wake: asyncio.Future[None] | None = None
+
+    def wake_up(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+
 class RateLimiter:
     """Spaces requests ``1/rate`` apart across the whole run; adapts to 429s."""
 
@@ -135,8 +151,8 @@ class RateLimiter:
         self.slowdowns = 0
         #: When the rate was last cut by ``slow_down``.
         self._cut_at: float | None = None
-        # Waiters for a slot; only the first sleeps towards it, the rest wait their turn.
-        self._waiting: list[tuple[int, int, asyncio.Event]] = []
+        # Waiters for a slot, most urgent first; only the first sleeps towards it.
+        self._waiting: list[tuple[int, int, _SlotWaiter]] = []
         self._order = itertools.count()
 
     @property
@@ -155,41 +171,63 @@ class RateLimiter:
 
     async def acquire(self, priority: int = CREATE) -> float:
         """Wait for a send slot, lowest ``priority`` first; returns the seconds waited
-        (the row's queue time)."""
+        (the row's queue time).
+
+        Slots are granted by ``_grant_due``, called by whoever is awake: the first
+        waiter when its slot comes, and each newcomer. It grants every slot already
+        due in one go, so a busy event loop never limits the rate to one request per
+        loop iteration."""
         started = self._clock.now()
-        turn = asyncio.Event()
-        entry = (priority, next(self._order), turn)
-        heapq.heappush(self._waiting, entry)
-        slot: float | None = None
+        waiter = _SlotWaiter(started)
+        heapq.heappush(self._waiting, (priority, next(self._order), waiter))
+        self._grant_due(started)
         try:
-            while True:
-                if self._waiting[0] is not entry:
-                    slot = None  # someone more urgent came first: plan again on our turn
-                    turn.clear()
-                    await turn.wait()
-                    continue
-                now = self._clock.now()
-                if slot is None:
-                    slot = self._free_slot(now)
-                # Again if a pause or a late request pushed the slots back meanwhile.
-                slot = max(slot, self._next_slot if self._next_slot is not None else slot)
-                due = slot + self._shift
-                if due <= now:
-                    break
-                await self._clock.sleep(due - now)
-        finally:
-            if self._waiting[0] is entry:
-                heapq.heappop(self._waiting)
-            else:  # cancelled while waiting its turn
-                self._waiting.remove(entry)
-                heapq.heapify(self._waiting)
-            if self._waiting:
-                self._waiting[0][2].set()
-        self._next_slot = slot + self.interval
-        late = now - due
-        if late > CATCH_UP:
-            self._shift += late - CATCH_UP
-        return now - started
+            while waiter.sent_at is None:
+                if self._head() is waiter:
+                    wait = self._due(waiter) - self._clock.now()
+                    if wait > 0:
+                        await self._clock.sleep(wait)
+                    self._grant_due(self._clock.now())
+                else:
+                    waiter.wake = asyncio.get_running_loop().create_future()
+                    await waiter.wake
+        except BaseException:
+            if waiter.sent_at is None:
+                waiter.gone = True  # dropped from the queue lazily, by _head
+                self._grant_due(self._clock.now())
+            raise
+        return waiter.sent_at - started
+
+    def _head(self) -> _SlotWaiter | None:
+        while self._waiting and self._waiting[0][2].gone:
+            heapq.heappop(self._waiting)
+        return self._waiting[0][2] if self._waiting else None
+
+    def _slot(self, waiter: _SlotWaiter) -> float:
+        """The waiter's slot on the planned timeline: the one after the last taken, but
+        never before it arrived (idle time banks no burst)."""
+        arrived = waiter.arrived - self._shift
+        return arrived if self._next_slot is None else max(arrived, self._next_slot)
+
+    def _due(self, waiter: _SlotWaiter) -> float:
+        return self._slot(waiter) + self._shift
+
+    def _grant_due(self, now: float) -> None:
+        """Hand every slot already due to the waiters in turn; wake the next one up."""
+        while (head := self._head()) is not None:
+            slot = self._slot(head)
+            due = slot + self._shift
+            if due > now:
+                break
+            heapq.heappop(self._waiting)
+            self._next_slot = slot + self.interval
+            late = now - due
+            if late > CATCH_UP:
+                self._shift += late - CATCH_UP
+            head.sent_at = now
+            head.wake_up()
+        if head is not None:
+            head.wake_up()  # the new first waiter sleeps towards its slot
 
     def _free_slot(self, now: float) -> float:
         """The next slot on the planned timeline, without taking it."""
