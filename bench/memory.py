@@ -34,21 +34,19 @@ there, depending on what else the machine runs).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _emulator import API_KEY, emu_call, emulator
+from _machine import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -154,31 +152,6 @@ def run_cli(
 
 
 # --- report ---------------------------------------------------------------------------
-
-
-def machine_info() -> list[str]:
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, StopIteration):
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        mem = f"{int(next(x for x in meminfo if x.startswith('MemTotal')).split()[1]) // 1024} MB"
-    versions = []
-    for dist in ("capbatch", "aiohttp", "httpx", "pyarrow"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{dist} ?")
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
-    return [
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs ({model}), {mem} RAM, "
-        f"load average {' '.join(f'{x:.2f}' for x in load)}",
-        f"python {platform.python_version()} ({sys.executable}); {', '.join(versions)}",
-    ]
 
 
 def print_table(runs: list[Run], floor: Run) -> None:

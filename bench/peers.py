@@ -65,11 +65,11 @@ import time
 import urllib.request
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import _emulator
+from _machine import cpu_model, machine_busy_s, process_cpu_s, total_ram, version
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -163,28 +163,6 @@ def emulator(seed: int) -> AbstractContextManager[tuple[str, int]]:
 
 
 # --- running one contender ------------------------------------------------------------
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / TICK
-
-
-def process_cpu_s(pid: int) -> float:
-    """User+sys CPU seconds of a running process, from /proc/PID/stat."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def run_child(
@@ -290,12 +268,13 @@ def run_contender(
                 sys.executable, str(CONTENDERS_SCRIPT), name,
                 "--url", url, "--table", str(table), "--out", str(out),
             ]  # fmt: skip
-        busy0, emu0, self0 = machine_busy_s(), process_cpu_s(emulator_pid), sum(os.times()[:2])
+        busy0 = machine_busy_s() or 0.0
+        emu0, self0 = process_cpu_s(emulator_pid) or 0.0, sum(os.times()[:2])
         result.wall_s, result.cpu_s, result.exit = run_child(command, env, timeout, log)
-        emulator_s = process_cpu_s(emulator_pid) - emu0
+        emulator_s = (process_cpu_s(emulator_pid) or 0.0) - emu0
         mine = result.cpu_s + emulator_s + sum(os.times()[:2]) - self0
         result.emulator_cores = emulator_s / result.wall_s
-        result.others_cores = max(0.0, machine_busy_s() - busy0 - mine) / result.wall_s
+        result.others_cores = max(0.0, (machine_busy_s() or 0.0) - busy0 - mine) / result.wall_s
         # Requests still open when a child is killed are counted once they land.
         time.sleep(0.5)
         result.stats = _get_json(url + "/_stats")
@@ -368,41 +347,16 @@ def figures_of(r: Result) -> dict[str, float]:
     }
 
 
-def version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    except OSError:
-        pass
     os_name = platform.platform()
-    try:
+    with contextlib.suppress(OSError):
         text = Path("/etc/os-release").read_text()
         fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
         os_name = f"{fields.get('PRETTY_NAME', '').strip(chr(34))}, kernel {platform.release()}"
-    except OSError:
-        pass
     packages = ("capbatch", "capsolver", "python3-capsolver", "requests", "aiohttp", "httpx")
     return {
-        "cpu": f"{cpu}, {os.cpu_count()} logical cores",
-        "ram": ram,
+        "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
+        "ram": total_ram(),
         "os": os_name,
         "python": f"{platform.python_version()} ({platform.python_implementation()})",
         "packages": ", ".join(f"{p} {version(p)}" for p in packages),

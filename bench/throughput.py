@@ -51,50 +51,28 @@ run (rates 50, 200, 1000 at 10 s, floors at 5 s) takes about 65 s.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _emulator import API_KEY, emu_call, emulator
+from _machine import machine_busy_s, machine_info, process_cpu_s
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
 GOAL_RATIO = 0.97
 GOAL_CPU_MS = 1.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # --- measurements -------------------------------------------------------------------
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds all CPUs spent busy since boot (Linux /proc/stat), None elsewhere."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLOCK_TICKS
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User+sys CPU seconds of a live process (Linux /proc), None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 # --- the CLI child --------------------------------------------------------------------
@@ -250,10 +228,10 @@ def measure_rate(
     pq.write_table(base.slice(0, rows), table)
     out = work / f"rate{rate:g}.results.parquet"
     emu_call(url, "/_reset_stats", post=True)
-    emu_cpu0, busy0 = proc_cpu_s(emu_pid), machine_busy_s()
+    emu_cpu0, busy0 = process_cpu_s(emu_pid), machine_busy_s()
     command = cli_command(table, out, url, rate, args.max_in_flight)
     child = run_child(command, 3 * rows / rate + 30, child_env(), work / "child.log")
-    emu_cpu1, busy1 = proc_cpu_s(emu_pid), machine_busy_s()
+    emu_cpu1, busy1 = process_cpu_s(emu_pid), machine_busy_s()
     result = RateResult(rate, rows, child)
     if emu_cpu0 is not None and emu_cpu1 is not None:
         result.emu_cpu_share = (emu_cpu1 - emu_cpu0) / child.wall_s
@@ -311,27 +289,6 @@ def fixed_cost(url: str, work: Path, base: pa.Table, repeats: int) -> tuple[floa
 
 
 # --- report ---------------------------------------------------------------------------
-
-
-def machine_info() -> list[str]:
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = []
-    for dist in ("capbatch", "aiohttp", "httpx", "pyarrow"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{dist} ?")
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return [
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs ({model}), "
-        f"load average {' '.join(f'{x:.2f}' for x in load)}",
-        f"python {platform.python_version()} ({sys.executable}); {', '.join(versions)}",
-    ]
 
 
 def mark(ok: bool) -> str:

@@ -161,7 +161,7 @@ class RateLimiter:
 
     def _plan(self) -> float:
         """Reserve the next slot on the planned timeline."""
-        slot = self._free_slot(self._clock.now())
+        slot = self._slot_from(self._clock.now())
         self._next_slot = slot + self.interval
         return slot
 
@@ -184,7 +184,7 @@ class RateLimiter:
         try:
             while waiter.sent_at is None:
                 if self._head() is waiter:
-                    wait = self._due(waiter) - self._clock.now()
+                    wait = self._slot_from(waiter.arrived) + self._shift - self._clock.now()
                     if wait > 0:
                         await self._clock.sleep(wait)
                     self._grant_due(self._clock.now())
@@ -203,19 +203,16 @@ class RateLimiter:
             heapq.heappop(self._waiting)
         return self._waiting[0][2] if self._waiting else None
 
-    def _slot(self, waiter: _SlotWaiter) -> float:
-        """The waiter's slot on the planned timeline: the one after the last taken, but
-        never before it arrived (idle time banks no burst)."""
-        arrived = waiter.arrived - self._shift
-        return arrived if self._next_slot is None else max(arrived, self._next_slot)
-
-    def _due(self, waiter: _SlotWaiter) -> float:
-        return self._slot(waiter) + self._shift
+    def _slot_from(self, arrived: float) -> float:
+        """The slot on the planned timeline for a request that arrived at ``arrived``: the
+        one after the last taken, but never before it arrived (idle time banks no burst)."""
+        earliest = arrived - self._shift
+        return earliest if self._next_slot is None else max(earliest, self._next_slot)
 
     def _grant_due(self, now: float) -> None:
         """Hand every slot already due to the waiters in turn; wake the next one up."""
         while (head := self._head()) is not None:
-            slot = self._slot(head)
+            slot = self._slot_from(head.arrived)
             due = slot + self._shift
             if due > now:
                 break
@@ -228,11 +225,6 @@ class RateLimiter:
             head.wake_up()
         if head is not None:
             head.wake_up()  # the new first waiter sleeps towards its slot
-
-    def _free_slot(self, now: float) -> float:
-        """The next slot on the planned timeline, without taking it."""
-        earliest = now - self._shift
-        return earliest if self._next_slot is None else max(earliest, self._next_slot)
 
     def record_success(self) -> None:
         """A request went through without a rate-limit error: maybe speed back up."""
