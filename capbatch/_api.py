@@ -12,6 +12,7 @@ import base64
 import concurrent.futures
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -25,17 +26,26 @@ import pyarrow as pa
 
 from ._client import ProviderClient, TaskService
 from ._control import RunControl
-from ._exceptions import AuthError, BalanceError, BannedError, CapbatchError, ConfigError
+from ._exceptions import (
+    AuthError,
+    BalanceError,
+    BannedError,
+    CapbatchError,
+    ConfigError,
+    RunFailed,
+    RunInterrupted,
+)
 from ._inputs import TableSource
 from ._journal import Journal
 from ._limits import Clock, Limits, RateLimiter
 from ._outputs import ResultWriter, RowResult, output_schema, read_results, results_to_arrays
 from ._progress import CallbackProgress, Progress, RunCounters, SilentProgress, TqdmProgress
-from ._providers import CAPSOLVER, ProviderProfile, get_profile
+from ._providers import CAPSOLVER, ProviderProfile, check_base_url, get_profile
 from ._runner import BatchRunner
 from ._scheduler import RetryPolicy, TaskSolver
-from ._secrets import Secret, as_secret, load_key
-from ._spend import SpendGuard
+from ._secrets import Secret, as_secret, load_key, redact
+from ._spend import SpendGuard, check_money
+from ._spend_watch import SpendWatch
 from ._summary import RunSummary, SummarySink
 from ._version import __version__
 
@@ -75,6 +85,10 @@ class RunOptions:
     control: RunControl | None = field(default=None, repr=False)
     #: Called with (0-based input row number, result) as each row becomes final.
     on_result: Callable[[int, RowResult], None] | None = field(default=None, repr=False)
+    #: Stop gracefully on SIGINT/SIGTERM (the CLI sets it; only in the main thread).
+    handle_signals: bool = False
+    #: Seconds a stopped run waits for replies to requests in flight.
+    drain_timeout: float = 30.0
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -121,9 +135,21 @@ def resolve(options: RunOptions) -> ResolvedRun:
         max_attempts=options.max_attempts,
         max_spend=options.max_spend,
     )
+    try:
+        check_money("--max-spend", options.max_spend)
+        check_money("--price", options.price)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     price = options.price if options.price is not None else profile.price_for(options.task_type)
-    if price < 0:
-        raise ConfigError(f"--price cannot be negative (got {price})")
+    if options.max_spend is not None and price <= 0 and not profile.is_local:
+        # A cap counted at a price of 0 never stops anything.
+        raise ConfigError(
+            f"--max-spend needs the price of one {options.task_type} at {profile.name}, "
+            "and capbatch does not know it: pass --price USD (what the provider charges "
+            "per task)"
+        )
+    if options.base_url is not None:
+        check_base_url(options.base_url)
     if options.task_type != "ImageToTextTask" and not options.task_params and profile.is_local:
         raise ConfigError("the local solver only answers ImageToTextTask")
     return ResolvedRun(profile, key, limits, price, notices)
@@ -259,6 +285,8 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         started_at=_now_iso(),
     )
     service = _make_service(options, resolved)
+    stops = _SignalStops(notice, enabled=options.handle_signals)
+    interrupted: RunInterrupted | None = None
     journal = Journal(journal_path)
     writer: ResultWriter | None = None
     memory: MemorySink | None = None
@@ -274,7 +302,27 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         sink = SummarySink(writer if writer is not None else memory)
         counters = RunCounters(total=table.num_rows)
         progress = _make_progress(options)
-        spend = SpendGuard(resolved.limits.max_spend)
+        spend = SpendGuard(
+            resolved.limits.max_spend,
+            price=resolved.price,
+            spent_before=_spent_before(journal, resolved.price),
+            price_confirmed=options.price is not None or resolved.profile.is_local,
+        )
+        summary.spend_before_usd = spend.spent_before
+        summary.spend_cap_usd = spend.cap
+
+        async def check_balance() -> float | None:
+            summary.balance_checks += 1
+            return await _balance(service, limiter)
+
+        watch = SpendWatch(
+            spend,
+            balance_before=summary.balance_before,
+            check_balance=check_balance,
+            cost_in_reply=resolved.profile.cost_in_reply,
+            clock=clock,
+            notice=lambda message: _tell(summary, notice, message, quiet=options.quiet),
+        )
         solver = TaskSolver(
             service,
             resolved.profile,
@@ -286,6 +334,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             clock=clock,
             policy=options.retry,
             control=options.control,
+            watch=watch,
         )
         task_type = options.task_type
 
@@ -309,10 +358,14 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             max_buffered_rows=max(16 * options.batch_rows, 65_536),
             make_task=make_task,
             on_result=options.on_result,
+            drain_timeout=options.drain_timeout,
         )
+        stops.runner = runner
         progress.start(counters)
         try:
             await runner.run()
+        except RunInterrupted as stop:
+            interrupted = stop
         finally:
             progress.close(counters)
             sink.fill(summary)
@@ -328,30 +381,112 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             summary.possible_double_payments = journal.total_uncertain()
             summary.spend_usd = spend.spent
             summary.spend_cap_reached = spend.cap_reached or runner.spend_capped > 0
+            summary.price_usd = spend.price
+            summary.bad_costs = solver.bad_costs
+            if interrupted is not None:
+                summary.stopped_by = interrupted.error_code
             summary.duration_s = time.monotonic() - started
             summary.achieved_rate = stats.requests / max(summary.duration_s, 1e-9)
             summary.finished_at = _now_iso()
         summary.balance_after = (
             await _balance(service, limiter) if summary.balance_before is not None else None
         )
+        summary.complete = interrupted is None
         frame = None
         if writer is not None:
             writer.finish(_metadata(summary, options, resolved, table))
-            if want_frame and output is not None:
+            if want_frame and output is not None and interrupted is None:
                 frame = read_results(output)
         elif memory is not None and want_frame:
             frame = memory.table(table.schema).to_pandas()
         if frame is not None:
             frame.attrs["capbatch"] = summary.to_dict()
+        if interrupted is not None:
+            # The output is written (unfinished rows pending); the caller says how to resume.
+            interrupted.summary = summary
+            raise interrupted
         return RunOutcome(summary, frame)
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+        if isinstance(exc, asyncio.CancelledError) and stops.aborted is not None:
+            # A second signal: stop at once, the journal as it stands.
+            raise stops.aborted from None
+        if isinstance(exc, CapbatchError):
+            exc.message = redact(exc.message, resolved.key)
+            exc.args = (exc.message,)
+            raise
+        if isinstance(exc, Exception):
+            failed = RunFailed.of(exc)
+            failed.message = redact(failed.message, resolved.key)
+            raise failed from exc
         raise
     finally:
+        stops.close()
         journal.close()
         if options.service is None:
             await service.aclose()
+
+
+def _spent_before(journal: Journal, price: float) -> float:
+    """What earlier runs of this journal spent: charged tasks, plus sends whose outcome
+    is unknown at today's price (they may have been charged)."""
+    return journal.total_spent() + journal.total_uncertain() * price
+
+
+def _tell(summary: RunSummary, notice: Callable[[str], None], message: str, *, quiet: bool) -> None:
+    summary.notices.append(message)
+    if not quiet:
+        notice(message)
+
+
+class _SignalStops:
+    """SIGINT and SIGTERM during a run (the CLI's): the first stops the run gracefully
+    (no new sends; replies to requests in flight are awaited and journaled; the output
+    is written with the unfinished rows pending), a second aborts at once."""
+
+    def __init__(self, notice: Callable[[str], None], *, enabled: bool) -> None:
+        self.runner: BatchRunner | None = None
+        self.aborted: RunInterrupted | None = None
+        self._notice = notice
+        self._signals: list[int] = []
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._installed: list[signal.Signals] = []
+        if not enabled:
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or a platform without it
+            self._installed.append(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals.append(int(sig))
+        runner = self.runner
+        first = len(self._signals) == 1
+        if first and runner is not None and runner.failure is None:
+            in_flight = runner.solver.sending
+            self._notice(
+                f"capbatch: {sig.name}: stopping; waiting up to {runner.drain_timeout:.0f} s "
+                f"for {in_flight} request{'s' if in_flight != 1 else ''} in flight to come "
+                "back (send it again to stop at once)"
+            )
+            runner.interrupt(RunInterrupted(f"interrupted by {sig.name}", signal_number=sig))
+            return
+        if first and runner is not None:
+            return  # the run is already ending: let it write its output
+        self.aborted = RunInterrupted(
+            f"stopped at once by {sig.name}", signal_number=int(sig)
+        )
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        for sig in self._installed:
+            self._loop.remove_signal_handler(sig)
+        self._installed.clear()
 
 
 def _metadata(
@@ -385,6 +520,8 @@ def _metadata(
         else str(summary.balance_after),
         "capbatch.settings": json.dumps(settings, sort_keys=True, default=str),
         "capbatch.run": summary.to_json(),
+        # "false": an interrupted run; rows with status "pending" are not finished yet.
+        "capbatch.complete": "true" if summary.complete else "false",
         # Where relative image paths point: the report's gallery finds images with it.
         "capbatch.input": "" if table.path is None else str(Path(table.path).resolve()),
     }

@@ -14,6 +14,7 @@ CapbatchError
 │   ├── ConnectionFailed             connect refused, connection dropped, read error
 │   ├── RequestTimeout               no reply in time
 │   └── MalformedReply               a reply that is not the protocol's JSON
+│       └── ReplyTooLarge            a reply body over the size cap
 └── APIError                         the provider answered with an error
     ├── AuthError                    bad or blocked key                  (run-fatal)
     ├── BalanceError                 no money left                       (run-fatal)
@@ -106,6 +107,13 @@ class MalformedReply(TransportError):
         self.http_status = http_status
 
 
+class ReplyTooLarge(MalformedReply):
+    """The reply body passed the client's size cap (``_transport.MAX_REPLY_BYTES``); it
+    was dropped unread. Like every malformed reply, the request may have been acted on."""
+
+    error_code = "REPLY_TOO_LARGE"
+
+
 class APIError(CapbatchError):
     """The provider answered with an error (``errorId != 0`` or an HTTP error status)."""
 
@@ -178,3 +186,31 @@ class InvalidTask(APIError):
     """The service refused the request or image: record it on the row, do not retry."""
 
     error_code = "ERROR_INVALID_TASK_DATA"
+
+
+class RunFailed(CapbatchError):
+    """Something capbatch did not expect stopped the run (a bug, or the machine failing).
+
+    The run stops at once rather than publish an output that lacks rows; the journal
+    keeps every paid step, so running the same command again resumes."""
+
+    error_code = "RUN_FAILED"
+
+    @classmethod
+    def of(cls, exc: BaseException, *, row: int | None = None) -> RunFailed:
+        where = f"row {row}: " if row is not None else ""
+        error = cls(f"{where}unexpected {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
+
+
+class RunInterrupted(CapbatchError):
+    """SIGINT or SIGTERM stopped the run gracefully; running it again resumes."""
+
+    error_code = "RUN_INTERRUPTED"
+
+    def __init__(self, message: str, *, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+        #: The run's summary, when the run got far enough to write its output.
+        self.summary: object | None = None

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS tasks (
     key           TEXT PRIMARY KEY,  -- content key (plus the row key with the cache off)
-    state         TEXT NOT NULL,     -- intent | created | done
+    state         TEXT NOT NULL,     -- intent | lost | created | done
     owner         TEXT,              -- row key of the row that paid for this task
     task_id       TEXT,
     created_at    REAL,              -- wall time the task id was received (task TTL)
@@ -206,7 +206,13 @@ class Journal:
 
     def record_uncertain(self, key: str) -> None:
         """A createTask for ``key`` may have reached the provider without a reply."""
-        self._db.execute("UPDATE tasks SET uncertain = uncertain + 1 WHERE key = ?", (key,))
+        # "lost": the send is counted once, here; a resume re-creates it without
+        # counting it again (an "intent" left by a crash is counted by the resume).
+        self._db.execute(
+            "UPDATE tasks SET uncertain = uncertain + 1, "
+            "state = CASE WHEN state = 'intent' THEN 'lost' ELSE state END WHERE key = ?",
+            (key,),
+        )
 
     def record_created(self, key: str, task_id: str, *, created_at: float) -> None:
         self._db.execute(

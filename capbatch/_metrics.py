@@ -43,7 +43,8 @@ from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
 PERCENTILES = (50, 90, 95, 99)
-NOT_RUN_CODES = frozenset({"SPEND_CAP_REACHED"})
+#: Rows left unfinished: not sent for the spend cap, or pending after an interrupted run.
+NOT_RUN_CODES = frozenset({"SPEND_CAP_REACHED", "PENDING"})
 UNKNOWN_CODE = "UNKNOWN"
 LABEL_LENGTH = "label_length"
 

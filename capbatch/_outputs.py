@@ -75,7 +75,8 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 _EXTENSIONS: Mapping[str, str] = types.MappingProxyType(
     {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 )
-_STATUSES = frozenset({"solved", "failed"})
+#: "pending": an interrupted run did not finish the row; the same command resumes it.
+_STATUSES = frozenset({"solved", "failed", "pending"})
 _METADATA_PREFIX = "capbatch."
 
 
@@ -106,22 +107,27 @@ class RowResult:
     def __post_init__(self) -> None:
         # Fail where the bad value is made, not thousands of rows later in the writer.
         if self.status not in _STATUSES:
-            raise ValueError(f"status must be 'solved' or 'failed', not {self.status!r}")
+            raise ValueError(f"status must be one of {sorted(_STATUSES)}, not {self.status!r}")
 
 
 def output_schema(input_schema: pa.Schema) -> pa.Schema:
     """Return the input columns (renamed where they collide) followed by ``RESULT_SCHEMA``.
 
-    An input column named like a result column (re-running capbatch on its own output)
-    becomes ``input_<name>``, with ``input_`` repeated until the name is unique.
+    An input column named like a result column (``status``, ``answer``...) becomes
+    ``input_<name>``; if the input already has that name (or an earlier rename took it),
+    ``input_<name>_2``, then ``_3`` and so on. Only colliding columns are renamed, with
+    one ``input_`` prefix at most, so re-running capbatch on its own output keeps the
+    earlier input columns as they are and renames the previous results: ``status``
+    becomes ``input_status``, or ``input_status_2`` when ``input_status`` is there.
     """
     taken = set(input_schema.names) | set(RESULT_COLUMNS)
     fields = []
     for field in input_schema:
         if field.name in RESULT_COLUMNS:
-            name = f"input_{field.name}"
+            name, n = f"input_{field.name}", 1
             while name in taken:
-                name = f"input_{name}"
+                n += 1
+                name = f"input_{field.name}_{n}"
             taken.add(name)
             field = field.with_name(name)  # noqa: PLW2901 - the renamed field replaces it
         fields.append(field)

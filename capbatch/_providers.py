@@ -190,3 +190,35 @@ def get_profile(name: str) -> ProviderProfile:
     except KeyError:
         choices = ", ".join(sorted(PROVIDERS))
         raise ConfigError(f"unknown provider {name!r}; choose one of {choices}") from None
+
+
+def check_base_url(url: str) -> str:
+    """``url`` if it can be a provider's API base URL; else a ConfigError saying why.
+
+    Checked before anything is sent: a typo would otherwise fail every row's requests
+    one by one (``notaurl``, ``ftp://...``, ``http://``)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigError(f"--base-url is not a valid URL: {exc}") from None
+    if parts.username or parts.password:
+        # Not echoed: the URL holds a secret.
+        raise ConfigError("--base-url must not hold credentials (user:password@)")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"--base-url {url!r} must start with http:// or https:// "
+            "(for example http://127.0.0.1:8080)"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"--base-url {url!r} has no host name")
+    if parts.username or parts.password:
+        # Not echoed: the URL holds a secret.
+        raise ConfigError("--base-url must not hold credentials (user:password@)")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--base-url {url!r} must not have a query or fragment")
+    if port == 0:
+        raise ConfigError(f"--base-url {url!r} has port 0")
+    return url.strip()

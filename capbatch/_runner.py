@@ -10,6 +10,7 @@ output order is input order while memory holds only a bounded window of batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from ._exceptions import CapbatchError, RowInputError
+from ._exceptions import CapbatchError, RowInputError, RunFailed, RunInterrupted
 from ._inputs import TableSource, resolve_column, task_key
 from ._journal import Journal, JournalEntry
 from ._outputs import RowResult
@@ -26,11 +27,13 @@ from ._progress import Progress, RunCounters
 from ._protocol import ERROR_CODES, Action, classify
 from ._providers import ProviderProfile
 from ._scheduler import (
+    PENDING,
     SPEND_CAP_REACHED,
     Job,
     RunStopped,
     SpendCapReached,
     TaskSolver,
+    pending_result,
     solve_job,
     spend_cap_result,
 )
@@ -39,6 +42,8 @@ from ._scheduler import (
 SYSTEMATIC_WINDOW = 20
 #: Journal meta key: rows with a final result in input order so far (for progress).
 ROWS_FINAL = "rows_final"
+#: Row codes of rows that did not finish: a later run of the same command does them.
+_NOT_FINAL = frozenset({SPEND_CAP_REACHED, PENDING})
 
 
 class ResultSink(Protocol):
@@ -91,6 +96,7 @@ class BatchRunner:
         max_buffered_rows: int,
         make_task: Callable[[bytes], dict[str, Any]],
         on_result: Callable[[int, RowResult], None] | None = None,
+        drain_timeout: float = 30.0,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -116,6 +122,10 @@ class BatchRunner:
         self._waiting: dict[str, list[tuple[_Pending, int, str]]] = {}
         self._first_results: list[RowResult] = []
         self.failure: CapbatchError | None = None
+        #: True after ``interrupt``: the output is still written, unfinished rows pending.
+        self.interrupted = False
+        #: Seconds an interrupted run waits for the replies of requests in flight.
+        self.drain_timeout = drain_timeout
         self.spend_capped = 0
         self._final_rows = 0
         self.rows_final_before = int(journal.get_meta(ROWS_FINAL) or 0)
@@ -130,16 +140,16 @@ class BatchRunner:
         # Each batch is read in a worker thread too: decoding a Parquet batch of images
         # takes tens of milliseconds, and a stalled loop sends late requests in a bunch.
         batches = iter(self.source.batches())
+        unread: pa.RecordBatch | None = None
         try:
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 if self.failure is None and self.solver.stopped is not None:
                     self._fail_run(self.solver.stopped)
                 if self.failure is not None:
+                    unread = batch
                     break
                 plan = await asyncio.to_thread(self._plan_batch, batch, first_row)
-                pending = _Pending(batch, [None] * batch.num_rows, batch.num_rows, first_row)
-                self._window.append(pending)
-                self._buffered_rows += batch.num_rows
+                pending = self._append(batch, first_row)
                 await self._schedule(pending, plan)
                 first_row += batch.num_rows
                 self._flush()
@@ -150,13 +160,59 @@ class BatchRunner:
                 self._settled.clear()
                 await self._settled.wait()
                 self._flush()
+            if self.interrupted:
+                await self._drain()
         finally:
-            if self._tasks:
-                for task in self._tasks:
-                    task.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.failure is not None:
-            raise self.failure
+            await self._cancel_jobs()
+        if self.failure is None:
+            self._flush()
+            return
+        if self.interrupted:
+            # Every input row goes into the output: the unfinished ones as pending.
+            self._finish_pending()
+            while unread is not None:
+                self._append(unread, first_row)
+                first_row += unread.num_rows
+                self._finish_pending()
+                unread = await asyncio.to_thread(next, batches, None)
+        raise self.failure
+
+    def _append(self, batch: pa.RecordBatch, first_row: int) -> _Pending:
+        pending = _Pending(batch, [None] * batch.num_rows, batch.num_rows, first_row)
+        self._window.append(pending)
+        self._buffered_rows += batch.num_rows
+        return pending
+
+    async def _cancel_jobs(self) -> None:
+        if self._tasks:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- a graceful stop (SIGINT, SIGTERM) --------------------------------------------
+
+    def interrupt(self, error: RunInterrupted) -> None:
+        """Stop sending; requests already out come back and are journaled (``_drain``),
+        then every row not finished is written as pending."""
+        self.interrupted = True
+        self._fail_run(error)
+
+    async def _drain(self) -> None:
+        """Wait, at most ``drain_timeout`` seconds, for the replies to requests in
+        flight: a reply holds a task id (or an answer) already paid for."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.solver.wait_idle(), self.drain_timeout)
+        # Jobs whose reply came back may still be writing it down: let them finish
+        # their step (they raise RunStopped at their next request).
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    def _finish_pending(self) -> None:
+        """Give every row without a result a pending one, and write the window out."""
+        for pending in self._window:
+            for i, result in enumerate(pending.results):
+                if result is None:
+                    self._deliver(pending, i, pending_result(self.profile.name))
         self._flush()
 
     async def _wait_for_room(self) -> None:
@@ -209,6 +265,7 @@ class BatchRunner:
             task.add_done_callback(self._job_done)
 
     async def _run_job(self, job: Job, pending: _Pending, index: int) -> None:
+        row = pending.first_row + index
         try:
             try:
                 result = await solve_job(self.solver, job)
@@ -218,13 +275,26 @@ class BatchRunner:
             except RunStopped as stopped:
                 self._fail_run(stopped.error)
                 return
+            except CapbatchError as error:
+                self._fail_run(error)
+                return
+            except Exception as exc:
+                # Anything else is a fault (a bug, the machine): stop the whole run, or the
+                # row would vanish from the output while the run looks finished.
+                self._fail_run(RunFailed.of(exc, row=row))
+                return
         finally:
             self._jobs.release()
-        self._deliver(pending, index, result)
-        for other, j, row_key in self._waiting.pop(job.key, []):
-            self._deliver(other, j, _shared(result, row_key, job.row_key))
-        self._check_systematic(result)
-        self._flush()
+        try:
+            self._deliver(pending, index, result)
+            for other, j, row_key in self._waiting.pop(job.key, []):
+                self._deliver(other, j, _shared(result, row_key, job.row_key))
+            self._check_systematic(result)
+            self._flush()
+        except CapbatchError as error:
+            self._fail_run(error)
+        except Exception as exc:
+            self._fail_run(RunFailed.of(exc, row=row))
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -282,7 +352,7 @@ class BatchRunner:
             results = [r for r in pending.results if r is not None]
             self.sink.write(pending.batch, results)
             self._buffered_rows -= pending.batch.num_rows
-            self._final_rows += sum(1 for r in results if r.error_code != SPEND_CAP_REACHED)
+            self._final_rows += sum(1 for r in results if r.error_code not in _NOT_FINAL)
             self._room.set()
             wrote = True
         if wrote and self._final_rows > self.rows_final_before:

@@ -10,6 +10,7 @@ Errors that doom the run raise ``RunStopped`` out of every job at once.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 from ._client import TaskService
 from ._control import RunControl, RunStoppedByUser
-from ._exceptions import APIError, CapbatchError, RequestTimeout
+from ._exceptions import APIError, CapbatchError, RequestTimeout, RunFailed
 from ._journal import Journal, JournalEntry
 from ._limits import CREATE, POLL, Clock, Limits, PrioritySemaphore, RateLimiter
 from ._outputs import RowResult
@@ -26,11 +27,13 @@ from ._polling import PollPacer
 from ._protocol import Action, TaskReply, classify
 from ._providers import ProviderProfile
 from ._spend import SpendGuard
+from ._spend_watch import MAX_TASK_PRICE, SpendWatch
 
 T = TypeVar("T")
 
 #: Error codes of capbatch's own for rows the run could not finish.
 SPEND_CAP_REACHED = "SPEND_CAP_REACHED"
+PENDING = "PENDING"
 MAX_ATTEMPTS = "MAX_ATTEMPTS_EXCEEDED"
 POLL_LIMIT = "POLL_LIMIT_REACHED"
 
@@ -104,6 +107,8 @@ class _Attempt:
     submitted_at: float | None = None
     last_error: CapbatchError | None = None
     reserved: float = 0.0
+    #: This job's createTask went as the spend cap's price probe (see ``SpendWatch``).
+    probe: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +129,7 @@ class TaskSolver:
         policy: RetryPolicy | None = None,
         seed: int | None = None,
         control: RunControl | None = None,
+        watch: SpendWatch | None = None,
     ) -> None:
         self.service = service
         self.profile = profile
@@ -131,7 +137,7 @@ class TaskSolver:
         self.limits = limits
         self.limiter = limiter
         self.spend = spend
-        self.price = price
+        spend.price = price
         self.clock = clock
         self.policy = policy or RetryPolicy()
         self.stats = RunStats()
@@ -140,6 +146,14 @@ class TaskSolver:
         self._rng = random.Random(seed)
         self.stopped: CapbatchError | None = None
         self.control = control
+        self._sending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.watch = watch or SpendWatch(
+            spend, balance_before=None, check_balance=None, cost_in_reply=False, clock=clock
+        )
+        #: Provider-reported costs that were not a usable amount (NaN, negative, absurd).
+        self.bad_costs = 0
 
     # --- the request gate -------------------------------------------------------------
 
@@ -179,13 +193,37 @@ class TaskSolver:
             if self.stopped is not None:
                 raise RunStopped(self.stopped)
             if before_send is not None:
-                before_send()
+                try:
+                    before_send()
+                except Exception as exc:
+                    # The journal could not record the step it must record before the
+                    # send (a full disk, an I/O error): sending now could pay for an
+                    # answer no later run would find, so the whole run stops here.
+                    error = exc if isinstance(exc, CapbatchError) else RunFailed.of(exc)
+                    self.stop(error)
+                    raise RunStopped(error) from exc
             if state.submitted_at is None:
                 state.submitted_at = time.time()  # latency runs from the first send
             self.stats.requests += 1
-            return await call()
+            self._sending += 1
+            self._idle.clear()
+            try:
+                return await call()
+            finally:
+                self._sending -= 1
+                if self._sending == 0:
+                    self._idle.set()
         finally:
             self._in_flight.release()
+
+    @property
+    def sending(self) -> int:
+        """Requests sent whose reply has not come back yet."""
+        return self._sending
+
+    async def wait_idle(self) -> None:
+        """Until no request is out (after ``stop``, no new one leaves)."""
+        await self._idle.wait()
 
     def stop(self, error: CapbatchError) -> None:
         if self.stopped is None:
@@ -196,15 +234,22 @@ class TaskSolver:
     async def solve(self, job: Job) -> RowResult:
         state = _Attempt()
         self._adopt_resumed(job, state)
-        while True:
-            if state.task_id is None:
-                reply = await self._create(job, state)
-            else:
-                reply = await self._poll(job, state)
-            if reply is None:
-                continue
-            if reply.ready:
-                return self._finish_solved(job, state, reply)
+        try:
+            while True:
+                if state.task_id is None:
+                    reply = await self._create(job, state)
+                else:
+                    reply = await self._poll(job, state)
+                if reply is None:
+                    continue
+                if reply.ready:
+                    result = self._finish_solved(job, state, reply)
+                    await self.watch.charged(reply.cost)
+                    return result
+        finally:
+            # However the job ends (cancelled in a shutdown too), a price probe it holds
+            # must let the next createTask go.
+            self._settle_probe(state)
 
     def _adopt_resumed(self, job: Job, state: _Attempt) -> None:
         """Pick up an earlier run's unfinished task: poll it while the provider keeps it."""
@@ -225,9 +270,10 @@ class TaskSolver:
             state.created_wall = entry.created_at
             state.created_mono = self.clock.now() - age
             # Re-reserve its price: it is committed money until its outcome is known.
-            self.spend.reserved += self.price
-            state.reserved = self.price
+            state.reserved = self.spend.adopt()
             return
+        if entry.state == "lost":
+            return  # its unknown outcome was counted when the reply was lost
         # Sent before the crash with no usable task id: it may have been paid for, and
         # sending it again may pay twice. Count it, in the journal too, so the summary
         # can say so even if this run is killed in its turn.
@@ -237,23 +283,27 @@ class TaskSolver:
     async def _create(self, job: Job, state: _Attempt) -> TaskReply | None:
         if state.budget >= self.limits.max_attempts:
             raise _RowFailed(self._give_up(state))
-        if not self.spend.reserve(self.price):
+        state.probe = await self.watch.gate()
+        reserved = self.spend.reserve()
+        if reserved is None:
+            self._settle_probe(state)
             raise SpendCapReached()
-        state.reserved = self.price
+        state.reserved = reserved
         sent = False
 
         def record_intent() -> None:
-            # Written after the wait for a send slot, just before the request leaves.
+            # Written after the wait for a send slot, just before the request leaves;
+            # "sent" only once the journal holds the intent.
             nonlocal sent
-            sent = True
-            state.calls += 1
-            self.stats.creates += 1
             self.journal.record_intent(
                 job.key,
                 owner=job.row_key,
                 provider=self.profile.name,
                 submitted_at=state.submitted_at or time.time(),
             )
+            sent = True
+            state.calls += 1
+            self.stats.creates += 1
 
         state.budget += 1
         try:
@@ -291,10 +341,13 @@ class TaskSolver:
         """Money and bookkeeping for a createTask that raised."""
         if exc.error_code in _MAYBE_SENT:
             self.spend.mark_uncertain(state.reserved)
+            self._settle_probe(state)
             self.stats.possible_double_payments += 1
+            # Also marks the entry "lost", so a resume does not count this send again.
             self.journal.record_uncertain(job.key)
         else:
             self.spend.release(state.reserved)
+            self._settle_probe(state)
         state.reserved = 0.0
 
     async def _poll(self, job: Job, state: _Attempt) -> TaskReply | None:
@@ -307,8 +360,7 @@ class TaskSolver:
         age = self.clock.now() - state.created_mono
         if state.polls >= poll.max_polls or age >= poll.task_ttl:
             # The provider forgets the task now: a new one is the only way to an answer.
-            self.spend.release(state.reserved)
-            state.reserved = 0.0
+            self._release_task_money(state)
             state.last_error = APIError(
                 f"no answer after {state.polls} polls in {age:.0f} s",
                 error_code=POLL_LIMIT,
@@ -383,7 +435,9 @@ class TaskSolver:
         if action is Action.RETRY_BOUNDED:
             # Unsolvable: charged by some providers; a new task may succeed.
             if self.profile.unsolvable_charged:
-                self._charge(job, state, self.price)
+                self._charge(job, state, self.spend.price)
+                await self.watch.charged()
+                self._settle_probe(state)
             else:
                 self._release_task_money(state)
             self._forget_task(state)
@@ -400,8 +454,16 @@ class TaskSolver:
     def _release_task_money(self, state: _Attempt) -> None:
         self.spend.release(state.reserved)
         state.reserved = 0.0
+        self._settle_probe(state)
+
+    def _settle_probe(self, state: _Attempt) -> None:
+        if state.probe:
+            state.probe = False
+            self.watch.release_probe()
 
     def _charge(self, job: Job, state: _Attempt, amount: float) -> None:
+        """Count a charged task; a probe is settled by the caller once the watch has
+        learned the price from it (see ``SpendWatch``)."""
         self.spend.charge(state.reserved, amount)
         state.reserved = 0.0
         state.cost += amount
@@ -416,7 +478,13 @@ class TaskSolver:
     # --- results ----------------------------------------------------------------------
 
     def _finish_solved(self, job: Job, state: _Attempt, reply: TaskReply) -> RowResult:
-        cost = reply.cost if reply.cost is not None else self.price
+        cost = reply.cost
+        if cost is not None and not 0 <= cost <= MAX_TASK_PRICE:
+            cost = None  # nonsense is recorded as unknown, never summed
+        if cost is None:
+            if reply.cost is not None or getattr(reply, "cost_rejected", False):
+                self.bad_costs += 1
+            cost = self.spend.price
         self.spend.charge(state.reserved, cost)
         state.reserved = 0.0
         state.cost += cost
@@ -512,4 +580,14 @@ def spend_cap_result(profile: ProviderProfile, cap: float | None) -> RowResult:
         if cap is not None
         else "not sent: the spend cap was reached",
         provider=profile.name,
+    )
+
+
+def pending_result(provider: str) -> RowResult:
+    """The row result of a row an interrupted run did not finish."""
+    return RowResult(
+        status="pending",
+        error_code=PENDING,
+        error_message="not finished: the run was interrupted; run the same command to resume",
+        provider=provider,
     )

@@ -23,10 +23,23 @@ class RunSummary:
     rows: int = 0
     solved: int = 0
     failed: int = 0
+    #: Rows an interrupted run did not finish (written with status "pending").
+    pending: int = 0
     failed_by_code: dict[str, int] = field(default_factory=dict)
     from_cache: int = 0
     resumed: int = 0
+    #: Spent by this run.
     spend_usd: float = 0.0
+    #: Spent (or possibly spent, on sends with lost replies) by earlier runs of the journal.
+    spend_before_usd: float = 0.0
+    spend_cap_usd: float | None = None
+    #: The price of one task the run counted at its end (raised if the provider charged more).
+    price_usd: float = 0.0
+    balance_checks: int = 0
+    #: Provider-reported costs that were not a usable amount; counted at the price instead.
+    bad_costs: int = 0
+    #: False when the run was interrupted and rows are pending.
+    complete: bool = True
     balance_before: float | None = None
     balance_after: float | None = None
     latency_p50_ms: float | None = None
@@ -57,6 +70,7 @@ class RunSummary:
         """The summary as a few human-readable lines."""
         lines = [
             f"rows {self.rows}: {self.solved} solved, {self.failed} failed"
+            + (f", {self.pending} pending" if self.pending else "")
             + (f", {self.from_cache} from cache" if self.from_cache else "")
             + (f", {self.resumed} done by earlier runs" if self.resumed else ""),
         ]
@@ -64,6 +78,13 @@ class RunSummary:
             codes = ", ".join(f"{c} {n}" for c, n in sorted(self.failed_by_code.items()))
             lines.append(f"failed by code: {codes}")
         spend = f"spend ${self.spend_usd:.4f}"
+        if self.spend_before_usd:
+            spend += (
+                f" this run + ${self.spend_before_usd:.4f} earlier = "
+                f"${self.spend_usd + self.spend_before_usd:.4f}"
+            )
+        if self.spend_cap_usd is not None:
+            spend += f" of the ${self.spend_cap_usd:.4f} cap"
         if self.balance_before is not None and self.balance_after is not None:
             spend += (
                 f" (balance ${self.balance_before:.4f} -> ${self.balance_after:.4f}, "
@@ -85,6 +106,11 @@ class RunSummary:
             f"possible double payments: {self.possible_double_payments} "
             "(requests in flight at a crash or with a lost reply, over all runs of this output)"
         )
+        if self.bad_costs:
+            lines.append(
+                f"{self.bad_costs} cost{'s' if self.bad_costs != 1 else ''} reported by the "
+                "provider were not a usable amount: counted at the price instead"
+            )
         if self.spend_cap_reached:
             lines.append(f"spend cap reached: {self.rows_not_sent} rows not sent")
         if self.output:
@@ -116,12 +142,15 @@ class SummarySink:
         self.solved = 0
         self.from_cache = 0
         self.not_sent = 0
+        self.pending = 0
 
     def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None:
         for result in results:
             self.rows += 1
             if result.status == "solved":
                 self.solved += 1
+            elif result.status == "pending":
+                self.pending += 1
             else:
                 self.codes[result.error_code or "UNKNOWN"] += 1
                 if result.error_code == "SPEND_CAP_REACHED":
@@ -135,7 +164,8 @@ class SummarySink:
     def fill(self, summary: RunSummary) -> None:
         summary.rows = self.rows
         summary.solved = self.solved
-        summary.failed = self.rows - self.solved
+        summary.failed = self.rows - self.solved - self.pending
+        summary.pending = self.pending
         summary.failed_by_code = dict(self.codes)
         summary.from_cache = self.from_cache
         summary.rows_not_sent = self.not_sent

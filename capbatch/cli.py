@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import click
 
 from ._api import RunOptions, execute
-from ._exceptions import CapbatchError, ConfigError, InputError
+from ._exceptions import CapbatchError, ConfigError, InputError, RunInterrupted
 from ._providers import PROVIDERS
 from ._report_cli import compare, report
+from ._summary import RunSummary
 from ._version import __version__
 from .emulator._cli import serve
 
@@ -26,10 +29,33 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+#: C0 and C1 control characters but tab and newline: a provider's text (an error code
+#: holding ``ESC ] 0 ;`` for one) must not drive the user's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(message: str) -> str:
+    return _CONTROL.sub("?", message)
 
 
 def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(_printable(message), err=True)
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside a run's own handling (before it started or after it ended)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _signal_exit(signal_number: int) -> int:
+    """128 + the signal's number, as shells report a process a signal stopped."""
+    return 128 + signal_number
 
 
 def _fail(error: CapbatchError) -> int:
@@ -67,6 +93,7 @@ def cli() -> None:
       0  the command finished (failed rows are recorded in the output, not fatal)
       1  a run-fatal error stopped it (bad key, no balance, IP ban)
       2  usage error or unreadable input
+    130  interrupted by Ctrl-C (SIGINT); 143 by SIGTERM
     """
 
 
@@ -143,7 +170,10 @@ def run_command(
       1  a run-fatal error stopped it (bad key, no balance, IP ban, or every
          first row failing the same way); the journal is intact
       2  usage error or unreadable input
-    130  interrupted (Ctrl-C); the journal is intact
+    130  interrupted by Ctrl-C (SIGINT), 143 by SIGTERM: the first signal stops
+         new sends, waits for requests in flight and writes the output with the
+         unfinished rows as "pending"; a second stops at once. The journal is
+         intact: run the same command to resume
     """
     options = RunOptions(
         output=output,
@@ -166,17 +196,33 @@ def run_command(
         quiet=quiet,
         progress=not quiet,
         notice=_echo_err,
+        handle_signals=True,
     )
     # Everything imported so far lives as long as the process: take it out of the
     # collector's full passes (each walked ~90k objects: a 45-75 ms stall of the event
     # loop, and so of every request due meanwhile).
     gc.collect()
     gc.freeze()
+    # The run handles SIGINT and SIGTERM itself (see ``_api._SignalStops``); this covers
+    # the moments before and after it, so a SIGTERM still ends with one line.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         outcome = asyncio.run(execute(input_path, options))
+    except RunInterrupted as stop:
+        summary = stop.summary
+        if isinstance(summary, RunSummary) and not quiet:
+            _echo_err(summary.format())
+        pending = f"{summary.pending} rows pending; " if isinstance(summary, RunSummary) else ""
+        _echo_err(
+            f"capbatch: {stop}; {pending}the journal is intact: run the same command to resume"
+        )
+        sys.exit(_signal_exit(stop.signal_number))
     except KeyboardInterrupt:
         _echo_err("capbatch: interrupted; the journal is intact: run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)
+    except _Terminated:
+        _echo_err("capbatch: terminated; the journal is intact: run the same command to resume")
+        sys.exit(EXIT_TERMINATED)
     except CapbatchError as error:
         code = _fail(error)
         if code == EXIT_FATAL:
@@ -185,12 +231,12 @@ def run_command(
     summary = outcome.summary
     if dry_run:
         for line in summary.notices[-1:]:
-            click.echo(line)
+            click.echo(_printable(line))
         return
     if not quiet:
         _echo_err(summary.format())
     if summary.output:
-        click.echo(summary.output)
+        click.echo(_printable(summary.output))
 
 
 cli.add_command(serve)

@@ -279,7 +279,7 @@ async def test_connect_failure_is_not_a_double_payment() -> None:
 async def test_spend_cap_counts_money_in_flight() -> None:
     provider = FakeProvider(createTask=[deferred()], getTaskResult=[pending()])
     solver, _, _ = make_solver(provider, cap=2.5 * PRICE)
-    assert solver.spend.reserve(PRICE) and solver.spend.reserve(PRICE)  # two in flight
+    assert solver.spend.reserve() and solver.spend.reserve()  # two in flight
     with pytest.raises(SpendCapReached):
         await solve_job(solver, JOB)
     assert provider.count("createTask") == 0 and solver.spend.cap_reached
