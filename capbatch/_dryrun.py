@@ -30,6 +30,7 @@ def dry_run(
     input_errors: Counter[str] = Counter()
     cached = 0
     rows = 0
+    occurrences: dict[str, int] = {}
     for batch in table.batches():
         plan = plan_batch(
             batch,
@@ -39,6 +40,7 @@ def dry_run(
             task_type=options.task_type,
             task_params=cache_params,
             cache=options.cache,
+            occurrences=occurrences,
         )
         rows += batch.num_rows
         for error in plan.errors.values():

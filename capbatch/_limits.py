@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from dataclasses import dataclass
 
@@ -136,6 +137,8 @@ class RateLimiter:
     INCREASE = 0.1
     #: Seconds after a cut during which further rate-limit errors do not cut again.
     CUT_EVERY = 1.0
+    #: Longest pause one reply can impose on the whole run (seconds).
+    MAX_PAUSE = 60.0
 
     def __init__(self, rate: float, *, clock: Clock | None = None) -> None:
         if not rate > 0:
@@ -251,7 +254,12 @@ class RateLimiter:
         self.pause(retry_after if retry_after is not None else self.interval)
 
     def pause(self, seconds: float) -> None:
-        """No request leaves for ``seconds`` from now (temporary blocks, Retry-After)."""
-        until = self._clock.now() + max(0.0, seconds) - self._shift
+        """No request leaves for ``seconds`` from now (temporary blocks, Retry-After),
+        at most ``MAX_PAUSE``: a server's ``Retry-After: inf`` must not stop a run for
+        good (a long pause is the outage gate's business, see ``_outage``)."""
+        if math.isnan(seconds):
+            seconds = 0.0
+        seconds = min(max(0.0, seconds), self.MAX_PAUSE)
+        until = self._clock.now() + seconds - self._shift
         if self._next_slot is None or self._next_slot < until:
             self._next_slot = until

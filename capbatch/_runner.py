@@ -33,6 +33,7 @@ from ._scheduler import (
     RunStopped,
     SpendCapReached,
     TaskSolver,
+    failed_for_good,
     pending_result,
     solve_job,
     spend_cap_result,
@@ -97,6 +98,7 @@ class BatchRunner:
         make_task: Callable[[bytes], dict[str, Any]],
         on_result: Callable[[int, RowResult], None] | None = None,
         drain_timeout: float = 30.0,
+        retry_failed: bool = False,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -126,6 +128,12 @@ class BatchRunner:
         self.interrupted = False
         #: Seconds an interrupted run waits for the replies of requests in flight.
         self.drain_timeout = drain_timeout
+        self.retry_failed = retry_failed
+        # With the cache off and no id column: how often each content key was seen.
+        self._occurrences: dict[str, int] = {}
+        #: Rows failed in earlier runs: sent again this run / kept as they were.
+        self.retried_failed = 0
+        self.kept_failed = 0
         self.spend_capped = 0
         self._final_rows = 0
         self.rows_final_before = int(journal.get_meta(ROWS_FINAL) or 0)
@@ -231,6 +239,7 @@ class BatchRunner:
             task_type=self.task_type,
             task_params=self.task_params,
             cache=self.cache,
+            occurrences=self._occurrences,
         )
 
     # --- scheduling -------------------------------------------------------------------
@@ -247,8 +256,16 @@ class BatchRunner:
                 continue
             entry = known.get(key)
             if entry is not None and entry.done:
-                self._deliver(pending, i, _from_journal(entry, row_key))
-                continue
+                if entry.status == "solved" or (
+                    not self.retry_failed and failed_for_good(entry.error_code)
+                ):
+                    if entry.status != "solved":
+                        self.kept_failed += 1
+                    self._deliver(pending, i, _from_journal(entry, row_key))
+                    continue
+                # It failed for a passing reason (or --retry-failed): solve it again.
+                self.retried_failed += 1
+                entry = None
             if key in self._waiting:
                 self._waiting[key].append((pending, i, row_key))
                 continue
@@ -369,8 +386,15 @@ def plan_batch(
     task_type: str,
     task_params: Mapping[str, Any],
     cache: bool,
+    occurrences: dict[str, int] | None = None,
 ) -> BatchPlan:
-    """Each row's image (or input error) and content key; the run and the dry run share it."""
+    """Each row's image (or input error) and content key; the run and the dry run share it.
+
+    With the cache off, identical images on different rows are different tasks, so a
+    row's key also names the row: by its id when the table has an id column, else by
+    which occurrence of that image it is (the 1st, the 2nd, ...). Either survives rows
+    being reordered or inserted, so a re-run never pays again for a row it answered.
+    ``occurrences`` carries the counts from batch to batch."""
     images = resolve_column(
         batch,
         source.image_column,
@@ -380,8 +404,14 @@ def plan_batch(
         first_row=first_row,
     )
     # Row keys are positions: stable when rows are appended, and unique even when an id
-    # column has duplicates.
+    # column has duplicates. With the cache off they name the row as said above.
     row_keys = [str(first_row + i) for i in range(batch.num_rows)]
+    ids = (
+        batch.column(source.id_column).to_pylist()
+        if not cache and source.id_column is not None
+        else None
+    )
+    seen = occurrences if occurrences is not None else {}
     keys: list[str | None] = []
     errors: dict[int, RowInputError] = {}
     resolved: dict[int, bytes] = {}
@@ -392,7 +422,11 @@ def plan_batch(
             continue
         key = task_key(image, task_type, task_params)
         if not cache:
-            # Without the cache, identical images on different rows are different tasks.
+            if ids is not None and ids[i] is not None:
+                row_keys[i] = f"id:{ids[i]}"
+            else:
+                seen[key] = n = seen.get(key, 0) + 1
+                row_keys[i] = f"n:{n}"
             key = f"{key}:{row_keys[i]}"
         keys.append(key)
         resolved[i] = image

@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 
 from ._client import TaskService
 from ._control import RunControl, RunStoppedByUser
-from ._exceptions import APIError, CapbatchError, RequestTimeout, RunFailed
+from ._exceptions import APIError, CapbatchError, MalformedReply, RequestTimeout, RunFailed
 from ._journal import Journal, JournalEntry
 from ._limits import CREATE, POLL, Clock, Limits, PrioritySemaphore, RateLimiter
+from ._outage import OutageGate, ProviderOutage, is_outage_error
 from ._outputs import RowResult
 from ._polling import PollPacer
-from ._protocol import Action, TaskReply, classify
+from ._protocol import ERROR_CODES, Action, TaskReply, classify
 from ._providers import ProviderProfile
 from ._spend import SpendGuard
 from ._spend_watch import MAX_TASK_PRICE, SpendWatch
@@ -36,6 +37,38 @@ SPEND_CAP_REACHED = "SPEND_CAP_REACHED"
 PENDING = "PENDING"
 MAX_ATTEMPTS = "MAX_ATTEMPTS_EXCEEDED"
 POLL_LIMIT = "POLL_LIMIT_REACHED"
+
+#: Failure codes a later run may well get past (the network, the provider's load, our
+#: own give-ups): the next run of the same command sends those rows again.
+_PASSING_CODES = frozenset(
+    {
+        MAX_ATTEMPTS,
+        POLL_LIMIT,
+        "CONNECTION_LOST",
+        "CONNECT_FAILED",
+        "CONNECT_TIMEOUT",
+        "REQUEST_TIMEOUT",
+        "MALFORMED_REPLY",
+        "REPLY_TOO_LARGE",
+        "PROVIDER_OUTAGE",
+    }
+)
+
+
+def failed_for_good(error_code: str | None) -> bool:
+    """True when a row that failed with ``error_code`` would fail the same way again
+    (unsolvable after its retries, a refused image or task); False for passing causes
+    (network, HTTP 5xx, rate limits, an unavailable service). Unknown codes are kept:
+    re-sending blindly could pay again for nothing."""
+    if error_code is None:
+        return True
+    if error_code in _PASSING_CODES or error_code.startswith("HTTP_5"):
+        return False
+    cls = ERROR_CODES.get(error_code)
+    if cls is None:
+        return True
+    return classify(cls(error_code)) in (Action.RECORD, Action.RETRY_BOUNDED, Action.FATAL)
+
 
 #: Transport error codes after which a createTask may have reached the provider.
 _MAYBE_SENT = frozenset({"CONNECTION_LOST", "REQUEST_TIMEOUT", "MALFORMED_REPLY"})
@@ -130,6 +163,7 @@ class TaskSolver:
         seed: int | None = None,
         control: RunControl | None = None,
         watch: SpendWatch | None = None,
+        outage: OutageGate | None = None,
     ) -> None:
         self.service = service
         self.profile = profile
@@ -154,6 +188,7 @@ class TaskSolver:
         )
         #: Provider-reported costs that were not a usable amount (NaN, negative, absurd).
         self.bad_costs = 0
+        self.outage = outage or OutageGate(clock)
 
     # --- the request gate -------------------------------------------------------------
 
@@ -171,6 +206,32 @@ class TaskSolver:
         if self.stopped is not None:
             raise RunStopped(self.stopped)
         started = self.clock.now()
+        try:
+            probe = await self.outage.admit()
+        except ProviderOutage as outage:
+            self.stop(outage)
+            raise RunStopped(outage) from None
+        try:
+            return await self._send(state, call, before_send, priority, started, probe)
+        except CapbatchError as exc:
+            if is_outage_error(exc):
+                self.outage.failed(exc, probe)
+            else:
+                self.outage.succeeded(probe)  # it answered: it is up
+            raise
+        except BaseException:
+            self.outage.abandoned(probe)
+            raise
+
+    async def _send(
+        self,
+        state: _Attempt,
+        call: Callable[[], Awaitable[T]],
+        before_send: Callable[[], None] | None,
+        priority: int,
+        started: float,
+        probe: bool,
+    ) -> T:
         await self._in_flight.acquire(priority)
         try:
             while True:
@@ -208,7 +269,9 @@ class TaskSolver:
             self._sending += 1
             self._idle.clear()
             try:
-                return await call()
+                reply = await call()
+                self.outage.succeeded(probe)
+                return reply
             finally:
                 self._sending -= 1
                 if self._sending == 0:
@@ -243,6 +306,9 @@ class TaskSolver:
                 if reply is None:
                     continue
                 if reply.ready:
+                    if state.probe:
+                        await self.watch.probe_charged(reply.cost)
+                        return self._finish_solved(job, state, reply)
                     result = self._finish_solved(job, state, reply)
                     await self.watch.charged(reply.cost)
                     return result
@@ -339,7 +405,7 @@ class TaskSolver:
 
     def _settle_failed_create(self, job: Job, state: _Attempt, exc: CapbatchError) -> None:
         """Money and bookkeeping for a createTask that raised."""
-        if exc.error_code in _MAYBE_SENT:
+        if exc.error_code in _MAYBE_SENT or isinstance(exc, MalformedReply):
             self.spend.mark_uncertain(state.reserved)
             self._settle_probe(state)
             self.stats.possible_double_payments += 1
@@ -413,6 +479,10 @@ class TaskSolver:
         if action is Action.SLOW_DOWN:
             self.stats.rate_limited += 1
             state.rate_limited += 1
+            if retry_after is not None and retry_after > OutageGate.LONG_RETRY_AFTER:
+                reason = f"{exc.error_code}: Retry-After {retry_after:.0f} s"
+                self.outage.long_pause(retry_after, reason)
+                retry_after = None
             self.limiter.slow_down(retry_after)
             if creating:
                 state.budget -= 1  # nothing was created: it does not use up an attempt
@@ -421,7 +491,17 @@ class TaskSolver:
                 raise _RowFailed(self._failed(state, exc))
             return
         if action is Action.PAUSE:
-            self.limiter.pause(retry_after if retry_after is not None else 300.0)
+            pause = retry_after if retry_after is not None else 300.0
+            if pause > OutageGate.LONG_RETRY_AFTER:
+                self.outage.long_pause(pause, f"{exc.error_code}: blocked for {pause:.0f} s")
+            else:
+                self.limiter.pause(pause)
+            if creating:
+                state.budget -= 1
+            return
+        if action is Action.RETRY and self.outage.down and is_outage_error(exc):
+            # The provider is down, not this row: the outage gate paces the retries
+            # and bounds them in time, so the row's attempts are not used up.
             if creating:
                 state.budget -= 1
             return

@@ -87,8 +87,19 @@ class SpendWatch:
         self._probe_out = max(0, self._probe_out - 1)
         self._changed.set()
 
+    async def probe_charged(self, reported_cost: float | None = None) -> None:
+        """The probe task is done and charged, but not yet counted: learn its price first,
+        so that it, and every task after it, is counted at the real price."""
+        self.charged_tasks += 1
+        if reported_cost is not None and 0 < reported_cost <= MAX_TASK_PRICE:
+            self._raise_price(reported_cost)
+            self._confirm()
+        else:
+            await self.check()
+
     async def charged(self, reported_cost: float | None = None) -> None:
-        """A task was charged: learn the price from its cost or from the balance."""
+        """A task was charged and counted: check the price from its cost or, now and
+        then, from the balance."""
         self.charged_tasks += 1
         self._since_check += 1
         if reported_cost is not None and 0 < reported_cost <= MAX_TASK_PRICE:
@@ -139,10 +150,13 @@ class SpendWatch:
         spend = self.spend
         committed = spend.spent + spend.reserved + spend.uncertain
         if self._probing:
+            # Only the probe was charged: the fall of the balance is its price. Its
+            # charge is counted by the caller, at this price.
             if really > 0 and self.charged_tasks > 0:
                 self._raise_price(really / self.charged_tasks)
             self._confirm()
-        elif really > committed + 1e-9 and committed > 0:
+            return
+        if really > committed + 1e-9 and committed > 0:
             self._raise_price(spend.price * really / committed)
         spend.observe_spent(really)
 

@@ -40,6 +40,12 @@ class RunSummary:
     bad_costs: int = 0
     #: False when the run was interrupted and rows are pending.
     complete: bool = True
+    #: Rows failed in earlier runs for a passing reason, sent again by this run.
+    retried_failed: int = 0
+    #: Rows failed for good in earlier runs, kept (``--retry-failed`` sends them again).
+    kept_failed: int = 0
+    #: Times the provider was taken to be down (the run paused and probed).
+    outages: int = 0
     balance_before: float | None = None
     balance_after: float | None = None
     latency_p50_ms: float | None = None
@@ -106,6 +112,17 @@ class RunSummary:
             f"possible double payments: {self.possible_double_payments} "
             "(requests in flight at a crash or with a lost reply, over all runs of this output)"
         )
+        if self.retried_failed or self.kept_failed:
+            lines.append(
+                f"failed rows of earlier runs: {self.retried_failed} sent again (passing "
+                f"errors), {self.kept_failed} kept as failed for good"
+                + (" (--retry-failed sends them again)" if self.kept_failed else "")
+            )
+        if self.outages:
+            lines.append(
+                f"the provider was unreachable {self.outages} time"
+                f"{'s' if self.outages != 1 else ''}: the run paused and probed until it answered"
+            )
         if self.bad_costs:
             lines.append(
                 f"{self.bad_costs} cost{'s' if self.bad_costs != 1 else ''} reported by the "

@@ -134,6 +134,21 @@ def cli() -> None:
 @click.option("--app-id", help="Sent as appId (developer revenue share).")
 @click.option("--journal", type=click.Path(path_type=Path), help="Journal path.")
 @click.option("--no-cache", is_flag=True, help="Solve identical images separately.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Also send again rows that failed for good in earlier runs (unsolvable, refused); "
+    "rows that failed for a passing reason (network, 5xx, rate limit) are always retried.",
+)
+@click.option(
+    "--outage-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the provider may stay unreachable (connect errors, 5xx, unavailable) "
+    "before the run stops with the journal intact; meanwhile it pauses and probes.",
+)
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def run_command(
@@ -154,6 +169,8 @@ def run_command(
     app_id: str | None,
     journal: Path | None,
     no_cache: bool,
+    retry_failed: bool,
+    outage_timeout: float,
     dry_run: bool,
     quiet: bool,
 ) -> None:
@@ -192,6 +209,8 @@ def run_command(
         app_id=app_id,
         journal=journal,
         cache=not no_cache,
+        retry_failed=retry_failed,
+        outage_timeout=outage_timeout,
         dry_run=dry_run,
         quiet=quiet,
         progress=not quiet,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import emulator  # noqa: F401 - re-exported fixture
+from tests.e2e.conftest import api, emulator  # noqa: F401 - re-exported fixtures
 from tests.e2e.runner_helpers import KEY, assert_key_absent
 
 
