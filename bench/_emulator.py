@@ -1,7 +1,8 @@
 """The emulator as a separate process, for benches (its CPU must not count as ours).
 
 ``emulator(extra)`` starts ``python -m capbatch serve`` on a free loopback port and
-yields ``(base URL, pid)``; ``emu_call`` reads or resets its counters.
+yields ``(base URL, pid)``; ``emu_call`` reads or resets its counters (a reset sends
+the key, as the emulator's controls require).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def emulator(
                 proc.wait(timeout=5)
 
 
-def emu_call(url: str, path: str, *, post: bool = False) -> dict[str, Any]:
-    """GET (or POST an empty JSON object to) one of the emulator's endpoints."""
-    request = urllib.request.Request(url + path, data=b"{}" if post else None)
+def emu_call(url: str, path: str, *, post: bool = False, api_key: str = API_KEY) -> dict[str, Any]:
+    """GET one of the emulator's endpoints, or POST to one of its controls (which need
+    the key as ``clientKey`` in a JSON body sent as application/json)."""
+    body = json.dumps({"clientKey": api_key}).encode() if post else None
+    headers = {"Content-Type": "application/json"} if post else {}
+    request = urllib.request.Request(url + path, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as reply:
         data: dict[str, Any] = json.load(reply)
         return data

@@ -150,7 +150,14 @@ def make_table(rows: int, directory: Path) -> tuple[Path, dict[str, str]]:
 
 def _get_json(url: str, method: str = "GET") -> dict[str, Any]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
-    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    post = method == "POST"
+    # The emulator's POST controls need the key in a JSON body, sent as JSON.
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps({"clientKey": API_KEY}).encode() if post else None,
+        headers={"Content-Type": "application/json"} if post else {},
+    )
     with opener.open(request, timeout=30) as reply:
         data: dict[str, Any] = json.loads(reply.read())
         return data

@@ -6,7 +6,10 @@ solver (``constant``, ``oracle`` labels, or the ``local`` ddddocr solver), keeps
 account balance, and injects faults (latency, 5xx, dropped connections, malformed
 replies, ``ERROR_SERVICE_UNAVALIABLE``, unsolvable captchas, a rate limit) from one
 seeded RNG so a run can be repeated. ``GET /_stats`` tells a test what a client did;
-``POST /_control`` changes options while it runs.
+``POST /_control`` changes options while it runs: a JSON body with the api key as
+``clientKey`` and the options to change (``{"clientKey": "test-key", "drop_rate": 0}``),
+sent as ``Content-Type: application/json``; every value is checked and the change is
+all or nothing. Callbacks go only to loopback ports listed in ``callback_allow``.
 
 ```python
 from capbatch.emulator import EmulatorConfig, running_emulator

@@ -10,6 +10,18 @@ Order of checks for createTask and getTaskResult: rate limit, added latency, inj
 faults (5xx, ``ERROR_SERVICE_UNAVALIABLE``, malformed body, dropped connection), then
 the request itself. A faulted createTask creates and charges nothing, except a drop
 with ``drop_after_create``: the task is made and charged, and only the reply is lost.
+
+The test controls ``POST /_control`` and ``POST /_reset_stats`` change the server, so
+they take the api key as ``clientKey`` in a JSON body, like the API endpoints, and
+refuse any other ``Content-Type`` (415) and any request carrying an ``Origin`` header
+(403). A web page the user visits can only send a cross-origin POST without a
+preflight as ``text/plain`` or a form, and browsers add ``Origin`` to every POST, even
+a same-origin one after DNS rebinding; non-browser clients never send it. There is
+always a key (``EmulatorConfig`` refuses an empty one), but the default ``test-key`` is
+public, so these two checks are what keeps a web page out. ``GET /_stats`` stays open:
+it changes nothing and holds only counters, the balance and hashes of images sent,
+never the key, images, answers or file paths, and a page cannot read a cross-origin
+reply (no CORS headers are sent).
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -38,7 +51,7 @@ from ._replies import (
     malformed_reply,
     task_reply,
 )
-from ._solvers import Solver, corrupt, make_solver, solver_key
+from ._solvers import LabelsFileError, Solver, corrupt, make_solver, solver_key
 from ._state import EmulatorState, FaultRolls, Task, to_usd
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,6 +67,8 @@ class Emulator:
         self.solver: Solver = make_solver(config)
         self._solver_key = solver_key(config)
         self._is_image = ImageChecker()
+        # Fixed for the server's life (``callback_allow`` cannot be changed at run time).
+        self._callback_targets = config.callback_targets()
         self._session: aiohttp.ClientSession | None = None
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._background: set[asyncio.Task[None]] = set()
@@ -248,7 +263,7 @@ class Emulator:
         if reserved is None:
             return self._error(400, "ERROR_ZERO_BALANCE", "Insufficient account balance"), False
 
-        if callback and not callback_allowed(callback):
+        if callback and not callback_allowed(callback, self._callback_targets):
             state.counters.callbacks_refused += 1
             callback = None
         now = time.monotonic()
@@ -350,21 +365,50 @@ class Emulator:
         return json_reply(self.state.snapshot())
 
     async def reset_stats(self, request: web.Request) -> web.StreamResponse:
+        body = await self._control_request(request)
+        if isinstance(body, web.Response):
+            return body
+        if body:
+            return json_reply({"error": "/_reset_stats takes no options"}, 400)
         self.state.reset_counters()
         return json_reply(self.state.snapshot())
 
     async def control(self, request: web.Request) -> web.StreamResponse:
-        changes = await self._body(request)
-        if changes is None:
-            return json_reply({"error": "body must be a JSON object of options"}, 400)
+        changes = await self._control_request(request)
+        if isinstance(changes, web.Response):
+            return changes
         try:
             self.reconfigure(changes)
+        except LabelsFileError:
+            # The same words for a missing, unreadable, special or bad file: the reply
+            # must not tell a client which paths exist on this machine.
+            return json_reply({"error": LabelsFileError.PUBLIC_MESSAGE}, 400)
         except ConfigError as exc:
             return json_reply({"error": str(exc)}, 400)
         return json_reply(self.public_config())
 
+    async def _control_request(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The options of a test-control request without its ``clientKey``, or the
+        refusal: 403 from a browser, 415 for a body that is not JSON, 400 for one that
+        is not a JSON object, 401 without the right key."""
+        if "Origin" in request.headers:
+            return json_reply({"error": "browser requests are not accepted here"}, 403)
+        if request.content_type != "application/json":
+            return json_reply({"error": "Content-Type must be application/json"}, 415)
+        body = await self._body(request)
+        if body is None:
+            return json_reply({"error": "body must be a JSON object"}, 400)
+        key = body.pop("clientKey", None)
+        expected = self.state.config.api_key.encode()
+        # Constant time: the key is the only thing between a client and these controls.
+        if not isinstance(key, str) or not hmac.compare_digest(key.encode(), expected):
+            return json_reply({"error": "clientKey is missing or wrong"}, 401)
+        return body
+
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
-        """Apply option changes at run time (raises ``ConfigError``)."""
+        """Apply option changes at run time, all or nothing: the new config is built
+        and validated, and a new solver made (reading any labels file), before anything
+        is swapped in; raises ``ConfigError`` with the server unchanged."""
         new = self.state.config.merged(changes)
         key = solver_key(new)
         solver = make_solver(new) if key != self._solver_key else None

@@ -75,7 +75,8 @@ def _default_solver() -> str:
     default="test-key",
     show_default=False,
     show_envvar=True,
-    help="The clientKey to accept [default: test-key].",
+    help="The clientKey to accept, on the API and on /_control and /_reset_stats; "
+    "use your own with --allow-remote [default: test-key].",
 )
 @click.option(
     "--solver",
@@ -216,8 +217,25 @@ def _default_solver() -> str:
     show_default=True,
     help="Seed of every random decision, so runs repeat.",
 )
+@click.option(
+    "--callback-allow",
+    "callback_allow",
+    metavar="[HOST:]PORT",
+    multiple=True,
+    help="Let callbackUrl reach this loopback port (any loopback host, or only HOST: "
+    "localhost, 127.x.x.x, [::1]); repeatable. Callbacks to anything else are not sent "
+    "(counted in /_stats callbacks_refused) [default: none].",
+)
 def serve(allow_remote: bool, solver: str | None, **options: Any) -> None:
-    """Run a CapSolver-compatible emulator (for tests, demos and benchmarks)."""
+    """Run a CapSolver-compatible emulator (for tests, demos and benchmarks).
+
+    Test controls: GET /_stats reads the counters (open: no key, no paths, no
+    images in it). POST /_control changes options while running and POST
+    /_reset_stats zeroes the counters; both need Content-Type: application/json and
+    the api key in the body, e.g. {"clientKey": "KEY", "http_5xx_rate": 0}, and
+    refuse browser requests (an Origin header). A --labels file must be a regular
+    file of at most 64 MB.
+    """
     if not allow_remote and not is_loopback_host(options["host"]):
         raise click.UsageError(
             f"--host {options['host']} is not a loopback address; add --allow-remote "

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from PIL import Image
 
-from ._config import is_loopback_host
+from ._config import is_loopback_host, normalize_host
 from ._state import Task
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -86,15 +86,22 @@ def task_reply(task: Task, now: float) -> tuple[dict[str, Any], int]:
     }, 200
 
 
-def callback_allowed(url: str) -> bool:
-    """Only http(s) URLs on loopback hosts: the emulator must never be made to send
-    traffic to another machine on a client's say-so."""
+def callback_allowed(url: str, targets: frozenset[tuple[str | None, int]]) -> bool:
+    """Only http(s) URLs to a loopback host on a port the operator allowed (``targets``
+    from ``EmulatorConfig.callback_targets``; host None = any loopback host): the
+    emulator must never be made to send traffic to another machine, nor to a service
+    that merely happens to listen on this machine's loopback."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:
+        port = parts.port
+    except ValueError:  # a bad port or an unbalanced IPv6 bracket
         return False
-    return parts.scheme in ("http", "https") and host is not None and is_loopback_host(host)
+    if parts.scheme not in ("http", "https") or host is None or not is_loopback_host(host):
+        return False
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return (None, port) in targets or (normalize_host(host), port) in targets
 
 
 class ImageChecker:

@@ -12,6 +12,9 @@ runs ddddocr on a thread pool and is only imported when first used.
 from __future__ import annotations
 
 import csv
+import io
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +26,11 @@ if TYPE_CHECKING:
 
 #: Characters a corrupted answer draws its wrong character from.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+#: Largest labels file read, in bytes. A row is about 80 bytes, so this is some 800,000
+#: images, far beyond any test set; the bound stops a wrong path (a disk image, a log)
+#: from filling memory.
+MAX_LABELS_BYTES = 64 * 1024 * 1024
 
 
 class Solver:
@@ -94,21 +102,68 @@ class LocalEmulatorSolver(Solver):
             self._solver = None
 
 
+class LabelsFileError(ConfigError):
+    """A labels file that cannot be used. The message names the path and the reason,
+    for the operator at the command line; ``/_control`` answers ``PUBLIC_MESSAGE``
+    instead, the same for every path, so a client cannot probe which files exist."""
+
+    PUBLIC_MESSAGE = (
+        "labels: cannot use this file (it must be a readable regular file of at most "
+        f"{MAX_LABELS_BYTES // (1024 * 1024)} MB, UTF-8 CSV with columns sha256,label)"
+    )
+
+
 def load_labels(path: str | Path) -> dict[str, str]:
-    """``{sha256 hex (lower case): label}`` from a CSV with a ``sha256,label`` header."""
+    """``{sha256 hex (lower case): label}`` from a CSV with a ``sha256,label`` header;
+    raises ``LabelsFileError``."""
+    data = _read_regular_file(path, MAX_LABELS_BYTES)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            fields = set(reader.fieldnames or ())
-            if not {"sha256", "label"} <= fields:
-                raise ConfigError(f"labels file {str(path)!r} needs columns sha256,label")
-            return {
-                row["sha256"].strip().lower(): row["label"]
-                for row in reader
-                if row.get("sha256") and row.get("label") is not None
-            }
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+        if not {"sha256", "label"} <= set(reader.fieldnames or ()):
+            raise LabelsFileError(f"labels file {str(path)!r} needs columns sha256,label")
+        return {
+            row["sha256"].strip().lower(): row["label"]
+            for row in reader
+            if row.get("sha256") and row.get("label") is not None
+        }
+    except UnicodeDecodeError:
+        raise LabelsFileError(f"labels file {str(path)!r} is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise LabelsFileError(f"labels file {str(path)!r} is not a valid CSV: {exc}") from None
+
+
+def _read_regular_file(path: str | Path, limit: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    It is checked with ``stat`` before opening, so a FIFO (whose open blocks until a
+    writer comes) or a device (``/dev/zero`` never ends; opening some has side effects)
+    is refused without being opened. ``O_NONBLOCK`` and a second check on the opened
+    descriptor cover a path swapped in between; the read is bounded either way."""
+    name = str(path)
+    try:
+        _check_regular(os.stat(path), name, limit)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        with open(os.open(path, flags | getattr(os, "O_BINARY", 0)), "rb") as fh:
+            _check_regular(os.fstat(fh.fileno()), name, limit)
+            data = fh.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read labels file {str(path)!r}: {exc.strerror}") from None
+        raise LabelsFileError(f"cannot read labels file {name!r}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL character in the path
+        raise LabelsFileError(f"cannot read labels file {name!r}: bad path") from None
+    if len(data) > limit:  # grew since the check, or a size-0 /proc-like file
+        raise LabelsFileError(_too_large(name, limit))
+    return data
+
+
+def _check_regular(info: os.stat_result, name: str, limit: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise LabelsFileError(f"labels file {name!r} is not a regular file")
+    if info.st_size > limit:
+        raise LabelsFileError(_too_large(name, limit))
+
+
+def _too_large(name: str, limit: int) -> str:
+    return f"labels file {name!r} is larger than {limit // (1024 * 1024)} MB"
 
 
 def make_solver(config: EmulatorConfig) -> Solver:

@@ -128,10 +128,11 @@ class EmulatorState:
 
     def apply(self, config: EmulatorConfig, changed: set[str]) -> None:
         """Switch to ``config``; a changed ``balance`` sets the account, a changed
-        ``seed`` restarts the RNG."""
+        ``seed`` restarts the RNG. Everything that could fail is computed before the
+        first assignment, so a failure leaves the state as it was."""
+        balance = to_nano(config.balance) if "balance" in changed else self.balance
         self.config = config
-        if "balance" in changed:
-            self.balance = to_nano(config.balance)
+        self.balance = balance
         if "seed" in changed:
             self.rng.seed(config.seed)
 

@@ -130,7 +130,8 @@ class Api:
         return self.http.post("/feedbackTask", json=body)
 
     def control(self, **changes: Any) -> httpx.Response:
-        return self.http.post("/_control", json=changes)
+        """POST ``/_control`` as the emulator requires: JSON, with this client's key."""
+        return self.http.post("/_control", json={"clientKey": self.key, **changes})
 
     def stats(self) -> dict[str, Any]:
         reply = self.http.get("/_stats")
