@@ -5,6 +5,26 @@ that tell a path from base64 live in ``resolve_image``; every failure is a
 ``RowInputError`` with one of the ``INPUT_*`` codes below, so a bad row becomes a value
 on that row and the run goes on.
 
+How a text cell is read, in order:
+
+1. ``data:`` URI: decoded as such.
+2. An existing file (absolute, ``~``, or relative to the table's folder) is read, if it
+   is a regular file (a FIFO or device is refused without opening it) within the size
+   limit, which is checked on ``stat`` before and enforced again while reading.
+3. Text that decodes as base64 to bytes with an image signature is that image.
+4. Otherwise the error depends on what the cell looks like. In a *base64 column* (its
+   name contains ``b64`` or ``base64``, or most of the batch's non-null values are base64
+   of an image, see ``is_base64_column``) every value without an image file extension is
+   taken as base64, so ``not-base64!!!`` is ``INPUT_INVALID_BASE64``. Elsewhere, text with
+   an image extension, characters outside the base64 alphabet, fewer than 32 characters,
+   or a separator in at most 256 characters is a missing file (``INPUT_FILE_NOT_FOUND``);
+   the rest is invalid base64, or base64 of something that is not an image.
+
+Base64 text too long to decode within ``max_bytes`` is refused before decoding. Pillow's
+decompression-bomb check is an error on the row (``INPUT_TOO_LARGE``, with the pixel
+count), and Pillow's other warnings about a damaged file are not printed: the row's
+error says what is wrong.
+
 Error messages are one line, name the problem and identify the value briefly: a path
 is quoted in full, base64 and bytes only by their length (a payload can be megabytes
 and may be sensitive).
@@ -17,13 +37,16 @@ import binascii
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
 import re
 import stat
+import threading
 import urllib.parse
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -76,6 +99,12 @@ _URLSAFE_TO_STANDARD: Final = str.maketrans("-_", "+/")
 # above this many pixels decoding is skipped to keep the check cheap and bounded.
 _MAX_DECODE_PIXELS: Final = 4_000_000
 _PREVIEW_CHARS: Final = 120
+_BUFFER_REPR: Final = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+# Column names that declare base64 content (image_b64, image_base64, b64, ...).
+_BASE64_NAME: Final = re.compile(r"b64|base64", re.IGNORECASE)
+# warnings.catch_warnings swaps process-wide state: two threads inside it at once can
+# leave the other's filters installed for good, so our own uses take turns.
+_WARNINGS_LOCK: Final = threading.Lock()
 
 
 def image_format(data: bytes | bytearray | memoryview) -> str | None:
@@ -129,8 +158,38 @@ def _is_null(value: object) -> bool:
     return value is None or nan or type(value).__name__ in {"NAType", "NaTType"}
 
 
+@contextlib.contextmanager
+def pillow_guard() -> Iterator[None]:
+    """Run Pillow code with its decompression-bomb warning raised as an exception and its
+    other warnings dropped, so nothing reaches the terminal raw.
+
+    Pillow only *warns* between ``MAX_IMAGE_PIXELS`` and twice that and then decodes the
+    whole image anyway; raised, the warning stops it like ``DecompressionBombError``.
+    The others (``Corrupt EXIF data``, ``Tag data larger than file``...) are about files
+    that then fail or decode fine; the caller reports the outcome instead.
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def pixel_error(exc: Exception) -> str | None:
+    """Pillow's pixel count message for a decompression bomb (warning or error), else None."""
+    if not isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        return None
+    # "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS
+    # attack.": the counts are what the user needs; the alarm adds nothing.
+    return str(exc).split(", could be")[0]
+
+
 def resolve_image(
-    value: object, *, base_dir: Path, min_bytes: int = 1, max_bytes: int | None = None
+    value: object,
+    *,
+    base_dir: Path,
+    min_bytes: int = 1,
+    max_bytes: int | None = None,
+    base64_column: bool = False,
 ) -> bytes:
     """The validated image bytes that ``value`` stands for.
 
@@ -138,7 +197,9 @@ def resolve_image(
     base64 string (standard or urlsafe, padding and line breaks optional), a ``data:``
     URI, or raw bytes. The bytes must carry an image signature (PNG, JPEG, GIF, BMP,
     WEBP, TIFF, ICO), pass Pillow's integrity check, and be within
-    ``min_bytes..max_bytes`` (inclusive). Raises ``RowInputError`` with an ``INPUT_*``
+    ``min_bytes..max_bytes`` (inclusive). ``base64_column`` says the value comes from a
+    column of base64 images, which decides the error for text that is neither a file nor
+    base64 (see the module docstring). Raises ``RowInputError`` with an ``INPUT_*``
     error code otherwise; ``row`` is left None for the caller to fill in.
     """
     if isinstance(value, pa.Scalar):
@@ -161,10 +222,12 @@ def resolve_image(
         raise _fail(INPUT_NULL, "image value is an empty string")
     if text[:5].lower() == "data:":
         return _from_data_uri(text, min_bytes, max_bytes)
-    return _from_text(text, base_dir, min_bytes, max_bytes)
+    return _from_text(text, base_dir, min_bytes, max_bytes, base64_column)
 
 
-def _from_text(text: str, base_dir: Path, min_bytes: int, max_bytes: int | None) -> bytes:
+def _from_text(
+    text: str, base_dir: Path, min_bytes: int, max_bytes: int | None, base64_column: bool
+) -> bytes:
     # 1. An existing file or folder wins: a file name can look like base64, but a file
     #    that is there is what the user meant.
     path = _candidate_path(text, base_dir)
@@ -182,7 +245,9 @@ def _from_text(text: str, base_dir: Path, min_bytes: int, max_bytes: int | None)
             return _from_file(path, st, text, min_bytes, max_bytes)
 
     # 2. Base64 of something with an image signature is base64, whatever it looks like
-    #    (base64 can contain "/" and so resemble a path).
+    #    (base64 can contain "/" and so resemble a path). Text too long for the limit is
+    #    refused first: decoding would cost several copies of a payload that must fail.
+    _check_encoded_size(text, f"image value ({len(text)} chars)", max_bytes)
     decoded = _decode_base64(text)
     if decoded is not None and image_format(decoded) is not None:
         return _validate(decoded, f"base64 image ({len(text)} chars)", min_bytes, max_bytes)
@@ -195,8 +260,9 @@ def _from_text(text: str, base_dir: Path, min_bytes: int, max_bytes: int | None)
             "base64 (damaged or cut short)",
         )
 
-    # 3. Otherwise guess what the user meant, to give the most useful error.
-    if _looks_like_path(text):
+    # 3. Otherwise guess what the user meant, to give the most useful error. In a column
+    #    of base64 images only a value with an image file extension is meant as a path.
+    if _has_image_extension(text) if base64_column else _looks_like_path(text):
         if stat_error is not None:
             raise _fail(
                 INPUT_FILE_UNREADABLE,
@@ -236,14 +302,34 @@ def _base64_image_prefix(text: str) -> bool:
     return decoded is not None and image_format(decoded) is not None
 
 
+def _has_image_extension(text: str) -> bool:
+    return len(text) <= _MAX_PATH_CHARS and Path(text).suffix.lower() in _IMAGE_EXTENSIONS
+
+
 def _looks_like_path(text: str) -> bool:
-    if Path(text).suffix.lower() in _IMAGE_EXTENSIONS:
+    if _has_image_extension(text):
         return True
     if not _BASE64_SHAPE.fullmatch(text):  # ".", " ", "\\", ":", "~", non-ASCII ...
         return True
     if len(text) < _MIN_BASE64_IMAGE_CHARS:
         return True
     return ("/" in text or "\\" in text) and len(text) <= _MAX_SEPARATED_PATH_CHARS
+
+
+def _check_encoded_size(text: str, what: str, max_bytes: int | None) -> None:
+    """INPUT_TOO_LARGE if base64 ``text`` cannot decode to ``max_bytes`` or fewer bytes."""
+    # Cheap test first (no count for the common small value): 4 chars encode 3 bytes.
+    if max_bytes is None or len(text) <= (max_bytes + 2) // 3 * 4:
+        return
+    # Line breaks (MIME), spaces and "=" padding decode to nothing; every 4 other
+    # characters to 3 bytes (exact for valid base64). str.count copies nothing.
+    ignored = sum(text.count(c) for c in " \t\r\n\v\f=")
+    size = (len(text) - ignored) * 3 // 4
+    if size > max_bytes:
+        raise _fail(
+            INPUT_TOO_LARGE,
+            f"{what} would decode to {size} bytes, over the limit of {max_bytes} bytes",
+        )
 
 
 def _decode_base64(text: str) -> bytes | None:
@@ -267,7 +353,9 @@ def _from_data_uri(text: str, min_bytes: int, max_bytes: int | None) -> bytes:
     media_type = params[0] or "text/plain"
     what = f"data URI ({media_type}, {len(text)} chars)"
     if params[-1] == "base64":
-        data = _decode_base64(urllib.parse.unquote(payload))
+        payload = urllib.parse.unquote(payload)
+        _check_encoded_size(payload, what, max_bytes)
+        data = _decode_base64(payload)
         if data is None:
             raise _fail(INPUT_INVALID_BASE64, f"{what} has invalid base64")
     else:
@@ -291,11 +379,31 @@ def _from_file(
             f"image file {shown} is {st.st_size} bytes, over the limit of {max_bytes} bytes",
         )
     try:
-        data = path.read_bytes()
+        data = _read_regular(path, max_bytes)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise _fail(INPUT_FILE_UNREADABLE, f"cannot read image file {shown}: {reason}") from exc
+    if data is None:
+        raise _fail(INPUT_FILE_UNREADABLE, f"image path is not a regular file: {shown}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _fail(
+            INPUT_TOO_LARGE,
+            f"image file {shown} grew past the limit of {max_bytes} bytes while being read",
+        )
     return _validate(data, f"image file {shown}", min_bytes, max_bytes)
+
+
+def _read_regular(path: Path, limit: int | None) -> bytes | None:
+    """The bytes of a regular file, at most ``limit + 1`` of them; None if ``path`` is no
+    longer a regular file when opened (it can be replaced after the ``stat``)."""
+    # O_NONBLOCK: a FIFO swapped in after the stat opens at once instead of waiting for
+    # a writer (no effect on regular files); the fstat then refuses it unread.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    with open(os.open(path, flags), "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        # The read is bounded too: a file still being written can outgrow its stat size.
+        return fh.read() if limit is None else fh.read(limit + 1)
 
 
 def _validate(data: bytes, what: str, min_bytes: int, max_bytes: int | None) -> bytes:
@@ -326,17 +434,20 @@ def _check_integrity(data: bytes, fmt: str, what: str) -> None:
     ``load()`` instead (16-250 us for a 160x60 captcha), which catches truncation.
     """
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+        with pillow_guard(), Image.open(io.BytesIO(data), formats=[fmt]) as im:
             if fmt == "PNG":
                 im.verify()
             elif im.width * im.height <= _MAX_DECODE_PIXELS:
                 im.load()
-    except Image.DecompressionBombError as exc:
-        raise _fail(INPUT_TOO_LARGE, f"{what} has too many pixels: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _fail(INPUT_TOO_LARGE, f"{what} has too many pixels: {pixel_error(exc)}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ...
+        # "cannot identify image file <_io.BytesIO object at 0x7f...>": the address would
+        # make every such message different (and errors are grouped by message).
+        reason = _BUFFER_REPR.sub("", str(exc)) or type(exc).__name__
         raise _fail(
             INPUT_TRUNCATED_IMAGE,
-            f"{what} has a {fmt} signature but is damaged or truncated: {exc}",
+            f"{what} has a {fmt} signature but is damaged or truncated: {reason}",
         ) from None
 
 
@@ -348,18 +459,28 @@ def resolve_column(
     min_bytes: int = 1,
     max_bytes: int | None = None,
     first_row: int = 0,
+    base64_column: bool | None = None,
 ) -> list[bytes | RowInputError]:
     """``resolve_image`` for every cell of ``column``: bytes, or the row's error.
 
     Errors are returned, not raised, with ``row`` set to the global 0-based row index
-    (``first_row`` + position in the batch).
+    (``first_row`` + position in the batch). ``base64_column`` None means
+    ``is_base64_column`` decides from the column's name and this batch's values.
     """
     values = batch.column(column).to_pylist()
+    if base64_column is None:
+        base64_column = is_base64_column(column, values)
     out: list[bytes | RowInputError] = []
     for i, value in enumerate(values):
         try:
             out.append(
-                resolve_image(value, base_dir=base_dir, min_bytes=min_bytes, max_bytes=max_bytes)
+                resolve_image(
+                    value,
+                    base_dir=base_dir,
+                    min_bytes=min_bytes,
+                    max_bytes=max_bytes,
+                    base64_column=base64_column,
+                )
             )
         except RowInputError as exc:
             exc.row = first_row + i
@@ -395,6 +516,25 @@ def guess_image_column(batch: pa.RecordBatch, sample: int = 20) -> str | None:
     return None
 
 
+def is_base64_column(name: str, values: list[object], sample: int = 20) -> bool:
+    """Whether a column holds base64 images: its name says so (``b64``, ``base64``), or
+    more than half of its first ``sample`` non-null text values are base64 whose first
+    bytes carry an image signature (no I/O). Data URIs and bytes do not count."""
+    if _BASE64_NAME.search(name):
+        return True
+    # Only the start of a value is looked at: stripping a whole payload would copy it.
+    heads = (v[:128].strip() for v in values if isinstance(v, str))
+    texts = list(itertools.islice((h for h in heads if h), sample))
+    return bool(texts) and 2 * sum(map(_starts_as_base64_image, texts)) > len(texts)
+
+
+def _starts_as_base64_image(text: str) -> bool:
+    if text[:5].lower() == "data:":
+        return False
+    head = _decode_base64("".join(text[:64].split())[:24])
+    return head is not None and image_format(head) is not None
+
+
 def looks_like_image_value(value: object) -> bool:
     """A cheap guess, without I/O, that a cell holds an image (for column detection).
 
@@ -408,8 +548,7 @@ def looks_like_image_value(value: object) -> bool:
     text = value.strip()
     if text[:11].lower() == "data:image/":
         return True
-    if len(text) <= _MAX_PATH_CHARS and Path(text).suffix.lower() in _IMAGE_EXTENSIONS:
+    if _has_image_extension(text):
         return True
     # 24 base64 characters decode to 18 bytes: enough for any signature above.
-    head = _decode_base64("".join(text[:64].split())[:24])
-    return head is not None and image_format(head) is not None
+    return _starts_as_base64_image(text)

@@ -4,15 +4,25 @@
 pandas DataFrames and pyarrow Tables as ``pyarrow.RecordBatch`` objects of at most
 ``batch_rows`` rows, all with exactly ``TableSource.schema``. Files are never loaded
 whole: memory is a batch plus a few MB of reader buffers, whatever the file size.
+
+A CSV's field separator is read off its header line: ``,`` unless the header has no
+comma and one of ``;``, tab, ``|``. When the header holds several of them, the one that
+splits the first lines into the same number of fields (more than one) wins, the most
+fields first, ``,`` on a tie. The table must be a regular file: a pipe or device is
+refused before it is opened (it could block, and the table is read more than once).
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import itertools
 import json
 import os
 import re
+import stat
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +57,11 @@ _CSV_BLOCK, _CSV_MAX_BLOCK = 1 << 16, 1 << 30
 # ParquetFile's defaults load a row group's whole column chunks, and pandas writes a row
 # group per million rows (71 MB peak for a 60 MB file); buffered page reads keep 15 MB.
 _PARQUET_BUFFER: Final = 1 << 20
+# CSV separators recognised, in order of preference, and how much of the file is looked
+# at to choose (the header plus the first rows, unless a row holds a big image).
+_DELIMITERS: Final = (",", ";", "\t", "|")
+_SNIFF_BYTES: Final = 1 << 16
+_SNIFF_ROWS: Final = 20
 
 
 @dataclass
@@ -57,6 +72,7 @@ class _Reader:
     stream: Callable[[int], Iterable[pa.RecordBatch]]  # batch_rows -> batches
     num_rows: int | None = None
     count: Callable[[], int] | None = None  # for formats without a cheap count
+    delimiter: str | None = None  # CSV only
 
 
 class TableSource:
@@ -64,7 +80,8 @@ class TableSource:
 
     ``path`` is None in memory; relative image paths resolve against ``base_dir`` (the
     table's folder, else the working directory); ``format`` is parquet, csv, jsonl,
-    dataframe or arrow; ``num_rows`` is None for CSV until ``count_rows()``.
+    dataframe or arrow; ``num_rows`` is None for CSV until ``count_rows()``;
+    ``delimiter`` is the CSV field separator found (None for other formats).
 
     Construction reads metadata, the first batch if the image column must be found by
     content, and (JSON Lines only) the whole file once to fix column types. It raises
@@ -99,6 +116,7 @@ class TableSource:
             raise TableError(f"cannot read a {what}: pass a path, a DataFrame or a pyarrow Table")
         self.schema: pa.Schema = self._reader.schema
         self.num_rows: int | None = self._reader.num_rows
+        self.delimiter: str | None = self._reader.delimiter
         names = self.schema.names
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise TableError(f"{self._name} has duplicate column names: {', '.join(duplicates)}")
@@ -187,7 +205,14 @@ def _check_file(path: Path) -> tuple[str, bool]:
     try:
         if path.is_dir():
             raise TableError(f"input path is a directory, not a table file: {path}")
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # Checked before opening: opening a FIFO waits for a writer, maybe for ever.
+            raise TableError(
+                f"input is not a regular file (a pipe, FIFO or device): {path}; capbatch "
+                "reads the table more than once, save it to a file first"
+            )
+        size = st.st_size
         with path.open("rb"):  # permission problems surface here, with a clear message
             pass
     except FileNotFoundError:
@@ -208,7 +233,7 @@ def _file_reader(path: Path, fmt: str, gz: bool) -> _Reader:
     try:
         if fmt == "parquet":
             return _parquet_reader(path)
-        return _csv_reader(path) if fmt == "csv" else _jsonl_reader(path, gz)
+        return _csv_reader(path, gz) if fmt == "csv" else _jsonl_reader(path, gz)
     except _READ_ERRORS as exc:
         if "Empty CSV file" in str(exc):
             raise TableError(f"input file is empty: {path}") from exc
@@ -286,10 +311,39 @@ def _parquet_reader(path: Path) -> _Reader:
     return _Reader(schema, stream, num_rows)
 
 
-def _csv_reader(path: Path) -> _Reader:
+def sniff_delimiter(path: Path, gz: bool = False) -> str:
+    """The field separator of a CSV file, by the rule in the module docstring."""
+    try:
+        with gzip.open(path, "rb") if gz else path.open("rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return ","  # the reader itself then reports what is wrong with the file
+    text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    header = text.split("\n", 1)[0]
+    candidates = [d for d in _DELIMITERS if d in header]
+    if "," not in candidates and len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) <= 1:
+        return ","
+    if len(head) == _SNIFF_BYTES:  # the last line may be cut short: leave it out
+        text = text[: text.rfind("\n") + 1] or text
+    widths: dict[str, int] = {}
+    for delimiter in candidates:
+        rows = itertools.islice(csv.reader(io.StringIO(text), delimiter=delimiter), _SNIFF_ROWS)
+        counts = {len(row) for row in rows if row}
+        if len(counts) == 1 and (width := counts.pop()) > 1:
+            widths[delimiter] = width
+    if not widths:
+        return "," if "," in candidates else candidates[0]
+    # max() keeps the first of equals, and candidates are in order of preference.
+    return max(widths, key=lambda d: widths[d])
+
+
+def _csv_reader(path: Path, gz: bool) -> _Reader:
     """Every column is read as text, so no block can infer a type another contradicts.
     (pyarrow decompresses a ``.gz`` path by itself, going by the file name.)"""
     block = [_CSV_BLOCK]  # grows, for all later reads, when a row is longer than a block
+    parse = pacsv.ParseOptions(newlines_in_values=True, delimiter=sniff_delimiter(path, gz))
 
     def stream(convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
         emitted = 0
@@ -298,7 +352,7 @@ def _csv_reader(path: Path) -> _Reader:
                 reader = pacsv.open_csv(
                     str(path),  # a path, not a Python file: pyarrow then reads natively
                     read_options=pacsv.ReadOptions(block_size=block[0]),
-                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                    parse_options=parse,
                     convert_options=convert,
                 )
                 yield pa.RecordBatch.from_pylist([], schema=reader.schema)
@@ -328,6 +382,7 @@ def _csv_reader(path: Path) -> _Reader:
         schema,
         lambda _: stream(convert()),
         count=lambda: sum(b.num_rows for b in stream(convert(names[:1]))),
+        delimiter=parse.delimiter,
     )
 
 

@@ -37,6 +37,10 @@ from ._version import __version__
 Results: TypeAlias = "pd.DataFrame | str | os.PathLike[str]"
 
 TOP_CONFUSIONS = 20
+#: The largest image a report reads (thumbnails, matching rows by image hash). A file's
+#: size is checked with ``stat`` before it is read and only regular files are read, so
+#: a huge file, a FIFO or a device in the image column cannot stall or swamp a report.
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 # CSV output prefixes answers a spreadsheet would run as a formula with "'"; undo it.
@@ -59,7 +63,9 @@ def read_table(path: Path) -> pd.DataFrame:
     if fmt is None:
         raise TableError(f"cannot tell the format of {path}: use .parquet or .csv")
     if not path.is_file():
-        raise TableError(f"results file not found: {path}")
+        # A FIFO or device is not opened: reading it could wait for ever.
+        what = "is not a regular file" if path.exists() else "not found"
+        raise TableError(f"results file {what}: {path}")
     try:
         if fmt == "parquet":
             return pq.read_table(path).to_pandas()
@@ -215,8 +221,9 @@ class Report(_Shown):
             scored = scored.assign(**{column: self.results[column]})
         return _metrics.aggregate(scored, column)
 
-    def image(self, value: object) -> bytes:
-        """The image bytes a cell of the image column stands for (``RowInputError`` if none).
+    def image(self, value: object, max_bytes: int | None = MAX_IMAGE_BYTES) -> bytes:
+        """The image bytes a cell of the image column stands for (``RowInputError`` if none,
+        ``INPUT_TOO_LARGE`` above ``max_bytes``, checked before reading a file).
 
         A relative path is looked for in each of ``image_dirs`` in turn: ``base_dir`` if
         given, else the results file's folder, the run's input folder (when the file
@@ -225,7 +232,7 @@ class Report(_Shown):
         missing: RowInputError | None = None
         for folder in self.image_dirs:
             try:
-                return resolve_image(value, base_dir=folder)
+                return resolve_image(value, base_dir=folder, max_bytes=max_bytes)
             except RowInputError as exc:
                 if exc.error_code != INPUT_FILE_NOT_FOUND:
                     raise

@@ -23,7 +23,13 @@ import pandas as pd
 
 from . import _metrics
 from ._exceptions import RowInputError
-from ._images import image_format
+from ._images import (
+    INPUT_TOO_LARGE,
+    INPUT_TRUNCATED_IMAGE,
+    image_format,
+    pillow_guard,
+    pixel_error,
+)
 from ._metrics import LABELS, fmt, missing, shown, usd
 from ._version import __version__
 
@@ -39,6 +45,7 @@ DISAGREEMENT_LIMIT = 200
 _THUMB = (320, 120)
 _EMBED_AS_IS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
 _MAX_EMBED_BYTES = 256 * 1024
+_THUMB_MAX_PIXELS = 16_000_000  # 64 MB as RGBA while the thumbnail is made
 _COLOURS = ("#3b6ea8", "#d0893a", "#4c9a6a", "#b5475b", "#7a68a6", "#6b7b8c")
 
 GROUP_COLUMNS = tuple(
@@ -203,20 +210,44 @@ def bar_chart(frame: pd.DataFrame, columns: Sequence[str], title: str, percent: 
 def thumbnail(report: Report, value: Any) -> str | None:
     """A ``data:`` URI of the image a cell stands for, or None when it cannot be read."""
     try:
-        data = report.image(value)
+        return _thumbnail_uri(report, value)
     except RowInputError:
         return None
+
+
+def _picture(report: Report, value: Any) -> str:
+    """The gallery's image, or a placeholder saying why there is none."""
+    try:
+        uri = _thumbnail_uri(report, value)
+    except RowInputError as exc:
+        too_large = exc.error_code == INPUT_TOO_LARGE
+        why = "image too large to show" if too_large else "image not available"
+        return f'<div class="noimg">{why}</div>'
+    return f'<img alt="captcha" src="{uri}">'
+
+
+def _thumbnail_uri(report: Report, value: Any) -> str:
+    # report.image reads at most MAX_IMAGE_BYTES, and refuses FIFOs and devices unopened.
+    data = report.image(value)
     mime = _EMBED_AS_IS.get(image_format(data) or "")
     if mime is None or len(data) > _MAX_EMBED_BYTES:
         from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with pillow_guard(), Image.open(io.BytesIO(data)) as image:
+                # A small file can still decode to a huge bitmap (PNG compresses a plain
+                # area to almost nothing): bound what thumbnail() decodes.
+                if image.width * image.height > _THUMB_MAX_PIXELS:
+                    pixels = f"{image.width}x{image.height} pixels"
+                    raise RowInputError(f"{pixels}, too many", error_code=INPUT_TOO_LARGE)
                 image.thumbnail(_THUMB)
                 buffer = io.BytesIO()
                 image.convert("RGBA").save(buffer, "PNG")
-        except (OSError, ValueError):
-            return None
+        except RowInputError:
+            raise
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, bomb warnings...
+            code = INPUT_TOO_LARGE if pixel_error(exc) else INPUT_TRUNCATED_IMAGE
+            raise RowInputError(str(exc), error_code=code) from None
         data, mime = buffer.getvalue(), "image/png"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -234,10 +265,9 @@ def gallery(report: Report, limit: int = GALLERY_LIMIT) -> str:
     ids = rows[id_column] if id_column else None
     figures = []
     for i in range(len(rows)):
-        uri = thumbnail(report, rows[column].iloc[i]) if column else None
         picture = (
-            f'<img alt="captcha" src="{uri}">'
-            if uri
+            _picture(report, rows[column].iloc[i])
+            if column
             else '<div class="noimg">image not available</div>'
         )
         answer = rows["answer"].iloc[i]

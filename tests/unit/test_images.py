@@ -6,7 +6,9 @@ import base64
 import hashlib
 import io
 import math
+import os
 import random
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +16,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from capbatch import _images
 from capbatch._exceptions import RowInputError
 from capbatch._images import (
     guess_image_column,
     image_format,
     image_hash,
+    is_base64_column,
     is_image_type,
     looks_like_image_value,
     resolve_column,
@@ -170,10 +174,10 @@ def test_unreadable_file(tmp_path: Path, png: bytes, monkeypatch: pytest.MonkeyP
     # Root reads files whatever their mode, so simulate the permission error instead.
     (tmp_path / "secret.png").write_bytes(png)
 
-    def deny(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied", str(self))
+    def deny(path: Path, limit: int | None) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", deny)
+    monkeypatch.setattr(_images, "_read_regular", deny)
     err = error_of("secret.png", tmp_path)
     assert err.error_code == "INPUT_FILE_UNREADABLE"
     assert "secret.png" in err.message and "Permission denied" in err.message
@@ -256,6 +260,109 @@ def test_messages_never_carry_payloads(png: bytes) -> None:
     assert huge[:40] not in err.message and len(err.message) < 300
     err = error_of(png[:-10])
     assert len(err.message) < 300
+
+
+def test_decompression_bombs_are_row_errors_with_the_pixel_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; lowered here so
+    # that small images stand in for the 90-million-pixel ones.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for fmt in ("PNG", "GIF", "JPEG"):
+        warns, refused = make_image(fmt, size=(40, 30)), make_image(fmt, size=(50, 50))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            err_warns, err_refused = error_of(warns), error_of(refused)
+        assert caught == [], [str(w.message) for w in caught]
+        assert err_warns.error_code == err_refused.error_code == "INPUT_TOO_LARGE", fmt
+        assert "1200 pixels" in err_warns.message and "1000 pixels" in err_warns.message
+        assert "2500 pixels" in err_refused.message
+        assert "DOS attack" not in err_warns.message
+
+
+def test_pillow_warnings_about_damaged_files_are_not_printed() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 32)).save(buf, "TIFF")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = error_of(buf.getvalue()[:40])  # Pillow warns "Corrupt EXIF data"
+    assert caught == [], [str(w.message) for w in caught]
+    assert err.error_code == "INPUT_TRUNCATED_IMAGE"
+    assert "BytesIO" not in err.message and "0x" not in err.message
+
+
+def test_pillow_guard_leaves_the_warning_filters_as_they_were() -> None:
+    before = list(warnings.filters)
+    with pytest.raises(Image.DecompressionBombWarning), _images.pillow_guard():
+        warnings.warn("bomb", Image.DecompressionBombWarning, stacklevel=1)
+    with _images.pillow_guard():
+        warnings.warn("ignored", UserWarning, stacklevel=1)
+    assert warnings.filters == before
+
+
+def test_a_fifo_swapped_in_after_the_stat_is_not_read(tmp_path: Path, png: bytes) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # no writer: a blocking open would wait for ever
+    assert _images._read_regular(fifo, 100) is None
+    (tmp_path / "ok.png").write_bytes(png)
+    # Reads stop one byte past the limit, however big the file has grown.
+    assert _images._read_regular(tmp_path / "ok.png", 10) == png[:11]
+    assert _images._read_regular(tmp_path / "ok.png", None) == png
+
+
+def test_base64_over_the_limit_is_refused_before_decoding(
+    png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mime = base64.encodebytes(png).decode()  # line breaks do not count towards the size
+    assert resolve(mime, max_bytes=len(png)) == png
+    assert resolve("data:image/png;base64," + mime, max_bytes=len(png)) == png
+    huge = base64.b64encode(png + b"\0" * 3_000_000).decode()
+
+    def no_decoding(text: str) -> bytes | None:
+        raise AssertionError(f"decoded {len(text)} chars")
+
+    monkeypatch.setattr(_images, "_decode_base64", no_decoding)
+    for value in (huge, "data:image/png;base64," + huge):
+        err = error_of(value, max_bytes=len(png))
+        assert err.error_code == "INPUT_TOO_LARGE"
+        assert str(len(png) + 3_000_000) in err.message and str(len(png)) in err.message
+    assert error_of(mime, max_bytes=len(png) - 1).error_code == "INPUT_TOO_LARGE"
+
+
+def test_in_a_base64_column_a_bad_value_is_invalid_base64(tmp_path: Path, png: bytes) -> None:
+    b64 = base64.b64encode(png).decode()
+    (tmp_path / "there.png").write_bytes(png)
+    values = [b64, "not-base64!!!", "gone.png", "there.png", "bm90IGFuIGltYWdl", None]
+    expected = [
+        "ok",
+        "INPUT_INVALID_BASE64",
+        "INPUT_FILE_NOT_FOUND",  # an image file name is still a file name
+        "ok",  # an existing file wins, as everywhere
+        "INPUT_NOT_AN_IMAGE",  # base64 of text
+        "INPUT_NULL",
+    ]
+    for name in ("image_b64", "IMAGE_BASE64", "b64"):
+        out = resolve_column(pa.table({name: values}), name, base_dir=tmp_path)
+        codes = [o.error_code if isinstance(o, RowInputError) else "ok" for o in out]
+        assert codes == expected, name
+    # By content: most values are base64 images, whatever the column's name.
+    out = resolve_column(
+        pa.table({"image": [b64, b64, "not-base64!!!"]}), "image", base_dir=tmp_path
+    )
+    assert isinstance(out[2], RowInputError) and out[2].error_code == "INPUT_INVALID_BASE64"
+    # Outside a base64 column the same text reads as a file name.
+    assert error_of("not-base64!!!", tmp_path).error_code == "INPUT_FILE_NOT_FOUND"
+    out = resolve_column(pa.table({"image": ["not-base64!!!"]}), "image", base_dir=tmp_path)
+    assert isinstance(out[0], RowInputError) and out[0].error_code == "INPUT_FILE_NOT_FOUND"
+
+
+def test_is_base64_column(png: bytes) -> None:
+    b64 = base64.b64encode(png).decode()
+    assert is_base64_column("image_b64", [])
+    assert is_base64_column("x", [None, "", b64, b64, "a.png"])
+    assert not is_base64_column("x", [b64, "a.png", "b.png"])  # not more than half
+    assert not is_base64_column("x", ["data:image/png;base64," + b64, png, None])
+    assert not is_base64_column("image", [])
 
 
 # --- resolve_column, keys and detection helpers ---------------------------------------

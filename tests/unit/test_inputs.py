@@ -248,6 +248,54 @@ def test_csv_gz(tmp_path: Path) -> None:
     assert all_rows(source).column("image").to_pylist() == ["a.png", "b.png"]
 
 
+@pytest.mark.parametrize("sep", [";", "\t", "|"], ids=["semicolon", "tab", "pipe"])
+def test_csv_separator_is_found_from_the_header(tmp_path: Path, sep: str) -> None:
+    # Commas in the values (not in the header) must not make it look comma-separated.
+    rows = [["1", "a.png", "x, y"], ["2", "b.png", "1,5"], ["3", "c.png", ""]]
+    path = tmp_path / "t.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, delimiter=sep).writerows([["id", "image", "note"], *rows])
+    source = TableSource(path, batch_rows=2)
+    assert source.delimiter == sep
+    assert source.schema.names == ["id", "image", "note"]
+    assert (source.image_column, source.count_rows()) == ("image", 3)
+    assert all_rows(source).column("note").to_pylist() == ["x, y", "1,5", None]
+    gz = tmp_path / "t.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert TableSource(gz).delimiter == sep
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("id,image\n1,a.png\n", ","),
+        ("image\na;b.png\n", ","),  # one column: nothing to split
+        ("\ufeffid;image\n1;a.png\n", ";"),  # a byte order mark is not part of the name
+        ("id;image;note\n1;a.png;x\n", ";"),
+        # Both in the header: the one that splits every line alike wins...
+        ('id;image;"note, free"\n1;a.png;x\n2;b.png;y\n', ";"),
+        ("id,image,a|b\n1,a.png,x\n2,b.png,y|z\n", ","),
+        ("id\timage|x\n1\ta.png|x\n", "\t"),
+        # ...the most fields on a tie, and "," when no candidate is consistent.
+        ("a;b,c;d\n1;2,3;4\n", ";"),
+        ("a,b;c\n1,2;3\n", ","),
+        ("a,b;c\n1\n2;3;4;5\n", ","),
+    ],
+)
+def test_sniff_delimiter_rules(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    assert _inputs.sniff_delimiter(path) == expected
+
+
+def test_sniff_delimiter_reads_a_bounded_head(tmp_path: Path) -> None:
+    # The first row holds a big image: the cut-off last line is not counted against ";".
+    path = tmp_path / "t.csv"
+    path.write_text("id;image\n1;" + "A" * 200_000 + "\n2;b.png\n", encoding="utf-8")
+    assert _inputs.sniff_delimiter(path) == ";"
+    assert TableSource(path).count_rows() == 2
+
+
 # --- JSON Lines ----------------------------------------------------------------------
 
 
@@ -376,6 +424,16 @@ def test_tables_with_no_rows_yield_no_batches(tmp_path: Path) -> None:
     ):
         assert list(source.batches()) == []
         assert source.count_rows() == 0
+
+
+def test_a_table_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    # (A FIFO, which must not even be opened, is tested through the CLI with a timeout:
+    # here a regression would hang the test run.)
+    device = tmp_path / "zero.csv"
+    device.symlink_to("/dev/zero")
+    with pytest.raises(TableError, match="not a regular file") as info:
+        TableSource(device)
+    assert str(device) in str(info.value)
 
 
 def test_no_image_column_lists_the_columns(tmp_path: Path) -> None:
@@ -526,14 +584,14 @@ def test_every_error_code_with_its_row_index(
     pq.write_table(
         pa.table({"id": [str(i) for i in range(len(cells))], "image": [c[0] for c in cells]}), path
     )
-    real_read_bytes = Path.read_bytes
+    real_read = _images._read_regular
 
-    def read_bytes(self: Path) -> bytes:
-        if self.name == "locked.png":
+    def read(path: Path, limit: int | None) -> bytes | None:
+        if path.name == "locked.png":  # chmod does not stop root: fail the read itself
             raise PermissionError(13, "Permission denied")
-        return real_read_bytes(self)
+        return real_read(path, limit)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(_images, "_read_regular", read)
     source = TableSource(path, batch_rows=4)
     got: dict[int, str | None] = {}
     first_row = 0

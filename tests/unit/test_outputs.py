@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,7 +141,7 @@ def test_colliding_input_columns_are_renamed(tmp_path: Path) -> None:
     schema = pa.schema([pa.field("status", pa.string()), pa.field("input_status", pa.string()),
                         pa.field("answer", pa.string()), pa.field("keep", pa.int64())])
     assert output_schema(schema).names == [
-        "input_input_status", "input_status", "input_answer", "keep", *RESULT_COLUMNS
+        "input_status_2", "input_status", "input_answer", "keep", *RESULT_COLUMNS
     ]
     data = pa.RecordBatch.from_pydict(
         {"status": ["old"], "input_status": ["older"], "answer": ["prev"], "keep": [7]},
@@ -150,10 +151,46 @@ def test_colliding_input_columns_are_renamed(tmp_path: Path) -> None:
         writer.write(data, [solved(0)])
         out = writer.finish()
     row = read_results(out).iloc[0]
-    assert (row["input_input_status"], row["input_status"], row["input_answer"]) == (
+    assert (row["input_status_2"], row["input_status"], row["input_answer"]) == (
         "old", "older", "prev"
     )
     assert (row["status"], row["answer"], row["keep"]) == ("solved", "ans0", 7)
+
+
+def test_renaming_rule_counts_up_and_never_stacks_prefixes() -> None:
+    def names(*columns: str) -> list[str]:
+        schema = pa.schema([pa.field(c, pa.string()) for c in columns])
+        return output_schema(schema).names[: len(columns)]
+
+    assert names("status", "keep") == ["input_status", "keep"]
+    assert names("status", "input_status", "input_status_2") == [
+        "input_status_3",
+        "input_status",
+        "input_status_2",
+    ]
+    # An input column named like a rename still keeps its name; the rename moves on.
+    assert names("input_answer", "answer", "input_answer_2") == [
+        "input_answer",
+        "input_answer_3",
+        "input_answer_2",
+    ]
+
+
+def test_renaming_is_stable_over_reruns_on_the_output() -> None:
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("status", pa.string())])
+    runs = [output_schema(schema)]
+    for _ in range(3):  # re-run on the previous output, three times
+        runs.append(output_schema(pa.schema(list(runs[-1]))))
+    for before, after in itertools.pairwise(runs):
+        kept = [n for n in before.names if n not in RESULT_COLUMNS]
+        assert after.names[: len(kept)] == kept  # earlier input columns keep their names
+        assert not [n for n in after.names if n.startswith("input_input_")]
+    assert [n for n in runs[-1].names if n.startswith("input_status")] == [
+        "input_status",
+        "input_status_2",
+        "input_status_3",
+        "input_status_4",
+    ]
 
 
 def test_parquet_metadata_after_finish(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,10 @@ def test_unusable_input_is_a_table_error(tmp_path: Path) -> None:
         capbatch.report(RUN_A, label="Label")
     with pytest.raises(TableError, match="not found"):
         capbatch.report(tmp_path / "missing.parquet")
+    fifo = tmp_path / "fifo.parquet"
+    os.mkfifo(fifo)  # never opened: that would wait for a writer
+    with pytest.raises(TableError, match="not a regular file"):
+        capbatch.report(fifo)
     with pytest.raises(TableError, match="format"):
         capbatch.report(tmp_path / "results.xlsx")
     broken = tmp_path / "broken.parquet"

@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 
 import capbatch
+from capbatch import _report_html
+from capbatch._exceptions import RowInputError
 from capbatch._report_html import CSP
 
 HOSTILE = [
@@ -214,3 +216,35 @@ def test_page_shows_the_report(tmp_path: Path) -> None:
     for shade in (2, 3):
         assert base64.b64encode(png(shade)).decode() in page
     assert base64.b64encode(png(1)).decode() not in page  # row a is right
+
+
+def test_gallery_bounds_what_it_reads_and_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = tmp_path / "big.png"
+    with big.open("wb") as fh:  # a PNG signature, then a sparse 6 MB
+        fh.write(png(1))
+        fh.truncate(6 * 1024 * 1024)
+    # A small BMP (not embedded as is) whose bitmap is over the decoding bound.
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buffer, "BMP")
+    (tmp_path / "wide.bmp").write_bytes(buffer.getvalue())
+    monkeypatch.setattr(_report_html, "_THUMB_MAX_PIXELS", 1000)
+    (tmp_path / "ok.png").write_bytes(png(2))
+    frame = pd.DataFrame(
+        {
+            "image_path": ["big.png", "wide.bmp", "ok.png", "gone.png"],
+            "label": ["a", "b", "c", "d"],
+            "answer": ["x", "y", "z", "w"],
+        }
+    )
+    rep = capbatch.report(frame, base_dir=tmp_path)
+    with pytest.raises(RowInputError) as info:
+        rep.image("big.png")
+    assert info.value.error_code == "INPUT_TOO_LARGE"
+    assert str(6 * 1024 * 1024) in info.value.message
+    page = rep.to_html()
+    text = "".join(parse(page).text)
+    assert text.count("image too large to show") == 2
+    assert text.count("image not available") == 1
+    assert base64.b64encode(png(2)).decode() in page
