@@ -129,8 +129,11 @@ class BatchRunner:
         #: Seconds an interrupted run waits for the replies of requests in flight.
         self.drain_timeout = drain_timeout
         self.retry_failed = retry_failed
-        # With the cache off and no id column: how often each content key was seen.
+        # With the cache off: how often each content key (and id) was seen.
         self._occurrences: dict[str, int] = {}
+        # Keys of failed entries this run sent again (each gets one more chance a run).
+        self._retried: set[str] = set()
+        self._jobs_finished = 0
         #: Rows failed in earlier runs: sent again this run / kept as they were.
         self.retried_failed = 0
         self.kept_failed = 0
@@ -246,6 +249,7 @@ class BatchRunner:
 
     async def _schedule(self, pending: _Pending, plan: BatchPlan) -> None:
         known = self.journal.get_many(k for k in plan.keys if k is not None)
+        finished = self._jobs_finished
         for i, key in enumerate(plan.keys):
             if self.failure is not None:
                 return
@@ -254,21 +258,23 @@ class BatchRunner:
                 error = plan.errors[i]
                 self._deliver(pending, i, _input_failure(error, self.profile.name))
                 continue
-            entry = known.get(key)
-            if entry is not None and entry.done:
-                if entry.status == "solved" or (
-                    not self.retry_failed and failed_for_good(entry.error_code)
-                ):
-                    if entry.status != "solved":
-                        self.kept_failed += 1
-                    self._deliver(pending, i, _from_journal(entry, row_key))
-                    continue
-                # It failed for a passing reason (or --retry-failed): solve it again.
-                self.retried_failed += 1
-                entry = None
             if key in self._waiting:
                 self._waiting[key].append((pending, i, row_key))
                 continue
+            entry = known.get(key)
+            if self._jobs_finished != finished and (entry is None or not entry.done):
+                # A job of this run may have finished this key since ``known`` was read
+                # (a job forgets its waiting rows when it ends): read it again, or an
+                # identical image later in the batch would be sent and paid again.
+                entry = self.journal.get_many([key]).get(key)
+            if entry is not None and entry.done:
+                if self._keep(key, entry):
+                    self._deliver(pending, i, _from_journal(entry, row_key))
+                    continue
+                # It failed for a passing reason (or --retry-failed): solve it again.
+                self._retried.add(key)
+                self.retried_failed += 1
+                entry = None
             self._waiting[key] = []
             job = Job(
                 key=key,
@@ -280,6 +286,15 @@ class BatchRunner:
             task = asyncio.create_task(self._run_job(job, pending, i))
             self._tasks.add(task)
             task.add_done_callback(self._job_done)
+
+    def _keep(self, key: str, entry: JournalEntry) -> bool:
+        """Whether a final journal entry stands as the row's result (else: solve again)."""
+        if entry.status == "solved" or key in self._retried:
+            return True  # answered, or already given its second chance in this run
+        if not self.retry_failed and failed_for_good(entry.error_code):
+            self.kept_failed += 1
+            return True
+        return False
 
     async def _run_job(self, job: Job, pending: _Pending, index: int) -> None:
         row = pending.first_row + index
@@ -302,6 +317,7 @@ class BatchRunner:
                 return
         finally:
             self._jobs.release()
+            self._jobs_finished += 1
         try:
             self._deliver(pending, index, result)
             for other, j, row_key in self._waiting.pop(job.key, []):
@@ -391,9 +407,10 @@ def plan_batch(
     """Each row's image (or input error) and content key; the run and the dry run share it.
 
     With the cache off, identical images on different rows are different tasks, so a
-    row's key also names the row: by its id when the table has an id column, else by
-    which occurrence of that image it is (the 1st, the 2nd, ...). Either survives rows
-    being reordered or inserted, so a re-run never pays again for a row it answered.
+    row's key also names the row: by its id when the table has an id column, and by
+    which occurrence of that image (with that id) it is: the 1st, the 2nd, ... Both
+    survive rows being reordered or inserted, so a re-run never pays again for a row
+    it answered.
     ``occurrences`` carries the counts from batch to batch."""
     images = resolve_column(
         batch,
@@ -422,11 +439,11 @@ def plan_batch(
             continue
         key = task_key(image, task_type, task_params)
         if not cache:
-            if ids is not None and ids[i] is not None:
-                row_keys[i] = f"id:{ids[i]}"
-            else:
-                seen[key] = n = seen.get(key, 0) + 1
-                row_keys[i] = f"n:{n}"
+            row_id = None if ids is None else ids[i]
+            # The n-th row with this image (and this id): duplicated rows stay apart.
+            seen_key = key if row_id is None else f"{key}|{row_id}"
+            seen[seen_key] = n = seen.get(seen_key, 0) + 1
+            row_keys[i] = f"n:{n}" if row_id is None else f"id:{row_id}:{n}"
             key = f"{key}:{row_keys[i]}"
         keys.append(key)
         resolved[i] = image

@@ -344,6 +344,7 @@ class TaskSolver:
         # sending it again may pay twice. Count it, in the journal too, so the summary
         # can say so even if this run is killed in its turn.
         self.stats.possible_double_payments += 1
+        self.spend.adopt_lost()
         self.journal.record_uncertain(job.key)
 
     async def _create(self, job: Job, state: _Attempt) -> TaskReply | None:

@@ -66,9 +66,17 @@ class SpendGuard:
 
     def adopt(self) -> float:
         """Reserve a task created by an earlier run, whatever the cap: its money is
-        committed already, and knowing its outcome is the only way to stop paying."""
+        committed already, and knowing its outcome is the only way to stop paying.
+        Its price moves out of ``spent_before``, where the run's start counted it."""
+        self.spent_before = max(0.0, self.spent_before - self.price)
         self.reserved += self.price
         return self.price
+
+    def adopt_lost(self) -> None:
+        """An earlier run's send whose outcome is unknown (it may have been charged):
+        counted as uncertain from now on, and no longer in ``spent_before``."""
+        self.spent_before = max(0.0, self.spent_before - self.price)
+        self.uncertain += self.price
 
     def release(self, amount: float) -> None:
         """The reserved send was not charged."""

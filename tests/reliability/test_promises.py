@@ -175,7 +175,7 @@ def test_a_second_signal_stops_at_once_with_the_journal_intact(
 
 
 def test_rows_failed_for_a_passing_reason_are_sent_again(
-    tmp_path: Path, emulator: Start, api: Callable[..., Any]
+    tmp_path: Path, emulator: Start
 ) -> None:
     server = oracle(emulator, http_5xx_rate=0.4, seed=3)
     table = write_table(sample_frame(30), tmp_path / "in.parquet")
@@ -186,7 +186,7 @@ def test_rows_failed_for_a_passing_reason_are_sent_again(
     failed = pd.read_parquet(out)
     passing = failed["error_code"].fillna("").str.startswith("HTTP_5")
     assert passing.any()
-    api(server).control(http_5xx_rate=0.0)
+    server.control(http_5xx_rate=0.0)
     creates = server.stats()["create_calls"]
     done = run_cli(*args)
     assert done.returncode == 0, done.output
@@ -196,7 +196,7 @@ def test_rows_failed_for_a_passing_reason_are_sent_again(
 
 
 def test_rows_failed_for_good_are_kept_unless_asked(
-    tmp_path: Path, emulator: Start, api: Callable[..., Any]
+    tmp_path: Path, emulator: Start
 ) -> None:
     server = oracle(emulator, unsolvable_rate=1.0)
     table = write_table(sample_frame(6), tmp_path / "in.parquet")
@@ -204,7 +204,7 @@ def test_rows_failed_for_good_are_kept_unless_asked(
     args = run_args(server, table, out, "--max-attempts", "2")
     assert run_cli(*args).returncode == 0
     assert (pd.read_parquet(out)["error_code"] == "ERROR_CAPTCHA_UNSOLVABLE").all()
-    api(server).control(unsolvable_rate=0.0)
+    server.control(unsolvable_rate=0.0)
     creates = server.stats()["create_calls"]
     kept = run_cli(*args)
     assert kept.returncode == 0 and server.stats()["create_calls"] == creates
@@ -247,7 +247,7 @@ def test_an_unreachable_provider_stops_the_run_without_failing_rows(
 
 
 def test_an_outage_pauses_the_run_and_it_goes_on_by_itself(
-    tmp_path: Path, emulator: Start, api: Callable[..., Any]
+    tmp_path: Path, emulator: Start
 ) -> None:
     server = oracle(emulator, latency=(0.05, 0.1), seed=5)
     table = write_table(sample_frame(60), tmp_path / "in.parquet")
@@ -255,10 +255,9 @@ def test_an_outage_pauses_the_run_and_it_goes_on_by_itself(
     args = run_args(server, table, out, "--rate", "20", "--max-attempts", "2")
     proc = start_cli(*args, log=tmp_path / "run.log")
     wait_for(lambda: server.stats()["create_calls"] >= 10)
-    control = api(server)
-    control.control(http_5xx_rate=1.0)
+    server.control(http_5xx_rate=1.0)
     time.sleep(4)
-    control.control(http_5xx_rate=0.0)
+    server.control(http_5xx_rate=0.0)
     assert proc.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
     result = pd.read_parquet(out)
     # Without the pause, rows would have used up their two attempts on the 500s.
@@ -302,3 +301,19 @@ def test_no_cache_keys_survive_reordered_rows(tmp_path: Path, emulator: Start) -
     write_table(frame_no_id.iloc[::-1].reset_index(drop=True), plain)
     assert run_cli(*run_args(server, plain, out2, "--no-cache")).returncode == 0
     assert server.stats()["create_calls"] == 24
+
+
+def test_identical_images_far_apart_in_a_batch_are_paid_once(
+    tmp_path: Path, emulator: Start
+) -> None:
+    # Rows 240-299 repeat rows 0-59. With few jobs open at once, the first copies'
+    # jobs end long before the repeats are scheduled: they must come from the cache.
+    server = oracle(emulator)
+    table = write_table(sample_frame(300), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    done = run_cli(*run_args(server, table, out, "--max-in-flight", "2", "--rate", "500"))
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert server.stats()["create_calls"] == 240
+    assert result["from_cache"].sum() == 60
+    assert result["cost_usd"].sum() == pytest.approx(server.stats()["charged_total"])
