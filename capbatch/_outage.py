@@ -19,7 +19,6 @@ replies, HTTP 5xx, "service unavailable") come in a row over at least
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from ._exceptions import CapbatchError, ServiceUnavailable, TransportError
 from ._limits import Clock
@@ -69,33 +68,36 @@ class OutageGate:
 
     async def admit(self) -> bool:
         """Wait while the provider is down; True when this request goes as the probe
-        (its outcome must then be reported with ``succeeded`` or ``failed``)."""
+        (its outcome must then be reported with ``succeeded``, ``failed`` or
+        ``abandoned``). The probe, not the waiters, watches the time: when the outage
+        outlasts ``max_outage`` it raises ``ProviderOutage``, which stops the run."""
         while self._down_since is not None:
-            now = self._clock.now()
-            left = self._down_since + self.max_outage - now
-            if left <= 0:
-                raise ProviderOutage(
-                    f"the provider has not answered for {now - self._down_since:.0f} s "
-                    f"({self._reason}); stopping instead of failing every row "
-                    "(--outage-timeout sets how long to wait)"
-                )
-            if not self._probe_out:
-                self._probe_out = True
-                wait = min(self._next_probe - now, left)
-                try:
-                    if wait > 0:
-                        await self._clock.sleep(wait)
-                except BaseException:
-                    self._probe_out = False
-                    self._changed.set()
-                    raise
+            if self._probe_out:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            self._probe_out = True
+            try:
+                now = self._clock.now()
+                deadline = self._down_since + self.max_outage
+                wait = min(self._next_probe, deadline) - now
+                if wait > 0:
+                    await self._clock.sleep(wait)
                 if not self.down:  # another reply ended it meanwhile
-                    self._probe_out = False
+                    self.abandoned(True)
                     return False
-                return True
-            self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=max(left, 0.01))
+                now = self._clock.now()
+                if now >= deadline:
+                    down_for = now - deadline + self.max_outage
+                    raise ProviderOutage(
+                        f"the provider has not answered for {down_for:.0f} s "
+                        f"({self._reason}); stopping instead of failing every row "
+                        "(--outage-timeout sets how long to wait)"
+                    )
+            except BaseException:
+                self.abandoned(True)
+                raise
+            return True
         return False
 
     def succeeded(self, probe: bool) -> None:
