@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import signal
 import sys
@@ -247,6 +248,15 @@ def run_command(
         if code == EXIT_FATAL:
             _echo_err("capbatch: the journal is intact: fix the cause and run the same command")
         sys.exit(code)
+    except Exception as exc:  # a bug: one line, not a traceback over the user's terminal
+        if os.environ.get("CAPBATCH_DEBUG"):
+            raise
+        _echo_err(f"capbatch: error: unexpected {type(exc).__name__}: {exc}")
+        _echo_err(
+            "capbatch: this is a bug in capbatch (CAPBATCH_DEBUG=1 shows the traceback); "
+            "the journal is intact"
+        )
+        sys.exit(EXIT_FATAL)
     summary = outcome.summary
     if dry_run:
         for line in summary.notices[-1:]:
