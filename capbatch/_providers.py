@@ -1,7 +1,9 @@
 """Provider profiles: everything that differs between services speaking the task protocol.
 
-Facts marked *unconfirmed* in ``shared/docs/protocol.md`` live here and only here, so a
-correction is a one-line change. Where a value is a guess it says so in a comment.
+Every value here is listed, with its source, in ``docs/providers.md`` (one section per
+provider: "CapSolver", "Anti-Captcha", "CapMonster Cloud", "2Captcha"). Facts marked
+*unconfirmed* there live here and only here, so a correction is a one-line change. Where a
+value is a guess it says so in a comment.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ CAPSOLVER = ProviderProfile(
     task_id_type="str",
     # The live service has been seen to answer "idle" as well as "processing".
     pending_statuses=frozenset({"idle", "processing"}),
-    # protocol.md: poll about every 1-3 s, 120 queries per task, 5 minutes to query.
+    # docs/providers.md, "CapSolver" (CS9-CS13): 120 queries per task, 5 minutes to query;
+    # the docs say to retry a processing task after 3 s (Known gaps, G4).
     poll=PollSchedule(first_delay=1.0, interval=2.0, max_polls=120, task_ttl=300.0),
     # Image size limit: *unconfirmed*; 500 kB matches the strictest peer that states one
     # and comfortably covers captcha images.
@@ -120,7 +123,8 @@ ANTICAPTCHA = ProviderProfile(
     poll=PollSchedule(first_delay=1.0, interval=2.0, max_polls=120, task_ttl=300.0),
     min_image_bytes=100,
     max_image_bytes=500_000,
-    # protocol.md shows cost "0.000700" for an image task.
+    # docs/providers.md, "Anti-Captcha" (AC12): the docs' example cost of an image task is
+    # "0.000700"; the price itself is *unconfirmed*.
     prices=_prices(ImageToTextTask=0.0007, **{"*": 0.002}),
     cost_in_reply=True,
     unsolvable_charged=True,
