@@ -7,11 +7,27 @@ the main one cannot even be opened, which is always safe because nothing was sen
 
 Callers may pass their own ``httpx.AsyncClient`` (tests pass one over
 ``httpx.MockTransport``); otherwise the client builds one over ``AiohttpTransport``.
+
+Replies are untrusted: every string in a parsed reply or in an error's message has
+been sanitised and had the key masked (``_protocol.clean_text`` with ``Secret.mask``)
+before it leaves this module; bodies are capped at ``_transport.MAX_REPLY_BYTES``; and
+every request has an overall deadline besides the per-read timeouts.
+
+Two limits can be set from the environment, read in ``_env_seconds`` and nowhere else
+(tests use them to keep hostile-server runs short):
+
+- ``CAPBATCH_REQUEST_DEADLINE``: seconds one request may take in all, reply included
+  (default ``DEFAULT_DEADLINE``); past it the request fails as ``REQUEST_TIMEOUT``.
+- ``CAPBATCH_RETRY_AFTER_CAP``: the longest ``Retry-After`` honoured, in seconds
+  (default ``_protocol.RETRY_AFTER_CAP``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -19,13 +35,30 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from . import _protocol as protocol
-from ._exceptions import CapbatchError, ConfigError, ConnectionFailed, RequestTimeout
+from ._exceptions import (
+    CapbatchError,
+    ConfigError,
+    ConnectionFailed,
+    MalformedReply,
+    ReplyTooLarge,
+    RequestTimeout,
+)
 from ._providers import ProviderProfile
 from ._secrets import Secret, as_secret, redact
-from ._transport import AiohttpTransport, Reply
+from ._transport import MAX_REPLY_BYTES, AiohttpTransport, Reply, ReplyTooLargeError
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-_HEADERS = {"Content-Type": "application/json", "User-Agent": "capbatch"}
+#: Seconds one request may take in all (connect, send, the whole reply): the per-read
+#: timeout alone lets a server that drips a byte every few seconds hold it for ever.
+DEFAULT_DEADLINE = 60.0
+DEADLINE_ENV = "CAPBATCH_REQUEST_DEADLINE"
+RETRY_AFTER_CAP_ENV = "CAPBATCH_RETRY_AFTER_CAP"
+# Only the encodings the transport inflates with a size bound (no brotli, no zstd).
+_HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": "capbatch",
+    "Accept-Encoding": "gzip, deflate",
+}
 
 T = TypeVar("T")
 
@@ -44,6 +77,25 @@ class TaskService(Protocol):
     async def report_incorrect(self, task_id: str, *, message: str | None = None) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+def _env_seconds(name: str, given: float | None, default: float) -> float:
+    """``given``, else the environment variable ``name``, else ``default``: a positive,
+    finite number of seconds (the one place these variables are read)."""
+    if given is None:
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            given = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, not {raw[:20]!r}") from None
+        where = name
+    else:
+        where = "the value"
+    if not (math.isfinite(given) and given > 0):
+        raise ConfigError(f"{where} must be a positive number of seconds")
+    return given
 
 
 def make_http_client(
@@ -73,7 +125,12 @@ class ProviderClient:
         app_id: str | None = None,
         max_connections: int = 100,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        deadline: float | None = None,
+        retry_after_cap: float | None = None,
     ) -> None:
+        """``deadline`` (seconds a request may take in all) and ``retry_after_cap``
+        default to their environment variables, else ``DEFAULT_DEADLINE`` and
+        ``_protocol.RETRY_AFTER_CAP`` (see the module docstring)."""
         if profile.is_local:
             raise ConfigError("the local provider has no HTTP client; use LocalService")
         key = as_secret(api_key)
@@ -81,6 +138,10 @@ class ProviderClient:
             raise ConfigError(f"no API key for {profile.name}")
         self.profile = profile
         self._key: Secret = key
+        self.deadline = _env_seconds(DEADLINE_ENV, deadline, DEFAULT_DEADLINE)
+        self.retry_after_cap = _env_seconds(
+            RETRY_AFTER_CAP_ENV, retry_after_cap, protocol.RETRY_AFTER_CAP
+        )
         self.app_id = app_id
         if base_url:
             self._urls: list[str] = [base_url.rstrip("/")]
@@ -105,7 +166,31 @@ class ProviderClient:
     def base_url(self) -> str:
         return self._urls[self._url_index]
 
-    async def _post(self, endpoint: str, body: Mapping[str, Any]) -> httpx.Response | Reply:
+    def _mask(self, text: str) -> str:
+        return self._key.mask(text)
+
+    def _mask_task_id(self, text: str) -> str:
+        return self._key.mask(text, min_fragment=protocol.TASK_ID_MIN_FRAGMENT)
+
+    async def _post_httpx(self, url: str, content: bytes) -> Reply:
+        """POST through the caller's httpx client, reading at most MAX_REPLY_BYTES of
+        the decoded body."""
+        async with self._http.stream(
+            "POST", url, content=content, headers={"Content-Type": "application/json"}
+        ) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+                raise ReplyTooLargeError(MAX_REPLY_BYTES)
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > MAX_REPLY_BYTES:
+                    raise ReplyTooLargeError(MAX_REPLY_BYTES)
+                chunks.append(chunk)
+            return Reply(response.status_code, response.headers, b"".join(chunks))
+
+    async def _post(self, endpoint: str, body: Mapping[str, Any]) -> Reply:
         content = json.dumps(body, separators=(",", ":")).encode()
         # Try the current host, then each fallback, but only past connect failures:
         # nothing was sent then, so moving on cannot create a task twice. Each call walks
@@ -116,23 +201,35 @@ class ProviderClient:
         for step in range(len(self._urls)):
             index = (start + step) % len(self._urls)
             try:
-                response: httpx.Response | Reply
                 if self._fast is not None:
+                    # aiohttp's total timeout is the deadline: no extra task or timer.
                     response = await self._fast.post(
                         self._urls[index] + endpoint,
                         content,
                         headers=_HEADERS,
                         timeout=self._timeout,
+                        deadline=self.deadline,
                     )
                 else:
-                    response = await self._http.post(
-                        self._urls[index] + endpoint,
-                        content=content,
-                        headers={"Content-Type": "application/json"},
+                    response = await asyncio.wait_for(
+                        self._post_httpx(self._urls[index] + endpoint, content), self.deadline
                     )
             except httpx.ConnectError as exc:
                 last = exc
                 continue
+            except ReplyTooLargeError:
+                raise ReplyTooLarge(
+                    f"{endpoint}: reply larger than {MAX_REPLY_BYTES} bytes, dropped unread"
+                ) from None
+            except httpx.DecodingError:
+                raise MalformedReply(
+                    f"{endpoint}: reply body could not be decoded (bad Content-Encoding)"
+                ) from None
+            except asyncio.TimeoutError:
+                raise RequestTimeout(
+                    f"{endpoint}: no whole reply within the {self.deadline:g} s deadline",
+                    error_code="REQUEST_TIMEOUT",
+                ) from None
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
                 raise RequestTimeout(
@@ -168,9 +265,12 @@ class ProviderClient:
         body: Mapping[str, Any],
         parse: Callable[[int, bytes, float | None], T],
     ) -> T:
-        """POST ``body`` and parse the reply; errors leave with the key masked."""
+        """POST ``body`` and parse the reply (``parse`` cleans and masks every string it
+        returns); errors leave with the key masked, their text masked once more here."""
         response = await self._post(endpoint, body)
-        retry_after = protocol.parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = protocol.parse_retry_after(
+            response.headers.get("Retry-After"), cap=self.retry_after_cap
+        )
         try:
             return parse(response.status_code, response.content, retry_after)
         except CapbatchError as exc:
@@ -186,7 +286,12 @@ class ProviderClient:
             "/createTask",
             body,
             lambda status, content, retry_after: protocol.parse_create_task(
-                self.profile, status, content, retry_after=retry_after
+                self.profile,
+                status,
+                content,
+                retry_after=retry_after,
+                mask=self._mask,
+                task_id_mask=self._mask_task_id,
             ),
         )
 
@@ -196,7 +301,7 @@ class ProviderClient:
             "/getTaskResult",
             body,
             lambda status, content, retry_after: protocol.parse_task_result(
-                self.profile, status, content, task_id, retry_after=retry_after
+                self.profile, status, content, task_id, retry_after=retry_after, mask=self._mask
             ),
         )
 
@@ -207,7 +312,7 @@ class ProviderClient:
             "/getBalance",
             protocol.get_balance_body(self._key.reveal()),
             lambda status, content, retry_after: protocol.parse_balance(
-                status, content, retry_after=retry_after
+                status, content, retry_after=retry_after, mask=self._mask
             ),
         )
 
@@ -222,7 +327,7 @@ class ProviderClient:
             self.profile.report_endpoint,
             body,
             lambda status, content, retry_after: protocol.parse_report(
-                status, content, task_id, retry_after=retry_after
+                status, content, task_id, retry_after=retry_after, mask=self._mask
             ),
         )
 

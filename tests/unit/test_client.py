@@ -4,9 +4,11 @@ mapping, transport failures, fallback host and key hygiene. No sockets."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import re
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from capbatch._client import ProviderClient
+from capbatch._client import DEADLINE_ENV, DEFAULT_DEADLINE, RETRY_AFTER_CAP_ENV, ProviderClient
 from capbatch._exceptions import (
     APIError,
     AuthError,
@@ -26,13 +28,14 @@ from capbatch._exceptions import (
     InvalidTask,
     MalformedReply,
     RateLimited,
+    ReplyTooLarge,
     RequestTimeout,
     ServiceUnavailable,
     TaskExpired,
     TemporarilyBlocked,
     Unsolvable,
 )
-from capbatch._protocol import ERROR_CODES, Action, classify
+from capbatch._protocol import ERROR_CODES, RETRY_AFTER_CAP, Action, classify
 from capbatch._providers import (
     ANTICAPTCHA,
     CAPMONSTER,
@@ -42,6 +45,7 @@ from capbatch._providers import (
     ProviderProfile,
 )
 from capbatch._secrets import Secret
+from capbatch._transport import MAX_REPLY_BYTES
 
 KEY = "sk-SECRET-123"
 BASE = "https://api.test"
@@ -635,3 +639,250 @@ async def test_own_http_client_is_closed() -> None:
     inner = client._http
     await client.aclose()
     assert inner.is_closed
+
+
+# --- hostile replies ------------------------------------------------------------------
+
+
+def key_forms(key: str) -> dict[str, str]:
+    """Forms of ``key`` as they appear in the raw reply text."""
+    return {
+        "exact": key,
+        "lower": key.lower(),
+        "upper": key.upper(),
+        "prefix8": key[:8],
+        "json-dash": key.replace("-", "\\u002d"),  # decodes to the key itself
+        "json-all": "".join(f"\\u{ord(c):04x}" for c in key),
+        "json-literal": key.replace("-", "\\\\u002d"),  # decodes to "sk\\u002dSECRET..."
+        "url-dash": key.replace("-", "%2D"),
+        "url-all": "".join(f"%{ord(c):02X}" for c in key),
+    }
+
+
+def leaked(text: str) -> list[str]:
+    """Pieces of KEY (6+ characters, any case) in ``text`` or in its unescaped forms."""
+    unescaped = re.sub(r"\\+u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
+    unescaped = re.sub(r"%([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), unescaped)
+    folded = KEY.lower()
+    pieces = {folded[i : i + 6] for i in range(len(folded) - 5)}
+    return [p for p in pieces for t in (text, unescaped) if p in t.lower()]
+
+
+CALLS: dict[str, Callable[[ProviderClient], Coroutine[None, None, Any]]] = {
+    "createTask": lambda client: client.create_task(TASK),
+    "getTaskResult": lambda client: client.get_task_result(UUID),
+    "getBalance": lambda client: client.get_balance(),
+    "report": lambda client: client.report_incorrect(UUID),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS.values()), ids=list(CALLS))
+@pytest.mark.parametrize("form", list(key_forms(KEY)))
+async def test_echoed_key_in_any_form_is_masked_in_errors(
+    call: Callable[[ProviderClient], Coroutine[None, None, Any]], form: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        echoed = key_forms(json.loads(request.content)["clientKey"])[form]
+        body = (
+            '{"errorId":1,"errorCode":"ERROR_KEY_DENIED_ACCESS",'
+            f'"errorDescription":"key {echoed} denied"}}'
+        )
+        return httpx.Response(401, content=body.encode())
+
+    with pytest.raises(AuthError) as info:
+        await call(make(handler))
+    assert "denied" in str(info.value)
+    assert not leaked(str(info.value)), str(info.value)
+    assert_no_key(info.value)
+
+
+@pytest.mark.parametrize("call", list(CALLS.values()), ids=list(CALLS))
+@pytest.mark.parametrize("form", list(key_forms(KEY)))
+async def test_echoed_key_in_a_non_json_page_is_masked_even_when_cut(
+    call: Callable[[ProviderClient], Coroutine[None, None, Any]], form: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        echoed = key_forms(json.loads(request.content)["clientKey"])[form]
+        # The excerpt is 80 characters: this page's key starts 4 characters before.
+        return httpx.Response(200, content=("<p>" + "x" * 73 + echoed + "</p>").encode())
+
+    with pytest.raises(MalformedReply) as info:
+        await call(make(handler))
+    text = str(info.value)
+    assert not leaked(text), text
+    assert "sk-" not in text.lower() and "%73%6b" not in text.lower()
+
+
+async def test_echoed_key_in_an_answer_is_masked() -> None:
+    solution = {"text": f"key={KEY.upper()}", "extra": {"k": [KEY[:8]]}}
+    rec = Recorder(ok({"status": "ready", "solution": solution, "taskId": UUID}))
+    reply = await make(rec).create_task(TASK)
+    assert reply.answer == "key=****"
+    assert reply.solution == {"text": "key=****", "extra": {"k": ["****"]}}
+    assert reply.task_id == UUID
+
+
+async def test_task_id_echoing_the_key_is_refused() -> None:
+    with pytest.raises(MalformedReply, match="echoes the account key") as info:
+        await make(Recorder(ok({"taskId": f"{KEY}-1"}))).create_task(TASK)
+    assert_no_key(info.value)
+    assert info.value.error_code == "MALFORMED_REPLY"
+
+
+async def test_lone_surrogate_and_terminal_escapes_are_made_safe() -> None:
+    body = (
+        b'{"errorId":0,"status":"ready","taskId":"t-1",'
+        b'"solution":{"text":"ab\\ud800cd\\u001b]0;PWNED\\u0007"}}'
+    )
+    reply = await make(Recorder(httpx.Response(200, content=body))).create_task(TASK)
+    assert reply.answer == "ab\ufffdcd\\x1b]0;PWNED\\x07"
+    assert reply.answer.encode("utf-8")
+
+
+async def test_error_code_with_terminal_escapes_is_made_safe() -> None:
+    body = b'{"errorId":1,"errorCode":"ERR_\\u001b]0;PWNED\\u0007","errorDescription":"\\ud800"}'
+    with pytest.raises(APIError) as info:
+        await make(Recorder(httpx.Response(200, content=body))).get_task_result(UUID)
+    assert info.value.error_code == "ERR_\\x1b]0;PWNED\\x07"
+    assert "\x1b" not in str(info.value) and "\x07" not in str(info.value)
+    str(info.value).encode("utf-8")
+
+
+@pytest.mark.parametrize("cost", ["NaN", "Infinity", "-0.5", "99", '"abc"'])
+async def test_bad_reported_cost_is_unknown_and_flagged(cost: str) -> None:
+    body = '{"errorId":0,"status":"ready","solution":{"text":"a"},"cost":' + cost + "}"
+    reply = await make(
+        Recorder(httpx.Response(200, content=body.encode())), ANTICAPTCHA
+    ).get_task_result("7")
+    assert reply.cost is None
+    assert reply.cost_rejected
+
+
+# --- reply size -------------------------------------------------------------------------
+
+
+async def test_reply_over_the_cap_is_too_large() -> None:
+    big = httpx.Response(200, content=b" " * (MAX_REPLY_BYTES + 1))
+    with pytest.raises(ReplyTooLarge) as info:
+        await make(Recorder(big)).create_task(TASK)
+    assert info.value.error_code == "REPLY_TOO_LARGE"
+    assert isinstance(info.value, MalformedReply)
+    assert classify(info.value) is Action.RETRY
+
+
+async def test_reply_at_the_cap_is_read() -> None:
+    body = b'{"errorId":0,"balance":2.5}'
+    padded = body + b" " * (MAX_REPLY_BYTES - len(body))
+    assert await make(Recorder(httpx.Response(200, content=padded))).get_balance() == 2.5
+
+
+class Endless(httpx.AsyncByteStream):
+    """A body without Content-Length that never ends; counts what was read of it."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.chunks < 100_000:  # bounded: 6.4 GB, far past any cap
+            self.chunks += 1
+            yield b"A" * 65536
+
+
+async def test_endless_reply_is_cut_at_the_cap() -> None:
+    stream = Endless()
+    with pytest.raises(ReplyTooLarge):
+        await make(lambda request: httpx.Response(200, stream=stream)).get_task_result(UUID)
+    assert stream.chunks <= MAX_REPLY_BYTES // 65536 + 2
+
+
+async def test_declared_length_over_the_cap_is_refused_unread() -> None:
+    stream = Endless()
+    headers = {"Content-Length": str(200_000_000)}
+    with pytest.raises(ReplyTooLarge):
+        await make(
+            lambda request: httpx.Response(200, stream=stream, headers=headers)
+        ).get_task_result(UUID)
+    assert stream.chunks == 0
+
+
+async def test_gzip_bomb_through_an_httpx_client_is_cut() -> None:
+    bomb = gzip.compress(b"0" * (20 * MAX_REPLY_BYTES))
+    # A stream, so httpx inflates it as the client reads it.
+    reply = httpx.Response(200, stream=httpx.ByteStream(bomb), headers={"Content-Encoding": "gzip"})
+    with pytest.raises(ReplyTooLarge):
+        await make(Recorder(reply)).get_balance()
+
+
+async def test_undecodable_body_is_malformed() -> None:
+    reply = httpx.Response(
+        200, stream=httpx.ByteStream(b"not gzip"), headers={"Content-Encoding": "gzip"}
+    )
+    with pytest.raises(MalformedReply):
+        await make(Recorder(reply)).get_balance()
+
+
+# --- deadline and Retry-After caps ----------------------------------------------------
+
+
+async def test_deadline_bounds_the_whole_request() -> None:
+    never = asyncio.Event()
+
+    async def stalls(request: httpx.Request) -> httpx.Response:
+        await asyncio.wait_for(never.wait(), timeout=10)
+        return ok({})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(stalls))
+    client = ProviderClient(CAPSOLVER, KEY, base_url=BASE, http_client=http, deadline=0.05)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RequestTimeout) as info:
+        await client.create_task(TASK)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert info.value.error_code == "REQUEST_TIMEOUT"  # maybe sent
+    assert "deadline" in str(info.value)
+
+
+def test_deadline_and_retry_after_cap_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(DEADLINE_ENV, raising=False)
+    monkeypatch.delenv(RETRY_AFTER_CAP_ENV, raising=False)
+    client = make(Recorder(ok({})))
+    assert client.deadline == DEFAULT_DEADLINE
+    assert client.retry_after_cap == RETRY_AFTER_CAP
+    monkeypatch.setenv(DEADLINE_ENV, "2.5")
+    monkeypatch.setenv(RETRY_AFTER_CAP_ENV, "7")
+    client = make(Recorder(ok({})))
+    assert (client.deadline, client.retry_after_cap) == (2.5, 7.0)
+    # An explicit value wins over the environment.
+    http = httpx.AsyncClient(transport=httpx.MockTransport(Recorder(ok({}))))
+    explicit = ProviderClient(CAPSOLVER, KEY, base_url=BASE, http_client=http, deadline=9)
+    assert explicit.deadline == 9
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
+def test_bad_deadline_in_the_environment_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(DEADLINE_ENV, value)
+    with pytest.raises(ConfigError, match=DEADLINE_ENV):
+        make(Recorder(ok({})))
+
+
+@pytest.mark.parametrize("value", ["inf", "86400", "1e308"])
+async def test_long_retry_after_is_capped(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.delenv(RETRY_AFTER_CAP_ENV, raising=False)
+    reply = error("ERROR_RATE_LIMIT", 429, **{"Retry-After": value})
+    with pytest.raises(RateLimited) as info:
+        await make(Recorder(reply)).create_task(TASK)
+    assert info.value.retry_after == RETRY_AFTER_CAP
+    monkeypatch.setenv(RETRY_AFTER_CAP_ENV, "2")
+    with pytest.raises(RateLimited) as info:
+        await make(Recorder(reply)).create_task(TASK)
+    assert info.value.retry_after == 2.0
+
+
+async def test_nan_retry_after_is_ignored() -> None:
+    reply = error("ERROR_RATE_LIMIT", 429, **{"Retry-After": "nan"})
+    with pytest.raises(RateLimited) as info:
+        await make(Recorder(reply)).create_task(TASK)
+    assert info.value.retry_after is None

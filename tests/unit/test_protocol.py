@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from functools import partial
 
 import pytest
 
@@ -23,6 +25,7 @@ from capbatch._exceptions import (
     InvalidTask,
     MalformedReply,
     RateLimited,
+    ReplyTooLarge,
     RequestTimeout,
     RowInputError,
     ServiceUnavailable,
@@ -35,23 +38,32 @@ from capbatch._exceptions import (
 from capbatch._protocol import (
     ACTIONS,
     ERROR_CODES,
+    MAX_DESCRIPTION_CHARS,
+    MAX_SOLUTION_DEPTH,
+    RETRY_AFTER_CAP,
     Action,
     TaskReply,
     answer_of,
     classify,
+    clean_text,
     create_task_body,
     decode_json,
     error_from_reply,
     get_balance_body,
     get_task_result_body,
     parse_balance,
+    parse_cost,
     parse_create_task,
     parse_report,
     parse_retry_after,
     parse_task_result,
+    reply_excerpt,
     report_incorrect_body,
+    retry_after_is_long,
+    sanitize_text,
 )
 from capbatch._providers import ANTICAPTCHA, CAPMONSTER, CAPSOLVER, TWOCAPTCHA, ProviderProfile
+from capbatch._secrets import Secret
 
 # What protocol.md says a batch client does with each family of errors.
 EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
@@ -69,6 +81,9 @@ EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
     ConnectionFailed: Action.RETRY,
     RequestTimeout: Action.RETRY,
     MalformedReply: Action.RETRY,
+    # A createTask whose reply was too large may have been acted on, like any
+    # malformed reply: retried within the row's attempts, counted as maybe-sent.
+    ReplyTooLarge: Action.RETRY,
     InputError: Action.RECORD,
     TableError: Action.RECORD,
     RowInputError: Action.RECORD,
@@ -436,3 +451,269 @@ def test_task_reply_properties() -> None:
     assert not reply.ready
     assert reply.answer is None
     assert _protocol.TaskReply is TaskReply
+
+
+# --- hostile replies: text ------------------------------------------------------------
+
+KEY = "sk-e2e-SECRET-7f3a9c"
+MASK = Secret(KEY).mask
+ESCAPES = "ERR_\x1b]0;PWNED\x07\x9b2J\u202e\u2028"
+READY = {"errorId": 0, "status": "ready"}
+
+
+def _safe(text: str) -> bool:
+    """Encodable, and free of anything a terminal or a bidi renderer acts on."""
+    text.encode("utf-8")
+    return not any(
+        ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029\u202e" for ch in text
+    )
+
+
+def test_sanitize_text_rule() -> None:
+    plain = "44795sds"
+    assert sanitize_text(plain) is plain  # the hot path: no copy
+    assert sanitize_text("ab\ud800cd") == "ab\ufffdcd"
+    assert sanitize_text("a\x1b]0;X\x07b") == "a\\x1b]0;X\\x07b"
+    assert sanitize_text("\x9b\x7f\u202e\u2066") == "\\x9b\\x7f\\u202e\\u2066"
+    assert sanitize_text("a\tb\nc\r") == "a\\x09b\\x0ac\\x0d"
+    assert sanitize_text("a\tb\nc\r", one_line=True) == "a b c "
+    assert sanitize_text("Größe 日本 😀 ok") == "Größe 日本 😀 ok"  # printable text stays
+
+
+def test_clean_text_masks_before_it_cuts() -> None:
+    # Cut first, then masked, this would keep "sk-" (too short for the mask to see).
+    text = "x" * 497 + KEY
+    cleaned = clean_text(text, MASK, limit=MAX_DESCRIPTION_CHARS)
+    assert len(cleaned) == MAX_DESCRIPTION_CHARS
+    assert "sk" not in cleaned and "SECRET" not in cleaned
+
+
+def test_clean_text_sanitises_before_it_masks() -> None:
+    # A control character inside the key must not hide it from the mask once removed:
+    # escaped, it leaves only pieces shorter than the fragment length.
+    cleaned = clean_text(f"bad key {KEY[:9]}\x1b{KEY[9:]}", MASK)
+    assert KEY[:6] not in cleaned and KEY[9:15] not in cleaned
+    assert "\x1b" not in cleaned
+
+
+@pytest.mark.parametrize("where", ["text", "nested", "key"])
+def test_lone_surrogates_and_escapes_in_solutions_are_made_safe(where: str) -> None:
+    value = "ab\ud800cd" + ESCAPES
+    solution: dict[str, object] = {
+        "text": {"text": value},
+        "nested": {"text": "ok", "objects": [{"label": [value, 1, None, True]}]},
+        "key": {"text": "ok", value: value},
+    }[where]
+    reply = parse_task_result(CAPSOLVER, 200, _json({**READY, "solution": solution}), "t")
+    dumped = json.dumps(reply.solution, ensure_ascii=False)
+    assert _safe(dumped)
+    assert "ab\ufffdcd" in dumped
+    assert reply.answer is not None and _safe(reply.answer)
+    if where == "text":
+        assert reply.answer == "ab\ufffdcdERR_\\x1b]0;PWNED\\x07\\x9b2J\\u202e\\u2028"
+    assert "\x1b" not in repr(reply)
+
+
+def test_solution_nested_too_deep_is_malformed() -> None:
+    deep: object = "x"
+    for _ in range(MAX_SOLUTION_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(MalformedReply, match="deeper"):
+        parse_task_result(CAPSOLVER, 200, _json({**READY, "solution": {"text": deep}}), "t")
+
+
+def test_json_nested_past_the_parser_stack_is_malformed_not_a_crash() -> None:
+    with pytest.raises(MalformedReply):
+        decode_json(200, b"[" * 200_000)
+
+
+def test_solution_strings_echoing_the_key_are_masked() -> None:
+    payload = {**READY, "solution": {"text": f"your key {KEY.lower()}", "extra": [KEY[:8]]}}
+    reply = parse_task_result(CAPSOLVER, 200, _json(payload), "t", mask=MASK)
+    assert reply.solution == {"text": "your key ****", "extra": ["****"]}
+
+
+PARSERS = {
+    "createTask": lambda status, body: parse_create_task(CAPSOLVER, status, body, mask=MASK),
+    "getTaskResult": lambda status, body: parse_task_result(
+        CAPSOLVER, status, body, "t", mask=MASK
+    ),
+    "getBalance": lambda status, body: parse_balance(status, body, mask=MASK),
+    "report": lambda status, body: parse_report(status, body, "t", mask=MASK),
+}
+
+
+@pytest.mark.parametrize("parser", list(PARSERS.values()), ids=list(PARSERS))
+@pytest.mark.parametrize("status", [200, 401, 500])
+def test_error_code_and_description_are_cleaned_for_every_reply_kind(
+    parser: object, status: int
+) -> None:
+    body = {
+        "errorId": 1,
+        "errorCode": ESCAPES + "\ud800" + KEY.upper(),
+        "errorDescription": f"d\ud800 {ESCAPES}\n{KEY.lower()} " + "y" * 2000,
+    }
+    with pytest.raises(APIError) as info:
+        parser(status, _json(body))  # type: ignore[operator]
+    exc = info.value
+    for text in (str(exc), exc.error_code):
+        assert _safe(text), text
+        assert KEY.lower() not in text.lower() and KEY[:6].lower() not in text.lower()
+    assert "ERR_\\x1b]0;PWNED\\x07" in exc.error_code
+    assert len(exc.error_code) <= _protocol.MAX_CODE_CHARS
+    assert len(str(exc)) < _protocol.MAX_CODE_CHARS + MAX_DESCRIPTION_CHARS + 20
+
+
+@pytest.mark.parametrize("parser", list(PARSERS.values()), ids=list(PARSERS))
+def test_non_json_excerpts_are_cleaned_for_every_reply_kind(parser: object) -> None:
+    # The mid-key cut: the 80-character excerpt ends inside the echoed key.
+    body = ("<html>\x1b]0;PWNED\x07" + "x" * 60 + KEY.lower() + "</html>").encode()
+    with pytest.raises(MalformedReply) as info:
+        parser(200, body)  # type: ignore[operator]
+    message = str(info.value)
+    assert _safe(message)
+    assert "sk-e2" not in message and "secret" not in message.lower()
+
+
+def test_excerpt_never_holds_the_request_body() -> None:
+    page = b'<pre>{"clientKey":"another-key-9f8e7d6c","task":{"body":"iVBOR"}}</pre>'
+    excerpt = reply_excerpt(page, MASK)
+    assert "another-key" not in excerpt and "9f8e7d6c" not in excerpt
+    assert len(excerpt) <= _protocol.MAX_EXCERPT_CHARS
+
+
+def test_unknown_status_is_cleaned_in_the_message() -> None:
+    with pytest.raises(MalformedReply) as info:
+        parse_task_result(CAPSOLVER, 200, _json({"errorId": 0, "status": ESCAPES * 20}), "t")
+    assert _safe(str(info.value))
+    assert len(str(info.value)) < 100
+
+
+def test_pending_status_string_is_cleaned() -> None:
+    reply = parse_task_result(CAPSOLVER, 200, _json({"errorId": 0, "status": "IDLE"}), "t")
+    assert reply.status == "pending" and reply.raw_status == "idle"
+
+
+@pytest.mark.parametrize(
+    ("task_id", "words"),
+    [
+        ("t-\x1b]0;x\x07", "unsafe"),
+        ("t-\ud800", "unsafe"),
+        (f"id-{KEY}", "echoes the account key"),
+        ("x" * 500, "500 characters"),
+        ({"id": 1}, "type dict"),
+        (1.5, "type float"),
+        (True, "type bool"),
+    ],
+)
+def test_bad_task_ids_are_refused_not_changed(task_id: object, words: str) -> None:
+    with pytest.raises(MalformedReply, match=words) as info:
+        parse_create_task(CAPSOLVER, 200, _json({"errorId": 0, "taskId": task_id}), mask=MASK)
+    assert _safe(str(info.value)) and KEY not in str(info.value)
+    assert info.value.error_code == "MALFORMED_REPLY"  # may have been created: maybe-sent
+
+
+def test_task_ids_keep_short_chance_matches_of_the_key() -> None:
+    # "7f3a9c" is a piece of KEY; a hex task id can hold it by chance and must round-trip.
+    chance = "2376919c-1863-11ec-a012-947f3a9c0b00"
+    task_mask = partial(Secret(KEY).mask, min_fragment=_protocol.TASK_ID_MIN_FRAGMENT)
+    reply = parse_create_task(
+        CAPSOLVER, 200, _json({"errorId": 0, "taskId": chance}), mask=MASK, task_id_mask=task_mask
+    )
+    assert reply.task_id == chance
+    numeric = parse_create_task(ANTICAPTCHA, 200, _json({"errorId": 0, "taskId": 7654321}))
+    assert numeric.task_id == "7654321"
+
+
+# --- hostile replies: costs, balances, Retry-After ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, (None, False)),
+        ("", (None, False)),
+        ("0.000700", (0.0007, False)),
+        (" 0.002 ", (0.002, False)),
+        (0, (0.0, False)),
+        (0.0012, (0.0012, False)),
+        (10, (10.0, False)),
+        (math.nan, (None, True)),
+        (math.inf, (None, True)),
+        (-math.inf, (None, True)),
+        ("NaN", (None, True)),
+        ("inf", (None, True)),
+        (-0.0007, (None, True)),
+        ("-1", (None, True)),
+        (10.01, (None, True)),
+        (1e300, (None, True)),
+        (10**400, (None, True)),
+        ("n/a", (None, True)),
+        (True, (None, True)),
+        ([0.1], (None, True)),
+        ({"usd": 0.1}, (None, True)),
+    ],
+)
+def test_parse_cost(raw: object, expected: tuple[float | None, bool]) -> None:
+    cost, rejected = parse_cost(raw)
+    assert rejected is expected[1]
+    if expected[0] is None:
+        assert cost is None
+    else:
+        assert cost == pytest.approx(expected[0])
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"-Infinity", b"-0.5", b"99999", b'"abc"'])
+def test_bad_reported_costs_are_unknown_and_flagged(raw: bytes) -> None:
+    body = b'{"errorId":0,"status":"ready","solution":{"text":"a"},"cost":' + raw + b"}"
+    for profile in (ANTICAPTCHA, TWOCAPTCHA):
+        reply = parse_task_result(profile, 200, body, "1")
+        assert reply.cost is None and reply.cost_rejected
+        created = parse_create_task(profile, 200, body)
+        assert created.cost is None and created.cost_rejected
+    # A provider that reports no costs: the field is ignored, not rejected.
+    reply = parse_task_result(CAPSOLVER, 200, body, "1")
+    assert reply.cost is None and not reply.cost_rejected
+
+
+def test_good_reported_cost_is_not_flagged() -> None:
+    body = _json({**READY, "solution": {"text": "a"}, "cost": "0.000700"})
+    reply = parse_task_result(ANTICAPTCHA, 200, body, "1")
+    assert reply.cost == pytest.approx(0.0007) and not reply.cost_rejected
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"1e999", b"true", b"[1]", b"1" * 5000])
+def test_balance_that_is_not_a_finite_number_is_malformed(raw: bytes) -> None:
+    with pytest.raises(MalformedReply):
+        parse_balance(200, b'{"errorId":0,"balance":' + raw + b"}")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("inf", RETRY_AFTER_CAP),
+        ("Infinity", RETRY_AFTER_CAP),
+        ("86400", RETRY_AFTER_CAP),
+        ("1e308", RETRY_AFTER_CAP),
+        ("300", RETRY_AFTER_CAP),
+        ("299.5", 299.5),
+        ("-inf", 0.0),
+        ("-5", 0.0),
+        ("nan", None),
+        ("NaN", None),
+    ],
+)
+def test_retry_after_is_capped(value: str, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+
+
+def test_retry_after_cap_and_long_waits() -> None:
+    assert parse_retry_after("86400", cap=2.0) == 2.0
+    far = format_datetime(datetime.now(timezone.utc) + timedelta(days=3), usegmt=True)
+    assert parse_retry_after(far) == RETRY_AFTER_CAP
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == RETRY_AFTER_CAP
+    assert retry_after_is_long(parse_retry_after("inf"))
+    assert retry_after_is_long(parse_retry_after("86400"))
+    assert not retry_after_is_long(parse_retry_after("30"))
+    assert not retry_after_is_long(None)
+    assert retry_after_is_long(parse_retry_after("9", cap=5.0), cap=5.0)

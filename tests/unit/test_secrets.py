@@ -130,3 +130,159 @@ def test_redact() -> None:
     assert redact(text, None, Secret("")) == text
     assert redact("nothing here", secret) == "nothing here"
     assert redact(f"{KEY} and other", secret, Secret("other")) == "**** and ****"
+
+
+# --- masking every form of the key --------------------------------------------------
+
+LONG_KEY = "CAP-0123456789ABCDEF0123456789abcdef"
+
+
+def forms_of(key: str) -> dict[str, str]:
+    """The forms hostile servers were seen (or could be expected) to echo a key in."""
+    return {
+        "exact": key,
+        "lower": key.lower(),
+        "upper": key.upper(),
+        "prefix8": key[:8],
+        "suffix6": key[-6:],
+        "middle7": key[5:12],
+        "json-dash": key.replace("-", "\\u002d"),
+        "json-all": "".join(f"\\u{ord(c):04x}" for c in key),
+        "json-all-upper-hex": "".join(f"\\u{ord(c):04X}" for c in key),
+        "json-twice": key.replace("-", "\\\\u002d"),
+        "url-dash": key.replace("-", "%2D"),
+        "url-all": "".join(f"%{ord(c):02x}" for c in key),
+        "url-twice": key.replace("-", "%252D"),
+        "html": "".join(f"&#{ord(c)};" for c in key),
+        "mixed": key[:4].upper() + "%" + f"{ord(key[4]):02X}" + key[5:].lower(),
+    }
+
+
+@pytest.mark.parametrize("key", [KEY, LONG_KEY], ids=["short-key", "long-key"])
+@pytest.mark.parametrize("form", list(forms_of(KEY)))
+def test_mask_catches_every_form(key: str, form: str) -> None:
+    secret = Secret(key)
+    echoed = forms_of(key)[form]
+    text = f"error: key {echoed} is not valid (request {echoed}) end"
+    masked = secret.mask(text)
+    assert masked.startswith("error: key ****") and masked.endswith(") end")
+    assert masked.count("****") == 2
+    assert echoed not in masked
+    assert redact(text, secret) == masked
+
+
+def test_mask_leaves_text_without_the_key_alone() -> None:
+    secret = Secret(LONG_KEY)
+    for text in ("", "abc", "44795sds", "50% off & more \\u0041", "CAP-0", "x" * 1000):
+        assert secret.mask(text) == text
+    # Five consecutive characters are below the fragment length: kept.
+    assert Secret(LONG_KEY).mask("id 01234 ok") == "id 01234 ok"
+    assert Secret(LONG_KEY).mask("id 012345 ok") == "id **** ok"
+
+
+def test_mask_fragment_length_is_configurable() -> None:
+    secret = Secret(LONG_KEY)
+    assert secret.mask("t-0123456789", min_fragment=12) == "t-0123456789"
+    assert secret.mask("t_0123456789AB", min_fragment=12) == "t_****"
+    assert secret.spans("t_0123456789AB", min_fragment=12) == [(2, 14)]
+
+
+def test_mask_merges_overlapping_and_adjacent_pieces() -> None:
+    secret = Secret(LONG_KEY)
+    assert secret.mask(LONG_KEY + LONG_KEY.lower() + "!") == "****!"
+    assert secret.spans("ab" + LONG_KEY) == [(2, 2 + len(LONG_KEY))]
+
+
+def test_mask_of_a_key_shorter_than_a_fragment_masks_the_whole_key_only() -> None:
+    secret = Secret("abc")
+    assert secret.mask("xx ABC yy ab c") == "xx **** yy ab c"
+    assert secret.mask("%61%62%63") == "****"
+
+
+def test_mask_escapes_out_of_range_are_kept_literally() -> None:
+    secret = Secret(LONG_KEY)
+    text = "&#99999999; and &#x110000; and \\uZZZZ"
+    assert secret.mask(text) == text
+
+
+# --- key files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ("\ufeff" + KEY + "\r\n").encode("utf-16-le"),
+        ("\ufeff" + KEY + "\r\n").encode("utf-16-be"),
+        (KEY + "\r\n").encode("utf-8-sig"),
+        ("\ufeff" + KEY + "\n").encode("utf-32-le"),
+        ("\ufeff" + KEY + "\n").encode("utf-32-be"),
+        (KEY + "\r\n").encode("utf-16-le"),  # no BOM: its zero bytes give it away
+        (KEY + "\r\n").encode("utf-16-be"),
+        f"# my capsolver key\r\n\r\n   \t\n  {KEY}   \r\n# more\r\nignored\r\n".encode(),
+        f"{KEY}  ".encode(),
+    ],
+    ids=[
+        "utf16le-bom-powershell",
+        "utf16be-bom",
+        "utf8-bom",
+        "utf32le-bom",
+        "utf32be-bom",
+        "utf16le-no-bom",
+        "utf16be-no-bom",
+        "comments-crlf-blank",
+        "trailing-spaces",
+    ],
+)
+def test_load_key_file_encodings_and_layouts(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "key.txt"
+    path.write_bytes(data)
+    key = load_key(env_var=None, key_file=path)
+    assert key is not None and key.reveal() == KEY
+
+
+BAD_KEY_FILES: dict[str, tuple[bytes, str]] = {
+    "empty": (b"", "empty"),
+    "blank-utf16": ("\ufeff \r\n\r\n".encode("utf-16-le"), "empty"),
+    "only-comments": (b"# key goes here\n#sk-SECRET-123\n", "only comment"),
+    "space-inside": (b"sk-SECRET 123\n", "spaces"),
+    "tab-inside": (b"sk-SECRET\t123\n", "spaces"),
+    "control-inside": (b"sk-SECRET\x07123\n", "non-printable"),
+    "non-ascii-inside": ("sk-SECRÉT-123\n".encode(), "non-ASCII"),
+    "nul-bytes": (b"sk-SECRET\x00-123\x00\x00\x01\n", "NUL"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "NUL"),
+    "not-utf8": (b"\x80\x81sk-SECRET-123\xfe\n", "not text"),
+    "bad-utf16": (b"\xff\xfe\x00\xd8", "UTF-16"),
+    "too-long": (b"sk-SECRET-123" * 30 + b"\n", "longer than any API key"),
+    "too-large": (b"#" * 70_000 + b"\nsk-SECRET-123\n", "larger than"),
+}
+
+
+@pytest.mark.parametrize(("data", "words"), list(BAD_KEY_FILES.values()), ids=list(BAD_KEY_FILES))
+def test_bad_key_files_say_what_is_wrong_without_the_key(
+    tmp_path: Path, data: bytes, words: str
+) -> None:
+    path = tmp_path / "key.txt"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=words) as info:
+        load_key(env_var=None, key_file=path)
+    message = str(info.value)
+    assert str(path) in message
+    for piece in ("SECRET", "secret", "123\n", "SECRÉT"):
+        assert piece not in message
+    # No chained exception carries the file's bytes into a traceback.
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("sk-SECRET 123", "spaces"), ("sk-SECRET\x1b123", "non-printable"), ("k" * 300, "longer")],
+)
+def test_bad_key_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, words: str
+) -> None:
+    monkeypatch.setenv(ENV, value)
+    with pytest.raises(ConfigError, match=words) as info:
+        load_key(env_var=ENV)
+    assert ENV in str(info.value)
+    assert "SECRET" not in str(info.value) and "kkkkkk" not in str(info.value)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -15,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from capbatch._client import ProviderClient, make_http_client
-from capbatch._exceptions import ConnectionFailed, RequestTimeout
+from capbatch._exceptions import ConnectionFailed, MalformedReply, ReplyTooLarge, RequestTimeout
 from capbatch._providers import CAPSOLVER
-from capbatch._transport import AiohttpTransport
+from capbatch._transport import MAX_REPLY_BYTES, AiohttpTransport, ReplyTooLargeError
 
 T = TypeVar("T")
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -199,3 +201,147 @@ async def test_aclose_and_reopen() -> None:
                 response = await post(http, url, content=b"{}")
                 assert response.json() == {"errorId": 0}
             assert transport._session is None
+
+
+# --- hostile replies over the real transport --------------------------------------------
+
+
+async def stream_body(request: web.Request, total: int, sent: list[int]) -> web.StreamResponse:
+    """Stream ``total`` bytes of JSON-ish filler, chunked; ``sent`` counts what went."""
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    chunk = b" " * 65536
+    try:
+        while sent[0] < total:
+            await response.write(chunk)
+            sent[0] += len(chunk)
+    except (ConnectionError, RuntimeError):
+        return response  # the client hung up
+    await response.write_eof()
+    return response
+
+
+async def test_chunked_reply_past_the_cap_is_dropped_early() -> None:
+    sent = [0]
+    total = 50_000_000
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        return await stream_body(request, total, sent)
+
+    async with serve(huge) as url:
+        async with ProviderClient(CAPSOLVER, "k", base_url=url) as client:
+            with pytest.raises(ReplyTooLarge) as info:
+                await capped(client.create_task({"type": "ImageToTextTask"}))
+            assert info.value.error_code == "REPLY_TOO_LARGE"
+        async with make_http_client() as http:
+            with pytest.raises(ReplyTooLargeError):
+                await post(http, url + "/createTask")
+    assert sent[0] < total // 2, "the client read on past the cap"
+
+
+async def test_declared_length_past_the_cap_is_refused() -> None:
+    async def declared(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b" " * (MAX_REPLY_BYTES + 10), content_type="application/json")
+
+    async with serve(declared) as url, ProviderClient(CAPSOLVER, "k", base_url=url) as client:
+        with pytest.raises(ReplyTooLarge):
+            await capped(client.get_balance())
+
+
+async def test_reply_just_under_the_cap_is_read() -> None:
+    body = json.dumps({"errorId": 0, "balance": 1.5}).encode()
+
+    async def padded(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body + b" " * (MAX_REPLY_BYTES - len(body)))
+
+    async with serve(padded) as url, ProviderClient(CAPSOLVER, "k", base_url=url) as client:
+        assert await capped(client.get_balance()) == 1.5
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+async def test_compressed_replies_inflate_with_a_bound(encoding: str) -> None:
+    good = json.dumps({"errorId": 0, "balance": 2.0}).encode()
+    bomb = b'{"errorId":0,"balance":1' + b"0" * (30 * MAX_REPLY_BYTES) + b"}"
+
+    def pack(data: bytes) -> bytes:
+        if encoding == "gzip":
+            return gzip.compress(data)
+        if encoding == "deflate":
+            return zlib.compress(data)
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
+
+    bodies = [pack(good), pack(bomb)]
+    assert len(bodies[1]) < MAX_REPLY_BYTES  # small on the wire, 30 MB inflated
+    name = "deflate" if encoding == "raw-deflate" else encoding
+
+    async def compressed(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=bodies.pop(0), headers={"Content-Encoding": name})
+
+    async with serve(compressed) as url, ProviderClient(CAPSOLVER, "k", base_url=url) as client:
+        assert await capped(client.get_balance()) == 2.0
+        with pytest.raises(ReplyTooLarge):
+            await capped(client.get_balance())
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"), [("br", b"\x1b\x00"), ("gzip", b"not gzip at all")], ids=["br", "bad"]
+)
+async def test_unknown_or_broken_encoding_is_malformed(encoding: str, body: bytes) -> None:
+    async def odd(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, headers={"Content-Encoding": encoding})
+
+    async with serve(odd) as url, ProviderClient(CAPSOLVER, "k", base_url=url) as client:
+        with pytest.raises(MalformedReply) as info:
+            await capped(client.get_balance())
+    assert info.value.error_code == "MALFORMED_REPLY"
+
+
+async def test_only_bounded_encodings_are_asked_for() -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Encoding", ""))
+        return web.json_response({"errorId": 0, "balance": 1})
+
+    async with serve(record) as url, ProviderClient(CAPSOLVER, "k", base_url=url) as client:
+        await capped(client.get_balance())
+    assert seen == ["gzip, deflate"]
+
+
+async def test_dripping_reply_hits_the_deadline() -> None:
+    stop = asyncio.Event()
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for _ in range(100):  # a byte every 50 ms: far inside the read timeout
+                await response.write(b" ")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.05)
+                if stop.is_set():
+                    break
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
+
+    timeout = httpx.Timeout(5.0, read=1.0)
+    async with serve(drip) as url:
+        client = ProviderClient(CAPSOLVER, "k", base_url=url, timeout=timeout, deadline=0.4)
+        async with client:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(RequestTimeout) as info:
+                await capped(client.create_task({"type": "ImageToTextTask"}))
+            elapsed = asyncio.get_running_loop().time() - started
+        stop.set()
+    assert info.value.error_code == "REQUEST_TIMEOUT"  # maybe sent
+    assert 0.3 < elapsed < 2.0
