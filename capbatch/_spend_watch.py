@@ -31,7 +31,8 @@ MAX_TASK_PRICE = 10.0
 
 class SpendWatch:
     CHECK_EVERY_TASKS = 50
-    CHECK_MIN_SECONDS = 5.0
+    #: Anti-Captcha asks for at most one getBalance call per 30 s (docs/providers.md).
+    CHECK_MIN_SECONDS = 30.0
 
     def __init__(
         self,
