@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import asyncio
 
-from ._exceptions import CapbatchError, ServiceUnavailable, TransportError
+from ._exceptions import CapbatchError, ProviderOutage, ServiceUnavailable, TransportError
 from ._limits import Clock
 
 DEFAULT_MAX_OUTAGE = 300.0
 
-
-class ProviderOutage(CapbatchError):
-    """The provider did not answer for longer than the run's outage bound."""
-
-    error_code = "PROVIDER_OUTAGE"
+__all__ = ["DEFAULT_MAX_OUTAGE", "OutageGate", "ProviderOutage", "is_outage_error"]
 
 
 def is_outage_error(error: CapbatchError) -> bool:

@@ -53,9 +53,14 @@ from ._exceptions import (
     ConnectionFailed,
     InputError,
     InvalidTask,
+    JournalError,
     MalformedReply,
+    OutputError,
+    ProviderOutage,
     RateLimited,
     RequestTimeout,
+    RunFailed,
+    RunInterrupted,
     ServiceUnavailable,
     TaskExpired,
     TemporarilyBlocked,
@@ -187,6 +192,13 @@ ACTIONS: Mapping[type[CapbatchError], Action] = {
     InputError: Action.RECORD,
     # A setup problem (a solver missing, a bad option) would fail every row the same way.
     ConfigError: Action.FATAL,
+    # The run's own state failing (its journal, its output), the provider gone for good,
+    # a stop asked for, or a fault: nothing a row can retry its way out of.
+    JournalError: Action.FATAL,
+    OutputError: Action.FATAL,
+    ProviderOutage: Action.FATAL,
+    RunFailed: Action.FATAL,
+    RunInterrupted: Action.FATAL,
     CapbatchError: Action.RECORD,
 }
 

@@ -317,3 +317,54 @@ def test_identical_images_far_apart_in_a_batch_are_paid_once(
     assert server.stats()["create_calls"] == 240
     assert result["from_cache"].sum() == 60
     assert result["cost_usd"].sum() == pytest.approx(server.stats()["charged_total"])
+
+
+# --- a fault inside a row's job -----------------------------------------------------------
+
+
+class _BrokenService:
+    """Answers the first rows, then fails in a way no one planned for."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def create_task(self, task: Any, *, callback_url: str | None = None) -> Any:
+        from capbatch._protocol import TaskReply
+
+        self.calls += 1
+        if self.calls > 5:
+            raise RuntimeError("an unplanned fault")
+        return TaskReply(task_id=None, status="ready", raw_status="ready", solution={"text": "x"})
+
+    async def get_task_result(self, task_id: str) -> Any:
+        raise AssertionError("not deferred")
+
+    async def get_balance(self) -> float | None:
+        return None
+
+    async def report_incorrect(self, task_id: str, *, message: str | None = None) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_an_unexpected_fault_in_a_job_stops_the_run_and_publishes_nothing(
+    tmp_path: Path,
+) -> None:
+    import capbatch
+    from capbatch._exceptions import RunFailed
+
+    table = write_table(sample_frame(40), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    service = _BrokenService()
+    with pytest.raises(RunFailed, match="unexpected RuntimeError: an unplanned fault"):
+        capbatch.run(table, output=out, service=service, max_in_flight=1, progress=False)
+    assert not out.exists()  # not published as if complete
+    assert not list(tmp_path.glob(".out.parquet.*"))
+    # The answers it had are in the journal: the next run does not ask for them again.
+    again = _BrokenService()
+    again.calls = -100
+    result = capbatch.run(table, output=out, service=again, progress=False)
+    assert (result["status"] == "solved").all()
+    assert again.calls == -100 + 40 - 5

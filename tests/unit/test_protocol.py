@@ -22,12 +22,19 @@ from capbatch._exceptions import (
     ConfigError,
     ConnectionFailed,
     InputError,
+    InUseError,
     InvalidTask,
+    JournalDamaged,
+    JournalError,
     MalformedReply,
+    OutputError,
+    ProviderOutage,
     RateLimited,
     ReplyTooLarge,
     RequestTimeout,
     RowInputError,
+    RunFailed,
+    RunInterrupted,
     ServiceUnavailable,
     TableError,
     TaskExpired,
@@ -87,6 +94,15 @@ EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
     InputError: Action.RECORD,
     TableError: Action.RECORD,
     RowInputError: Action.RECORD,
+    # The run's own failures: its journal, its output, the provider gone for good, a
+    # stop, an unexpected fault. No row can retry its way out of them.
+    JournalError: Action.FATAL,
+    JournalDamaged: Action.FATAL,
+    InUseError: Action.FATAL,
+    OutputError: Action.FATAL,
+    ProviderOutage: Action.FATAL,
+    RunFailed: Action.FATAL,
+    RunInterrupted: Action.FATAL,
     CapbatchError: Action.RECORD,
 }
 
@@ -123,6 +139,10 @@ def _all_exception_classes() -> list[type[CapbatchError]]:
 def _instance(cls: type[CapbatchError]) -> CapbatchError:
     if cls is RowInputError:
         return RowInputError("x", error_code="INPUT_NOT_AN_IMAGE", row=3)
+    if cls is RunInterrupted:
+        return RunInterrupted("x", signal_number=2)
+    if issubclass(cls, JournalError):
+        return cls("x", path="j.sqlite")
     return cls("x")
 
 
