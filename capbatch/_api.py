@@ -32,6 +32,7 @@ from ._exceptions import (
     BannedError,
     CapbatchError,
     ConfigError,
+    OutputError,
     RunFailed,
     RunInterrupted,
 )
@@ -48,6 +49,7 @@ from ._spend import SpendGuard, check_money
 from ._spend_watch import SpendWatch
 from ._summary import RunSummary, SummarySink
 from ._version import __version__
+from ._workspace import Workspace, memory_journal, memory_journal_notice
 
 ProgressOption = bool | Progress | Callable[[RunCounters, RowResult | None], None]
 
@@ -169,9 +171,12 @@ def default_output(source: object) -> Path | None:
     return None
 
 
-def default_journal(output: Path | None) -> str:
+def default_journal(output: Path | None, table: TableSource | None = None) -> str:
+    """``<output stem>.journal.sqlite`` beside the output; without an output, a journal
+    in the user cache folder named by the table's content (``_workspace.memory_journal``)
+    so that a crashed ``run(df)`` resumes; ``:memory:`` only when no table is given."""
     if output is None:
-        return ":memory:"
+        return ":memory:" if table is None else str(memory_journal(table))
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return str(output.with_name(f"{stem}.journal.sqlite"))
 
@@ -210,8 +215,16 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.batches: list[pa.RecordBatch] = []
+        self.rows = 0
 
-    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None:
+    def write(
+        self, batch: pa.RecordBatch, results: list[RowResult], first_row: int | None = None
+    ) -> None:
+        if first_row is not None and first_row != self.rows:  # as ResultWriter.write
+            raise OutputError(
+                f"the results got a batch starting at row {first_row} after {self.rows} rows"
+            )
+        self.rows += batch.num_rows
         schema = output_schema(batch.schema)
         arrays = list(batch.columns) + results_to_arrays(results)
         self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
@@ -258,7 +271,13 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         if not options.quiet:
             notice(message)
     output = Path(options.output) if options.output is not None else default_output(source)
-    journal_path = str(options.journal) if options.journal is not None else default_journal(output)
+    journal_path = (
+        str(options.journal) if options.journal is not None else default_journal(output, table)
+    )
+    if options.journal is None and output is None and journal_path != ":memory:":
+        resolved.notices.append(memory_journal_notice(journal_path))
+        if not options.quiet:
+            notice(resolved.notices[-1])
     task_params = dict(options.task_params)
     cache_params = {**task_params, "_provider": resolved.profile.name}
 
@@ -287,7 +306,15 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
     service = _make_service(options, resolved)
     stops = _SignalStops(notice, enabled=options.handle_signals)
     interrupted: RunInterrupted | None = None
-    journal = Journal(journal_path)
+    try:
+        # Paths checked, output and journal locked, stale temporaries gone: before any request.
+        workspace = Workspace.open(output, journal_path)
+    except BaseException:
+        stops.close()
+        if options.service is None:
+            await service.aclose()
+        raise
+    journal = workspace.journal
     writer: ResultWriter | None = None
     memory: MemorySink | None = None
     started = time.monotonic()
@@ -394,7 +421,10 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         summary.complete = interrupted is None
         frame = None
         if writer is not None:
-            writer.finish(_metadata(summary, options, resolved, table))
+            # Published only if it holds every input row, read back from disk.
+            writer.finish(
+                _metadata(summary, options, resolved, table), expected_rows=table.count_rows()
+            )
             if want_frame and output is not None and interrupted is None:
                 frame = read_results(output)
         elif memory is not None and want_frame:
@@ -423,7 +453,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         raise
     finally:
         stops.close()
-        journal.close()
+        workspace.close()  # the journal, then the locks
         if options.service is None:
             await service.aclose()
 

@@ -7,9 +7,16 @@ HTTP statuses are turned into these classes in exactly one place,
 ```
 CapbatchError
 ├── ConfigError                      bad options: unknown provider, missing key, bad value
+│   ├── InUseError                   another run holds this output or journal
+│   └── JournalDamaged               the journal fails its integrity check (also a JournalError)
 ├── InputError                       an input table or one row's image cannot be used
 │   ├── TableError                   the whole table: unreadable, no image column, ...
 │   └── RowInputError                one row: file missing, not an image, too large, ...
+├── JournalError                     the journal cannot be read or written (disk full, I/O)
+├── OutputError                      the output cannot be written or would lack rows
+├── ProviderOutage                   the provider did not answer for --outage-timeout
+├── RunFailed                        an unexpected fault stopped the run (a bug, the machine)
+├── RunInterrupted                   SIGINT or SIGTERM stopped the run gracefully
 ├── TransportError                   the request never produced a parseable reply
 │   ├── ConnectionFailed             connect refused, connection dropped, read error
 │   ├── RequestTimeout               no reply in time
@@ -55,6 +62,41 @@ class ConfigError(CapbatchError):
     """Options that cannot work: unknown provider, missing key, bad value."""
 
     error_code = "CONFIG_ERROR"
+
+
+class InUseError(ConfigError):
+    """Another capbatch run holds this output (or journal): both would send, and pay
+    for, the same rows. Nothing was sent."""
+
+    error_code = "IN_USE"
+
+
+class JournalError(CapbatchError):
+    """The journal could not be read or written: disk full, I/O error, read-only.
+
+    SQLite rolls back the write that failed, so every step recorded before it stays.
+    ``path`` is the journal's path."""
+
+    error_code = "JOURNAL_ERROR"
+
+    def __init__(self, message: str, *, path: str, error_code: str | None = None) -> None:
+        super().__init__(message, error_code=error_code)
+        self.path = path
+
+
+class JournalDamaged(JournalError, ConfigError):
+    """The journal fails SQLite's integrity check: which rows were answered (and paid)
+    cannot be trusted, so the run refuses to start (a usage error: the user must move
+    the journal aside or restore it)."""
+
+    error_code = "JOURNAL_DAMAGED"
+
+
+class OutputError(CapbatchError):
+    """The output could not be written, or would not hold every input row in order; it
+    is not published (the previous file under that name, if any, is left untouched)."""
+
+    error_code = "OUTPUT_ERROR"
 
 
 class InputError(CapbatchError):
@@ -214,3 +256,10 @@ class RunInterrupted(CapbatchError):
         self.signal_number = signal_number
         #: The run's summary, when the run got far enough to write its output.
         self.summary: object | None = None
+
+
+class ProviderOutage(CapbatchError):
+    """The provider did not answer for longer than the run's outage bound (see
+    ``_outage``): the run stops with no row marked failed."""
+
+    error_code = "PROVIDER_OUTAGE"

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, OutputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -230,12 +231,67 @@ def _iso_utc(column: pa.Array[Any]) -> pa.Array[Any]:
     return pc.replace_substring_regex(text, pattern=r"^(\S+) (\S+)$", replacement=r"\1T\2Z")
 
 
+def temp_pattern(target: Path) -> re.Pattern[str]:
+    """The names ``ResultWriter`` gives its temporaries beside ``target``:
+    ``.NAME.PID.tmp`` and ``.NAME.PID.N.tmp``."""
+    return re.compile(rf"\.{re.escape(target.name)}\.\d+(?:\.\d+)?\.tmp")
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS's words for ``exc``, on one line (pyarrow wraps them in its own text)."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def count_rows(path: Path, format: str) -> int:
+    """The data rows of a finished output file, read back from disk.
+
+    Parquet: the footer's row count (the footer is written last, so a file cut short
+    has none). CSV: the file must end with a newline (a row cut mid-line may still
+    parse), then pyarrow's CSV reader counts the rows, quoted newlines included, and
+    fails on a row with a wrong number of fields. Measured on this project's 2-core VM,
+    a 1M-row output (236 MB, 18 columns) written by ResultWriter: 0.96 s to count,
+    against ~9 s to write it (and hours to solve it); 0.6 s without quoted-newline
+    support, which a correct count needs.
+    Raises ``OSError`` or ``pa.ArrowException`` when the file cannot be read back.
+    """
+    if format == "parquet":
+        return int(pq.read_metadata(path).num_rows)
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return -1
+        fh.seek(size - 1)
+        if fh.read(1) != b"\n":
+            return -1
+    # Generated names read the header as a row (parsed like any other, quotes and all)
+    # and keep duplicate input column names from mattering; one column is converted.
+    # (A row longer than a block, a big base64 image, is read fine: see the tests.)
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(autogenerate_column_names=True, block_size=1 << 22),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            include_columns=["f0"], column_types={"f0": pa.string()}
+        ),
+    )
+    with contextlib.closing(reader):
+        return sum(batch.num_rows for batch in reader) - 1  # the header
+
+
 class ResultWriter:
     """Write input batches plus their result columns to a temp file; publish on ``finish``.
 
     ``rows_written`` counts rows accepted by ``write`` (Parquet may still hold the last of
     them in memory until the next row group or ``finish``). Use as a context manager to
     abort on an exception; on success the caller must still call ``finish``.
+
+    The writer publishes only a file it has proved complete: ``write`` refuses a batch
+    whose ``first_row`` leaves a gap or goes back, ``finish(expected_rows=N)`` refuses
+    unless exactly N rows were written, and the closed file is read back (``count_rows``)
+    before the rename. Any ``OSError`` (disk full, I/O error) becomes an ``OutputError``
+    naming the output, after which the writer refuses everything: bytes may be missing.
     """
 
     def __init__(
@@ -250,13 +306,21 @@ class ResultWriter:
         self.input_schema = input_schema
         self.schema = output_schema(input_schema)
         self.rows_written = 0
-        self._closed = False
+        self._closed = False  # the pyarrow writers are closed
+        self._done = False  # finished or aborted: nothing more to do
+        self._failure: OutputError | None = None
         self._buffer: list[pa.RecordBatch] = []
         self._buffer_rows = 0
         self._buffer_bytes = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Same directory as the target: os.replace is only atomic within one filesystem.
-        self._tmp = self._reserve_temp()
+        if self.path.is_dir():
+            # Caught up front by the run (_workspace); here for direct callers.
+            raise OutputError(f"the output {self.path} is a directory; give a file path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Same directory as the target: os.replace is only atomic within one filesystem.
+            self._tmp = self._reserve_temp()
+        except OSError as exc:
+            raise self._os_error("creating its temporary file", exc) from None
         self._parquet: pq.ParquetWriter | None = None
         self._csv: pa_csv.CSVWriter | None = None
         try:
@@ -267,13 +331,17 @@ class ResultWriter:
                 empty = [pa.array([], type=f.type) for f in self.schema]
                 header = self._csv_batch(pa.RecordBatch.from_arrays(empty, schema=self.schema))
                 self._csv = pa_csv.CSVWriter(str(self._tmp), header.schema)
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._os_error("starting the file", exc) from None
             raise
 
     def _reserve_temp(self) -> Path:
         # O_EXCL claims a unique name even if two writers in one process share a target;
         # mode 0o666 lets the umask decide the final file's permissions, as for any file.
+        # The names match temp_pattern: a later run removes those a killed run left.
         base = f".{self.path.name}.{os.getpid()}"
         for n in range(1000):
             candidate = self.path.with_name(f"{base}.tmp" if n == 0 else f"{base}.{n}.tmp")
@@ -282,19 +350,51 @@ class ResultWriter:
                 return candidate
         raise ConfigError(f"cannot create a temporary file next to {self.path}")
 
+    def _os_error(self, doing: str, exc: OSError) -> OutputError:
+        return OutputError(
+            f"cannot write the output {self.path} ({doing}): {_os_reason(exc)}; "
+            "it was not published"
+        )
+
+    def _fail(self, error: OutputError) -> OutputError:
+        """Remember ``error``: the file may now lack bytes, so it must never be published."""
+        self._failure = error
+        return error
+
     @property
     def temp_path(self) -> Path:
         """Where the data goes until ``finish``."""
         return self._tmp
 
-    def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
-        """Append ``batch`` with one result per row; rows keep the order of the calls."""
-        if self._closed:
+    def write(
+        self,
+        batch: pa.RecordBatch,
+        results: Sequence[RowResult],
+        first_row: int | None = None,
+    ) -> None:
+        """Append ``batch`` with one result per row; rows keep the order of the calls.
+
+        ``first_row`` is the 0-based input row number of the batch's first row: when
+        given it must equal ``rows_written`` (a gap or a step back raises ``OutputError``
+        and the writer then refuses to publish). Without it, the calls are trusted to be
+        in order and ``finish(expected_rows=...)`` still catches a missing batch.
+        """
+        if self._done:
             raise RuntimeError(f"writer for {self.path} is already finished or aborted")
+        if self._failure is not None:
+            raise self._failure
         if len(results) != batch.num_rows:
             raise ValueError(f"{len(results)} results for a batch of {batch.num_rows} rows")
         if (n := batch.num_columns) != len(self.input_schema):
             raise ValueError(f"batch has {n} columns, the input schema {len(self.input_schema)}")
+        if first_row is not None and first_row != self.rows_written:
+            what = "a gap" if first_row > self.rows_written else "rows out of order"
+            raise self._fail(
+                OutputError(
+                    f"the output {self.path} got {what}: a batch starting at row {first_row} "
+                    f"after {self.rows_written} rows; it will not be published"
+                )
+            )
         if batch.num_rows == 0:
             return
         inputs = [
@@ -302,15 +402,18 @@ class ResultWriter:
             for col, f in zip(batch.columns, self.input_schema, strict=True)
         ]
         out = pa.RecordBatch.from_arrays(inputs + results_to_arrays(results), schema=self.schema)
-        if self._parquet is not None:
-            self._buffer.append(out)
-            self._buffer_rows += out.num_rows
-            self._buffer_bytes += out.nbytes
-            if self._buffer_rows >= ROW_GROUP_ROWS or self._buffer_bytes >= ROW_GROUP_BYTES:
-                self._flush()
-        else:
-            assert self._csv is not None
-            self._csv.write_batch(self._csv_batch(out))
+        try:
+            if self._parquet is not None:
+                self._buffer.append(out)
+                self._buffer_rows += out.num_rows
+                self._buffer_bytes += out.nbytes
+                if self._buffer_rows >= ROW_GROUP_ROWS or self._buffer_bytes >= ROW_GROUP_BYTES:
+                    self._flush()
+            else:
+                assert self._csv is not None
+                self._csv.write_batch(self._csv_batch(out))
+        except OSError as exc:
+            raise self._fail(self._os_error("writing rows", exc)) from None
         self.rows_written += out.num_rows
 
     def _flush(self) -> None:
@@ -337,39 +440,85 @@ class ResultWriter:
         ]
         return pa.RecordBatch.from_arrays(columns, names=self.schema.names)
 
-    def finish(self, metadata: Mapping[str, str] | None = None) -> Path:
-        """Close the file and move it into place atomically; return the final path.
+    def finish(
+        self, metadata: Mapping[str, str] | None = None, *, expected_rows: int | None = None
+    ) -> Path:
+        """Close the file, prove it complete, and move it into place atomically; return
+        the final path.
+
+        ``expected_rows`` is the number of input rows: unless exactly that many were
+        written the file is not published (``OutputError``). Either way the closed file
+        is read back and must hold every row written. On any failure the temporary file
+        is deleted and a previous file under the final name is left untouched.
 
         For Parquet, ``metadata`` (keys like ``capbatch.provider``) goes into the file's
         key-value metadata. CSV has nowhere to keep it, so it is ignored there.
         """
-        if self._closed:
+        if self._done:
             raise RuntimeError(f"writer for {self.path} is already finished or aborted")
         try:
-            if self._parquet is not None:
-                self._flush()
-                if metadata:
-                    self._parquet.add_key_value_metadata(dict(metadata))
-            self._close_writers()
-            # Flush the bytes to disk before the rename, or a power cut could publish an
-            # empty file under the final name on some filesystems.
-            with open(self._tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self._tmp, self.path)
+            if self._failure is not None:
+                raise self._failure
+            if expected_rows is not None and expected_rows != self.rows_written:
+                raise self._fail(
+                    OutputError(
+                        f"the output {self.path} would hold {self.rows_written} of the "
+                        f"{expected_rows} input rows; it was not published"
+                    )
+                )
+            doing = "finishing the file"
+            try:
+                if self._parquet is not None:
+                    self._flush()
+                    if metadata:
+                        self._parquet.add_key_value_metadata(dict(metadata))
+                self._close_writers()
+                doing = "reading it back"
+                self._verify()
+                # Flush the bytes to disk before the rename, or a power cut could publish
+                # an empty file under the final name on some filesystems.
+                doing = "flushing it to disk"
+                with open(self._tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                doing = "moving it into place"
+                os.replace(self._tmp, self.path)
+            except OSError as exc:
+                raise self._fail(self._os_error(doing, exc)) from None
         except BaseException:
             self.abort()
             raise
+        self._done = True
         return self.path
+
+    def _verify(self) -> None:
+        """Read the closed temporary file back: it must hold every row written."""
+        try:
+            found = count_rows(self._tmp, self.format)
+        except pa.ArrowException as exc:
+            found, why = -1, " ".join(str(exc).split())[:200]
+        else:
+            why = "cut short" if found < 0 else f"{found} rows read back"
+        if found != self.rows_written:
+            raise self._fail(
+                OutputError(
+                    f"the output {self.path} is incomplete on disk ({why}, "
+                    f"{self.rows_written} written); it was not published"
+                )
+            )
 
     def abort(self) -> None:
         """Close and delete the temporary file. Safe to call more than once."""
-        if self._closed:
+        if self._done:
             return
+        self._done = True
         self._buffer = []
+        # Cleaning up after a failure: a close that fails too (disk full) must not hide it.
         try:
-            self._close_writers()
+            with contextlib.suppress(OSError):
+                self._close_writers()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
 
     def _close_writers(self) -> None:
         self._closed = True

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import re
 import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from capbatch._exceptions import ConfigError
+from capbatch._exceptions import ConfigError, InUseError, JournalDamaged, JournalError
 from capbatch._journal import Journal
 
 
@@ -123,8 +125,143 @@ def test_meta_and_schema_version_guard(tmp_path: Path) -> None:
 def test_not_a_database_is_a_clean_config_error(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ConfigError, match="cannot open the journal"):
+    with pytest.raises(JournalDamaged, match="damaged or not a capbatch journal") as caught:
         Journal(path)
+    assert isinstance(caught.value, ConfigError)  # exit status 2: nothing was sent
+
+
+# --- integrity: a damaged journal is refused before it can cost money -------------------
+
+
+def _answered_journal(path: Path, rows: int = 240) -> list[str]:
+    """A closed journal with ``rows`` answered keys (content-hash-like, as the runner's)."""
+    journal = Journal(path)
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)]
+    for i, key in enumerate(keys):
+        journal.record_intent(key, owner=str(i), provider="capsolver", submitted_at=1.0)
+        journal.record_result(key, **result_kwargs(task_id=f"t-{i}"))  # type: ignore[arg-type]
+    journal.close()
+    return keys
+
+
+def _pages(path: Path, name: str) -> list[int]:
+    """The leaf pages of table or index ``name`` (SQLite's dbstat view)."""
+    db = sqlite3.connect(path)
+    try:
+        sql = "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno"
+        return [int(row[0]) for row in db.execute(sql, (name,))]
+    finally:
+        db.close()
+
+
+def test_a_damaged_key_index_is_refused_though_quick_check_passes(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    keys = _answered_journal(path)
+    # Change the last character of every key stored in one leaf page of the key index:
+    # the page stays well-formed, but those answered keys are no longer found.
+    page = _pages(path, "sqlite_autoindex_tasks_1")[0]
+    data = bytearray(path.read_bytes())
+    start, size = (page - 1) * 4096, 4096
+    flipped = 0
+    for key in keys:
+        at = data.find(key.encode(), start, start + size)
+        if at >= 0:
+            data[at + 63] = ord("0") if data[at + 63] != ord("0") else ord("1")
+            flipped += 1
+    assert flipped > 10
+    path.write_bytes(bytes(data))
+    db = sqlite3.connect(path)
+    # Why the full check: the quick one passes this file, and lookups miss the keys,
+    # so a run would send (and pay for) those answered rows again.
+    assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    marks = ",".join("?" * len(keys))
+    found = db.execute(f"SELECT COUNT(*) FROM tasks WHERE key IN ({marks})", keys).fetchone()
+    assert found[0] == len(keys) - flipped
+    db.close()
+    with pytest.raises(JournalDamaged) as caught:
+        Journal(path)
+    message = str(caught.value)
+    assert str(path) in message and "missing from index" in message
+    assert "move it aside" in message and "pays again for every row" in message
+    assert "restore it from a backup" in message and "\n" not in message
+    # Refused without keeping SQLite's exclusive lock: the user can open it to inspect it.
+    other = sqlite3.connect(path, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    other.close()
+
+
+def test_a_zeroed_table_page_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    _answered_journal(path)
+    page = _pages(path, "tasks")[1]
+    data = bytearray(path.read_bytes())
+    data[(page - 1) * 4096 : page * 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalDamaged, match=r"is damaged .*move it aside"):
+        Journal(path)
+
+
+def test_a_healthy_journal_reopens_with_its_answers(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    keys = _answered_journal(path)
+    journal = Journal(path)
+    assert len(journal.get_many(keys)) == len(keys)
+    journal.close()
+
+
+# --- every later SQLite failure is a JournalError naming the journal ---------------------
+
+
+def test_disk_full_is_a_journal_error_and_keeps_what_was_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.record_result("first", **result_kwargs())  # type: ignore[arg-type]
+    # SQLite's own size cap gives the very error a full disk gives: SQLITE_FULL.
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+    journal._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(JournalError) as caught:
+        for i in range(10_000):  # bounded: the cap is hit within a few pages
+            journal.record_result(f"k{i}", **result_kwargs(error_message="x" * 500))  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert str(path) in message and "database or disk is full" in message
+    assert caught.value.path == str(path) and not isinstance(caught.value, ConfigError)
+    assert journal.get("first") is not None  # the journal still reads
+    journal.close()
+    again = Journal(path)
+    assert again.get("first") is not None and again.get("first").done  # type: ignore[union-attr]
+    again.close()
+
+
+def test_every_method_raises_journal_error_not_sqlite_error(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal._db.close()  # any sqlite3 error will do: "Cannot operate on a closed database"
+    calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
+        ("get_meta", ("a",), {}),
+        ("set_meta", ("a", "1"), {}),
+        ("get", ("k",), {}),
+        ("get_many", (["k"],), {}),
+        ("counts", (), {}),
+        ("unfinished", (), {}),
+        ("record_intent", ("k",), {"owner": "0", "provider": "p", "submitted_at": 1.0}),
+        ("record_uncertain", ("k",), {}),
+        ("record_created", ("k", "t"), {"created_at": 1.0}),
+        ("record_result", ("k",), result_kwargs()),
+        ("record_spent", ("k", 0.1), {}),
+        ("forget", ("k",), {}),
+        ("total_uncertain", (), {}),
+        ("total_spent", (), {}),
+    ]
+    public = {
+        name
+        for name in dir(Journal)
+        if not name.startswith("_") and callable(getattr(Journal, name))
+    }
+    assert public == {name for name, _, _ in calls} | {"close"}, "a new method needs a case"
+    for name, args, kwargs in calls:
+        with pytest.raises(JournalError, match=re.escape(str(path))):
+            getattr(journal, name)(*args, **kwargs)
+    journal.close()  # on the way out: quiet, and safe to repeat
 
 
 def _write_then_die(path: str) -> None:
@@ -147,7 +284,12 @@ def test_committed_steps_survive_kill_9(tmp_path: Path) -> None:
 def test_a_second_run_cannot_open_a_journal_in_use(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     first = Journal(path)
-    with pytest.raises(ConfigError, match="in use by another capbatch run"):
+    with pytest.raises(InUseError, match="in use by another capbatch run") as caught:
         Journal(path)
+    # Safe advice only: another --journal with the same -o would run both and pay twice.
+    assert "--journal" not in str(caught.value)
+    assert "wait for it to finish, or stop it; to run a different job use a different -o" in str(
+        caught.value
+    )
     first.close()
     Journal(path).close()  # free again once the first run is done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import itertools
 import json
 from datetime import datetime, timezone
@@ -13,16 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from capbatch._exceptions import ConfigError
+from capbatch._exceptions import ConfigError, OutputError
 from capbatch._outputs import (
     RESULT_COLUMNS,
     RESULT_SCHEMA,
     ResultWriter,
     RowResult,
+    count_rows,
     output_schema,
     read_results,
     results_to_arrays,
     run_metadata,
+    temp_pattern,
 )
 
 T0 = 1_714_564_800.123  # 2024-05-01T12:00:00.123Z
@@ -134,7 +137,7 @@ def test_results_to_arrays_types() -> None:
 
 def test_row_result_rejects_unknown_status() -> None:
     with pytest.raises(ValueError, match="status"):
-        RowResult(status="pending")
+        RowResult(status="maybe")  # "pending" is a status now (interrupted runs)
 
 
 def test_colliding_input_columns_are_renamed(tmp_path: Path) -> None:
@@ -351,3 +354,174 @@ def test_csv_input_columns_read_back_as_text(tmp_path: Path) -> None:
     assert df["level"].tolist() == ["2", "10"]
     assert df["answer"].tolist() == ["0042", "1e3"]
     assert df["attempts"].tolist() == [1, 1]  # result columns keep their types
+
+
+# --- local state: nothing incomplete is ever published ----------------------------------
+
+
+class _FailingWriter:
+    """Stands in for pyarrow's writer on a full disk: the OSError pyarrow raises."""
+
+    def __init__(self, *, on: str) -> None:
+        self.on = on
+
+    def _fail(self) -> None:
+        raise OSError(
+            errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device"
+        )
+
+    def write_batch(self, _batch: object) -> None:
+        if self.on == "write":
+            self._fail()
+
+    def write_table(self, _table: object, row_group_size: int = 0) -> None:
+        if self.on == "write":
+            self._fail()
+
+    def close(self) -> None:
+        if self.on == "close":
+            self._fail()
+
+
+def _previous(path: Path) -> bytes:
+    """An earlier run's output under the final name: it must survive a failed finish."""
+    old = b"the previous output, untouched"
+    path.write_bytes(old)
+    return old
+
+
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_a_failed_write_is_an_output_error_and_nothing_is_published(
+    tmp_path: Path, ext: str
+) -> None:
+    final = tmp_path / f"out{ext}"
+    old = _previous(final)
+    writer = ResultWriter(final, INPUT_SCHEMA)
+    writer.write(batch(0, 2), [solved(0), solved(1)], first_row=0)
+    if ext == ".csv":
+        writer._csv = _FailingWriter(on="write")  # type: ignore[assignment]
+        with pytest.raises(OutputError) as caught:
+            writer.write(batch(2, 1), [solved(2)], first_row=2)
+    else:
+        writer._parquet = _FailingWriter(on="close")  # type: ignore[assignment]
+        with pytest.raises(OutputError) as caught:
+            writer.finish(expected_rows=2)
+    message = str(caught.value)
+    assert str(final) in message and "No space left on device" in message
+    assert "\n" not in message and "not published" in message
+    if ext == ".csv":
+        # Bytes may be missing now: the writer refuses to go on or to publish.
+        with pytest.raises(OutputError):
+            writer.write(batch(3, 1), [solved(3)])
+        with pytest.raises(OutputError):
+            writer.finish(expected_rows=2)
+    assert final.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_finish_refuses_fewer_rows_than_the_input_has(tmp_path: Path, ext: str) -> None:
+    final = tmp_path / f"out{ext}"
+    old = _previous(final)
+    writer = ResultWriter(final, INPUT_SCHEMA)
+    writer.write(batch(0, 3), [solved(i) for i in range(3)])
+    with pytest.raises(OutputError, match="would hold 3 of the 4 input rows"):
+        writer.finish(expected_rows=4)
+    assert final.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+def test_finish_with_every_row_publishes(tmp_path: Path) -> None:
+    final = tmp_path / "out.csv"
+    _previous(final)
+    with ResultWriter(final, INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 2), [solved(0), solved(1)], first_row=0)
+        writer.write(batch(2, 1), [failed(2)], first_row=2)
+        writer.finish(expected_rows=3)
+    assert list(read_results(final)["id"]) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("second", "word"), [(5, "a gap"), (0, "rows out of order"), (1, "rows out of order")]
+)
+def test_write_refuses_a_gap_or_a_step_back(tmp_path: Path, second: int, word: str) -> None:
+    final = tmp_path / "out.parquet"
+    writer = ResultWriter(final, INPUT_SCHEMA)
+    writer.write(batch(0, 2), [solved(0), solved(1)], first_row=0)
+    with pytest.raises(OutputError, match=word):
+        writer.write(batch(second, 1), [solved(second)], first_row=second)
+    # Once refused, the file can never be made whole: finish refuses too.
+    with pytest.raises(OutputError):
+        writer.finish(expected_rows=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("ext", "cut"),
+    [
+        (".csv", "mid-line"),  # the disk filled up inside a row
+        (".csv", "last-line"),  # ... or exactly at a row's end
+        (".parquet", "mid-line"),  # no footer
+    ],
+)
+def test_a_file_cut_short_on_disk_is_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ext: str, cut: str
+) -> None:
+    final = tmp_path / f"out{ext}"
+    old = _previous(final)
+    writer = ResultWriter(final, INPUT_SCHEMA)
+    writer.write(batch(0, 20), [solved(i) for i in range(20)], first_row=0)
+    close = writer._close_writers
+
+    def close_then_lose_the_tail() -> None:
+        # What a full disk did to a CSV output: the writer saw no error, the bytes
+        # are not all there.
+        close()
+        data = writer.temp_path.read_bytes()
+        last_row = data.rstrip(b"\n").rfind(b"\n") + 1
+        keep = len(data) - 40 if cut == "mid-line" else last_row
+        writer.temp_path.write_bytes(data[:keep])
+
+    monkeypatch.setattr(writer, "_close_writers", close_then_lose_the_tail)
+    with pytest.raises(OutputError, match="incomplete on disk"):
+        writer.finish(expected_rows=20)
+    assert final.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+def test_csv_read_back_counts_rows_with_newlines_in_values(tmp_path: Path) -> None:
+    final = tmp_path / "out.csv"
+    schema = pa.schema([pa.field("note\nheader", pa.string())])
+    notes = pa.RecordBatch.from_pydict({"note\nheader": ["a\nb", 'c,"d"\n\ne', "f"]}, schema=schema)
+    with ResultWriter(final, schema) as writer:
+        writer.write(notes, [solved(0), solved(1), solved(2)], first_row=0)
+        writer.finish(expected_rows=3)
+    assert count_rows(final, "csv") == 3
+
+
+def test_an_output_that_is_a_directory_is_refused_before_writing(tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        ResultWriter(tmp_path / "d.parquet", INPUT_SCHEMA)
+    assert [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
+
+
+def test_temporary_names_match_the_stale_temporary_pattern(tmp_path: Path) -> None:
+    final = tmp_path / "out.parquet"
+    first, second = ResultWriter(final, INPUT_SCHEMA), ResultWriter(final, INPUT_SCHEMA)
+    pattern = temp_pattern(final)
+    assert pattern.fullmatch(first.temp_path.name) and pattern.fullmatch(second.temp_path.name)
+    assert not pattern.fullmatch(".out.parquet.lock")
+    assert not pattern.fullmatch(".other.parquet.123.tmp")
+    first.abort()
+    second.abort()
+
+
+def test_csv_read_back_handles_rows_longer_than_a_read_block(tmp_path: Path) -> None:
+    final = tmp_path / "out.csv"
+    schema = pa.schema([pa.field("image", pa.binary())])
+    big = pa.RecordBatch.from_pydict({"image": [b"\x89PNG" * 1_500_000, b"x"]}, schema=schema)
+    with ResultWriter(final, schema) as writer:
+        writer.write(big, [solved(0), solved(1)], first_row=0)
+        writer.finish(expected_rows=2)  # a 8 MB base64 row: more than one 4 MB block
+    assert count_rows(final, "csv") == 2

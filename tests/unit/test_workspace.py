@@ -1,0 +1,153 @@
+"""capbatch._workspace: path checks, output locks, stale temporaries, the cache folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from capbatch._exceptions import ConfigError, InUseError
+from capbatch._inputs import TableSource
+from capbatch._workspace import (
+    CACHE_ENV,
+    Workspace,
+    cache_dir,
+    check_distinct,
+    check_writable,
+    memory_journal,
+    remove_stale_temporaries,
+    table_digest,
+)
+
+SAFE_ADVICE = "wait for it to finish, or stop it; to run a different job use a different -o"
+
+
+# --- the cache folder -----------------------------------------------------------------
+
+
+def test_cache_dir_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "capbatch"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "capbatch"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert cache_dir() == tmp_path / "home" / "Library" / "Caches" / "capbatch"
+
+
+def frame(n: int = 300) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"id": [f"r{i}" for i in range(n)], "image_path": [f"img/{i}.png" for i in range(n)]}
+    )
+
+
+def test_table_digest_is_content_only(tmp_path: Path) -> None:
+    df = frame()
+    base = table_digest(TableSource(df))
+    # The same content, however it is held or batched, gives the same journal.
+    assert table_digest(TableSource(df, batch_rows=7)) == base
+    assert table_digest(TableSource(pa.Table.from_pandas(df, preserve_index=False))) == base
+    assert table_digest(TableSource(df.copy())) == base
+    changed = df.copy()
+    changed.loc[150, "image_path"] = "img/other.png"
+    assert table_digest(TableSource(changed)) != base
+    assert table_digest(TableSource(df.iloc[:299])) != base
+    journal = memory_journal(TableSource(df))
+    assert journal.parent == cache_dir() / "journals" and "300rows" in journal.name
+
+
+# --- path checks ----------------------------------------------------------------------
+
+
+def test_check_writable_refuses_a_directory_and_a_file_for_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").mkdir()
+    with pytest.raises(ConfigError, match="is a directory; give a file path"):
+        check_writable(tmp_path / "d.parquet", "output")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="a file stands where its folder should be"):
+        check_writable(tmp_path / "file" / "out.parquet", "output")
+    check_writable(tmp_path / "new" / "deeper" / "out.parquet", "output")  # folders made
+    assert (tmp_path / "new" / "deeper").is_dir()
+    assert list((tmp_path / "new" / "deeper").iterdir()) == []  # the probe is gone
+
+
+def test_check_distinct_sees_through_symlinks_relative_forms_and_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    out = tmp_path / "j.parquet"
+    out.write_bytes(b"x")
+    (tmp_path / "link.parquet").symlink_to(out)
+    os.link(out, tmp_path / "hard.parquet")
+    for journal in ("j.parquet", "./sub/../j.parquet", "link.parquet", "hard.parquet"):
+        with pytest.raises(ConfigError, match="are the same file"):
+            check_distinct(out, journal)
+    with pytest.raises(ConfigError, match="same file"):
+        check_distinct(Path("j.parquet-wal"), "j.parquet")
+    check_distinct(out, "j.journal.sqlite")
+    check_distinct(out, ":memory:")
+
+
+# --- locks ----------------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_output_is_refused_whatever_its_journal(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    first = Workspace.open(out, str(tmp_path / "a.sqlite"))
+    try:
+        with pytest.raises(InUseError) as caught:
+            Workspace.open(out, str(tmp_path / "b.sqlite"))
+        message = str(caught.value)
+        assert str(out) in message and SAFE_ADVICE in message and "--journal" not in message
+        assert f"pid {os.getpid()}" in message
+        # ... and a run on another output with the first run's journal is refused too.
+        with pytest.raises(InUseError, match="the journal"):
+            Workspace.open(tmp_path / "other.parquet", str(tmp_path / "a.sqlite"))
+        assert not (tmp_path / "b.sqlite").exists()
+    finally:
+        first.close()
+    again = Workspace.open(out, str(tmp_path / "b.sqlite"))  # free once the first is done
+    again.close()
+    # Lock files go with their run.
+    assert not (tmp_path / ".out.parquet.lock").exists()
+    assert not list((cache_dir() / "locks").iterdir())
+
+
+def test_deleting_the_journal_and_the_lock_file_beside_the_output_frees_nothing(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out.parquet"
+    journal = tmp_path / "out.journal.sqlite"
+    first = Workspace.open(out, str(journal))
+    try:
+        assert (tmp_path / ".out.parquet.lock") in first.lock_paths
+        for path in (journal, Path(f"{journal}-wal"), tmp_path / ".out.parquet.lock"):
+            path.unlink(missing_ok=True)
+        with pytest.raises(InUseError, match=r"the output .* is in use"):
+            Workspace.open(out, str(journal))
+    finally:
+        first.close()
+
+
+def test_stale_temporaries_of_this_output_only_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    stale = [".out.csv.4242.tmp", ".out.csv.4242.3.tmp", ".out.csv.abcd_123.probe"]
+    kept = [".other.csv.4242.tmp", "out.csv", ".out.csv.lock", ".out.csv.x.tmp", "notes.tmp"]
+    for name in stale + kept:
+        (tmp_path / name).write_text("x")
+    workspace = Workspace.open(out, str(tmp_path / "j.sqlite"))
+    workspace.close()
+    assert sorted(p.name for p in workspace.removed) == sorted(stale)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not left & set(stale)
+    assert set(kept) - {".out.csv.lock"} <= left
+    assert remove_stale_temporaries(out) == []
