@@ -11,6 +11,7 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import math
 import os
 import signal
 import time
@@ -39,6 +40,7 @@ from ._exceptions import (
 from ._inputs import TableSource
 from ._journal import Journal
 from ._limits import Clock, Limits, RateLimiter
+from ._outage import DEFAULT_MAX_OUTAGE, OutageGate
 from ._outputs import ResultWriter, RowResult, output_schema, read_results, results_to_arrays
 from ._progress import CallbackProgress, Progress, RunCounters, SilentProgress, TqdmProgress
 from ._providers import CAPSOLVER, ProviderProfile, check_base_url, get_profile
@@ -91,6 +93,10 @@ class RunOptions:
     handle_signals: bool = False
     #: Seconds a stopped run waits for replies to requests in flight.
     drain_timeout: float = 30.0
+    #: Seconds the provider may stay unreachable before the run stops (see ``_outage``).
+    outage_timeout: float = DEFAULT_MAX_OUTAGE
+    #: Send again rows that failed for good in earlier runs (unsolvable, refused).
+    retry_failed: bool = False
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -152,6 +158,10 @@ def resolve(options: RunOptions) -> ResolvedRun:
         )
     if options.base_url is not None:
         check_base_url(options.base_url)
+    if not options.outage_timeout > 0 or not math.isfinite(options.outage_timeout):
+        raise ConfigError(
+            f"--outage-timeout must be a number of seconds above 0, not {options.outage_timeout}"
+        )
     if options.task_type != "ImageToTextTask" and not options.task_params and profile.is_local:
         raise ConfigError("the local solver only answers ImageToTextTask")
     return ResolvedRun(profile, key, limits, price, notices)
@@ -280,6 +290,12 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             notice(resolved.notices[-1])
     task_params = dict(options.task_params)
     cache_params = {**task_params, "_provider": resolved.profile.name}
+    endpoint = _endpoint(options, resolved.profile)
+    if endpoint != resolved.profile.base_url:
+        # Answers from another server (an emulator, a proxy) are not this one's: a
+        # different URL is a different cache. The default URL adds nothing, so journals
+        # written before this rule keep their keys.
+        cache_params["_base_url"] = endpoint
 
     if options.dry_run:
         from ._dryrun import dry_run
@@ -336,6 +352,9 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             price_confirmed=options.price is not None or resolved.profile.is_local,
         )
         summary.spend_before_usd = spend.spent_before
+        here = f"{resolved.profile.name} at {endpoint}" if endpoint else resolved.profile.name
+        if (other := _note_endpoint(journal, here)) is not None:
+            _tell(summary, notice, other, quiet=options.quiet)
         summary.spend_cap_usd = spend.cap
 
         async def check_balance() -> float | None:
@@ -362,6 +381,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             policy=options.retry,
             control=options.control,
             watch=watch,
+            outage=OutageGate(clock, max_outage=options.outage_timeout),
         )
         task_type = options.task_type
 
@@ -386,6 +406,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             make_task=make_task,
             on_result=options.on_result,
             drain_timeout=options.drain_timeout,
+            retry_failed=options.retry_failed,
         )
         stops.runner = runner
         progress.start(counters)
@@ -409,6 +430,9 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             summary.spend_usd = spend.spent
             summary.spend_cap_reached = spend.cap_reached or runner.spend_capped > 0
             summary.price_usd = spend.price
+            summary.retried_failed = runner.retried_failed
+            summary.kept_failed = runner.kept_failed
+            summary.outages = solver.outage.outages
             summary.bad_costs = solver.bad_costs
             if interrupted is not None:
                 summary.stopped_by = interrupted.error_code
@@ -458,10 +482,39 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             await service.aclose()
 
 
+def _endpoint(options: RunOptions, profile: ProviderProfile) -> str:
+    """The provider's URL this run talks to, normalised for comparison."""
+    return (options.base_url or profile.base_url or "").strip().rstrip("/").lower()
+
+
+#: Journal meta key: every provider and URL that wrote answers into the journal.
+_ENDPOINTS = "endpoints"
+
+
+def _note_endpoint(journal: Journal, here: str) -> str | None:
+    """Record ``here`` in the journal; a notice when other endpoints wrote to it before."""
+    try:
+        seen = [str(e) for e in json.loads(journal.get_meta(_ENDPOINTS) or "[]")]
+    except ValueError:
+        seen = []
+    if here not in seen:
+        journal.set_meta(_ENDPOINTS, json.dumps([*seen, here]))
+    others = [e for e in seen if e != here]
+    if not others:
+        return None
+    return (
+        f"the journal also holds answers from {', '.join(others)}; they are not reused "
+        f"for {here}"
+    )
+
+
 def _spent_before(journal: Journal, price: float) -> float:
-    """What earlier runs of this journal spent: charged tasks, plus sends whose outcome
-    is unknown at today's price (they may have been charged)."""
-    return journal.total_spent() + journal.total_uncertain() * price
+    """What earlier runs of this journal spent: charged tasks, plus, at today's price,
+    sends whose outcome is unknown and tasks a stopped run left unfinished (each may
+    have been charged; a job that picks one up moves its price out of here)."""
+    states = journal.counts()
+    unfinished = states.get("intent", 0) + states.get("created", 0)
+    return journal.total_spent() + (journal.total_uncertain() + unfinished) * price
 
 
 def _tell(summary: RunSummary, notice: Callable[[str], None], message: str, *, quiet: bool) -> None:

@@ -48,7 +48,9 @@ _NOT_FINAL = frozenset({SPEND_CAP_REACHED, PENDING})
 
 
 class ResultSink(Protocol):
-    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None: ...
+    def write(
+        self, batch: pa.RecordBatch, results: list[RowResult], first_row: int | None = None
+    ) -> None: ...
 
 
 class RunAborted(CapbatchError):
@@ -383,7 +385,8 @@ class BatchRunner:
         while self._window and self._window[0].missing == 0:
             pending = self._window.popleft()
             results = [r for r in pending.results if r is not None]
-            self.sink.write(pending.batch, results)
+            # The first row's number lets the writer prove order and that none is missing.
+            self.sink.write(pending.batch, results, first_row=pending.first_row)
             self._buffered_rows -= pending.batch.num_rows
             self._final_rows += sum(1 for r in results if r.error_code not in _NOT_FINAL)
             self._room.set()

@@ -161,7 +161,9 @@ class SummarySink:
         self.not_sent = 0
         self.pending = 0
 
-    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None:
+    def write(
+        self, batch: pa.RecordBatch, results: list[RowResult], first_row: int | None = None
+    ) -> None:
         for result in results:
             self.rows += 1
             if result.status == "solved":
@@ -176,7 +178,7 @@ class SummarySink:
                 self.from_cache += 1
             elif result.latency_ms is not None:
                 self.latencies.append(result.latency_ms)
-        self.inner.write(batch, results)
+        self.inner.write(batch, results, first_row=first_row)
 
     def fill(self, summary: RunSummary) -> None:
         summary.rows = self.rows
