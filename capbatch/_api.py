@@ -535,15 +535,16 @@ class _SignalStops:
         self._signals: list[int] = []
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
-        self._installed: list[signal.Signals] = []
+        self._installed: list[tuple[signal.Signals, Any]] = []
         if not enabled:
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
             try:
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 continue  # not the main thread, or a platform without it
-            self._installed.append(sig)
+            self._installed.append((sig, previous))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals.append(int(sig))
@@ -567,8 +568,13 @@ class _SignalStops:
             self._task.cancel()
 
     def close(self) -> None:
-        for sig in self._installed:
+        # Put back the caller's handlers, not the defaults asyncio restores: a signal in
+        # the last moments of a run (closing the journal, the CLI's last lines) must
+        # still end in the caller's clean exit, not kill the process outright.
+        for sig, previous in self._installed:
             self._loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
         self._installed.clear()
 
 

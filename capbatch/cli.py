@@ -225,9 +225,26 @@ def run_command(
     gc.freeze()
     # The run handles SIGINT and SIGTERM itself (see ``_api._SignalStops``); this covers
     # the moments before and after it, so a SIGTERM still ends with one line.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Exits (SystemExit) on every outcome but success, with the signals kept quiet to the
+    # end; on success the caller's handlers come back (for in-process callers).
+    _run_and_report(input_path, options)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _run_and_report(input_path: Path, options: RunOptions) -> None:
+    """Run, print the summary, and exit with the status the outcome deserves."""
+    quiet = options.quiet
     try:
-        outcome = asyncio.run(execute(input_path, options))
+        try:
+            outcome = asyncio.run(execute(input_path, options))
+        finally:
+            # The run is over (its output written or not): a signal from here on only
+            # repeats the one being handled, and must not cut the last lines short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except RunInterrupted as stop:
         summary = stop.summary
         if isinstance(summary, RunSummary) and not quiet:
@@ -258,7 +275,7 @@ def run_command(
         )
         sys.exit(EXIT_FATAL)
     summary = outcome.summary
-    if dry_run:
+    if options.dry_run:
         for line in summary.notices[-1:]:
             click.echo(_printable(line))
         return
@@ -266,6 +283,8 @@ def run_command(
         _echo_err(summary.format())
     if summary.output:
         click.echo(_printable(summary.output))
+
+
 
 
 cli.add_command(serve)

@@ -402,6 +402,11 @@ async def test_callback_to_an_allowed_port_is_delivered(emulator, entry):
         emu = emulator(api_key=KEY, callback_allow=(entry.format(port=hook.port),))
         reply = await _create_with_callback(emu.url, f"http://127.0.0.1:{hook.port}/hook")
         assert await asyncio.wait_for(hook.received.get(), timeout=TIMEOUT) == reply
+        # The emulator counts the callback once the hook's reply is back: a moment later.
+        for _ in range(100):
+            if emu.stats()["callbacks_sent"] == 1:
+                break
+            await asyncio.sleep(0.02)
         assert emu.stats()["callbacks_sent"] == 1
 
 
