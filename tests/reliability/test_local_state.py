@@ -134,7 +134,7 @@ def test_a_damaged_journal_stops_the_run_before_anything_is_sent(
     server = oracle(emulator)
     table = write_table(sample_frame(ROWS), tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
-    args = ["run", table, "-o", out, "--base-url", server.url, "--quiet"]
+    args = ["run", table, "-o", out, "--base-url", server.url, "--quiet", "--rate", "300"]
     first = run_cli(*args)
     assert first.returncode == 0, first.output
     published = out.read_bytes()
@@ -221,8 +221,9 @@ def test_a_full_disk_under_the_output_publishes_nothing_and_keeps_every_answer(
         out.write_bytes(previous)
         fill(disk, leave=16 * 1024)  # room for the lock file and the first bytes only
         done = run_cli(
-            "run", table, "-o", out, "--journal", journal, "--base-url", server.url, "--quiet"
-        )
+            "run", table, "-o", out, "--journal", journal, "--base-url", server.url, "--quiet",
+            "--rate", "300",
+        )  # fmt: skip
         assert done.returncode == 1, done.output
         line = error_line(done.stderr)
         assert str(out) in line and "No space left on device" in line
@@ -233,8 +234,9 @@ def test_a_full_disk_under_the_output_publishes_nothing_and_keeps_every_answer(
     assert kept == ROWS  # every row was answered before the output's disk filled up
     fine = tmp_path / f"out{ext}"
     rerun = run_cli(
-        "run", table, "-o", fine, "--journal", journal, "--base-url", server.url, "--quiet"
-    )
+        "run", table, "-o", fine, "--journal", journal, "--base-url", server.url, "--quiet",
+        "--rate", "300",
+    )  # fmt: skip
     assert rerun.returncode == 0, rerun.output
     assert server.stats()["create_calls"] == creates  # nothing paid twice
     result = read_results(fine)
@@ -251,8 +253,9 @@ def test_a_full_disk_under_the_journal_stops_with_the_journal_intact(
     with small_disk(tmp_path / "disk") as disk:
         journal = disk / "j.sqlite"
         done = run_cli(
-            "run", table, "-o", out, "--journal", journal, "--base-url", server.url, "--quiet"
-        )
+            "run", table, "-o", out, "--journal", journal, "--base-url", server.url, "--quiet",
+            "--rate", "300",
+        )  # fmt: skip
         assert done.returncode == 1, done.output
         line = error_line(done.stderr)
         assert str(journal) in line and "full" in line, line
@@ -265,8 +268,9 @@ def test_a_full_disk_under_the_journal_stops_with_the_journal_intact(
     creates = server.stats()["create_calls"]
     assert 0 < kept < ROWS
     rerun = run_cli(
-        "run", table, "-o", out, "--journal", saved, "--base-url", server.url, "--quiet"
-    )
+        "run", table, "-o", out, "--journal", saved, "--base-url", server.url, "--quiet",
+        "--rate", "300",
+    )  # fmt: skip
     assert rerun.returncode == 0, rerun.output
     # Rows answered before the disk filled up are not sent again.
     assert server.stats()["create_calls"] - creates <= ROWS - kept
@@ -286,7 +290,7 @@ def test_a_second_run_on_the_same_output_stops_at_once_even_with_the_journal_del
     out = tmp_path / "out.parquet"
     journal = tmp_path / "out.journal.sqlite"
     args = ["run", table, "-o", out, "--base-url", server.url, "--no-cache"]
-    args += ["--max-in-flight", "10", "--quiet"]
+    args += ["--max-in-flight", "10", "--quiet", "--rate", "100"]
     first = start_cli(*args, log=tmp_path / "first.log")
     try:
         wait_until(
@@ -330,6 +334,7 @@ def test_the_temporary_of_a_killed_run_is_removed_by_the_next_run(
     table = write_table(sample_frame(rows), tmp_path / "in.parquet")
     out = tmp_path / "out.csv"
     args = ["run", table, "-o", out, "--base-url", server.url, "--max-in-flight", "10"]
+    args += ["--rate", "100"]
     proc = start_cli(*args, "--quiet")
     try:
         wait_until(

@@ -166,6 +166,7 @@ def test_a_second_signal_stops_at_once_with_the_journal_intact(
     assert proc.wait(timeout=30) == 130
     assert time.monotonic() - started < 5
     assert "stopped at once" in (tmp_path / "first.log").read_text()
+    server.control(latency=(0.0, 0.0), solve_time=(0.1, 0.2))  # a quick resume
     done = run_cli(*args, "--quiet")
     assert done.returncode == 0, done.output
     assert (pd.read_parquet(out)["status"] == "solved").all()
@@ -368,3 +369,57 @@ def test_an_unexpected_fault_in_a_job_stops_the_run_and_publishes_nothing(
     result = capbatch.run(table, output=out, service=again, progress=False)
     assert (result["status"] == "solved").all()
     assert again.calls == -100 + 40 - 5
+
+
+# --- key files as editors and shells write them -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("utf16.txt", ("\ufeff" + KEY + "\r\n").encode("utf-16-le")),  # PowerShell's >
+        ("bom.txt", ("\ufeff" + KEY + "\n").encode("utf-8")),
+        ("spaced.txt", f"# my capsolver key\n\n   {KEY}   \n".encode()),
+    ],
+)
+def test_key_files_in_common_encodings_are_read(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    emulator: Start,
+    name: str,
+    content: bytes,
+) -> None:
+    server = oracle(emulator)
+    # Outside tmp_path, which is scanned for the key after the test.
+    key_file = tmp_path_factory.mktemp("keys") / name
+    key_file.write_bytes(content)
+    table = write_table(sample_frame(3), tmp_path / "in.parquet")
+    done = run_cli(
+        *run_args(server, table, tmp_path / "out.parquet", "--api-key-file", key_file), key=None
+    )
+    assert done.returncode == 0, done.output
+    assert server.stats()["create_calls"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "empty"),
+        (b"# only a comment\n", "comment"),
+        (b"sk abc def\n", "space"),
+        (b"\x00\x01\x02binary", "binary"),
+    ],
+)
+def test_a_bad_key_file_is_one_line_that_says_what_is_wrong(
+    tmp_path: Path, content: bytes, said: str
+) -> None:
+    key_file = tmp_path / "key.txt"
+    key_file.write_bytes(content)
+    table = write_table(sample_frame(3), tmp_path / "in.parquet")
+    done = run_cli(
+        "run", table, "-o", tmp_path / "out.parquet", "--provider", "capsolver",
+        "--base-url", "http://127.0.0.1:9", "--api-key-file", key_file, key=None,
+    )  # fmt: skip
+    assert done.returncode == 2, done.output
+    assert said in done.stderr.lower() and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
