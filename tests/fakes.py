@@ -46,3 +46,30 @@ class SteppedClock:
             future = heapq.heappop(self._sleepers)[2]
             if not future.done():  # a cancelled sleeper is gone, as in a real loop
                 future.set_result(None)
+
+
+def key_forms(key: str) -> dict[str, str]:
+    """The forms in which a hostile server may echo an account key back, as raw reply
+    text: cases, pieces, JSON, URL and HTML escapes (once or twice), and mixtures."""
+    return {
+        "exact": key,
+        "lower": key.lower(),
+        "upper": key.upper(),
+        "prefix8": key[:8],
+        "middle8": key[len(key) // 2 - 4 : len(key) // 2 + 4],
+        "middle7": key[5:12],
+        "suffix6": key[-6:],
+        # Inside JSON text: decodes to the key itself.
+        "json_dash": key.replace("-", "\\u002d"),
+        "json_all": "".join(f"\\u{ord(c):04x}" for c in key),
+        "json_all_upper_hex": "".join(f"\\u{ord(c):04X}" for c in key),
+        # Inside JSON text: decodes to a string that still holds the escapes.
+        "json_twice": key.replace("-", "\\\\u002d"),
+        "json_literal": "".join(f"\\\\u{ord(c):04x}" for c in key),
+        "url_dash": key.replace("-", "%2D"),
+        "url_all": "".join(f"%{ord(c):02X}" for c in key),
+        "url_all_lower": "".join(f"%{ord(c):02x}" for c in key),
+        "url_twice": key.replace("-", "%252D"),
+        "html": "".join(f"&#{ord(c)};" for c in key),
+        "mixed": key[:4].upper() + "%" + f"{ord(key[4]):02X}" + key[5:].lower(),
+    }

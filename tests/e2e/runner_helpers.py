@@ -5,15 +5,38 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from capbatch.emulator import EmulatorHandle
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_data"
 KEY = "sk-e2e-SECRET-7f3a9c"
 CLI_TIMEOUT = 120
+#: The emulator's price per task in these tests (CapSolver's table price too).
+PRICE = 0.0004
+
+
+def oracle(emulator: Callable[..., EmulatorHandle], **options: Any) -> EmulatorHandle:
+    """An emulator answering from the sample labels, quickly, at ``PRICE`` a task."""
+    options.setdefault("solver", "oracle")
+    options.setdefault("labels", str(SAMPLE / "labels.csv"))
+    options.setdefault("price", PRICE)
+    options.setdefault("solve_time", (0.05, 0.2))
+    return emulator(api_key=KEY, **options)
+
+
+def run_args(
+    server: EmulatorHandle, table: Path, out: Path, *extra: str | Path, quiet: bool = True
+) -> list[str | Path]:
+    """``capbatch run`` arguments against ``server`` (quiet: no bar, no summary)."""
+    quiet_flag = ["--quiet"] if quiet else []
+    return ["run", table, "-o", out, "--base-url", server.url, *quiet_flag, *extra]
 
 
 def sample_frame(rows: int, *, start: int = 0) -> pd.DataFrame:

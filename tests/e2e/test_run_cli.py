@@ -8,7 +8,6 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -17,28 +16,17 @@ import pytest
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import (
     KEY,
-    SAMPLE,
+    PRICE,
     assert_key_absent,
+    oracle,
+    run_args,
     run_cli,
     sample_frame,
     start_cli,
     write_table,
 )
 
-PRICE = 0.0004
 Start = Callable[..., EmulatorHandle]
-
-
-def oracle(emulator: Start, **options: Any) -> EmulatorHandle:
-    options.setdefault("solver", "oracle")
-    options.setdefault("labels", str(SAMPLE / "labels.csv"))
-    options.setdefault("price", PRICE)
-    options.setdefault("solve_time", (0.05, 0.2))
-    return emulator(api_key=KEY, **options)
-
-
-def run_args(server: EmulatorHandle, table: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", str(table), "-o", str(out), "--base-url", server.url, "--quiet", *extra]
 
 
 def assert_all_solved_right(result: pd.DataFrame) -> None:

@@ -18,28 +18,23 @@ import pytest
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import (
     KEY,
-    SAMPLE,
+    PRICE,
+    oracle,
     run_cli,
     sample_frame,
     start_cli,
     write_table,
 )
+from tests.e2e.runner_helpers import (
+    run_args as quiet_run_args,
+)
 
-PRICE = 0.0004
 Start = Callable[..., EmulatorHandle]
-Control = Callable[..., Any]
 
 
-def oracle(emulator: Start, **options: Any) -> EmulatorHandle:
-    options.setdefault("solver", "oracle")
-    options.setdefault("labels", str(SAMPLE / "labels.csv"))
-    options.setdefault("price", PRICE)
-    options.setdefault("solve_time", (0.05, 0.2))
-    return emulator(api_key=KEY, **options)
-
-
-def run_args(server: EmulatorHandle, table: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", str(table), "-o", str(out), "--base-url", server.url, *extra]
+def run_args(server: EmulatorHandle, table: Path, out: Path, *extra: str | Path) -> list[Any]:
+    """The run's arguments, summary on: these tests read what it says."""
+    return quiet_run_args(server, table, out, *extra, quiet=False)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:

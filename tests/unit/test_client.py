@@ -46,6 +46,7 @@ from capbatch._providers import (
 )
 from capbatch._secrets import Secret
 from capbatch._transport import MAX_REPLY_BYTES
+from tests.fakes import key_forms
 
 KEY = "sk-SECRET-123"
 BASE = "https://api.test"
@@ -642,21 +643,6 @@ async def test_own_http_client_is_closed() -> None:
 
 
 # --- hostile replies ------------------------------------------------------------------
-
-
-def key_forms(key: str) -> dict[str, str]:
-    """Forms of ``key`` as they appear in the raw reply text."""
-    return {
-        "exact": key,
-        "lower": key.lower(),
-        "upper": key.upper(),
-        "prefix8": key[:8],
-        "json-dash": key.replace("-", "\\u002d"),  # decodes to the key itself
-        "json-all": "".join(f"\\u{ord(c):04x}" for c in key),
-        "json-literal": key.replace("-", "\\\\u002d"),  # decodes to "sk\\u002dSECRET..."
-        "url-dash": key.replace("-", "%2D"),
-        "url-all": "".join(f"%{ord(c):02X}" for c in key),
-    }
 
 
 def leaked(text: str) -> list[str]:

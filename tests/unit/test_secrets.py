@@ -12,6 +12,7 @@ import pytest
 
 from capbatch._exceptions import ConfigError
 from capbatch._secrets import Secret, as_secret, load_key, redact
+from tests.fakes import key_forms
 
 KEY = "sk-SECRET-123"
 ENV = "CAPBATCH_TEST_KEY"
@@ -137,32 +138,11 @@ def test_redact() -> None:
 LONG_KEY = "CAP-0123456789ABCDEF0123456789abcdef"
 
 
-def forms_of(key: str) -> dict[str, str]:
-    """The forms hostile servers were seen (or could be expected) to echo a key in."""
-    return {
-        "exact": key,
-        "lower": key.lower(),
-        "upper": key.upper(),
-        "prefix8": key[:8],
-        "suffix6": key[-6:],
-        "middle7": key[5:12],
-        "json-dash": key.replace("-", "\\u002d"),
-        "json-all": "".join(f"\\u{ord(c):04x}" for c in key),
-        "json-all-upper-hex": "".join(f"\\u{ord(c):04X}" for c in key),
-        "json-twice": key.replace("-", "\\\\u002d"),
-        "url-dash": key.replace("-", "%2D"),
-        "url-all": "".join(f"%{ord(c):02x}" for c in key),
-        "url-twice": key.replace("-", "%252D"),
-        "html": "".join(f"&#{ord(c)};" for c in key),
-        "mixed": key[:4].upper() + "%" + f"{ord(key[4]):02X}" + key[5:].lower(),
-    }
-
-
 @pytest.mark.parametrize("key", [KEY, LONG_KEY], ids=["short-key", "long-key"])
-@pytest.mark.parametrize("form", list(forms_of(KEY)))
+@pytest.mark.parametrize("form", list(key_forms(KEY)))
 def test_mask_catches_every_form(key: str, form: str) -> None:
     secret = Secret(key)
-    echoed = forms_of(key)[form]
+    echoed = key_forms(key)[form]
     text = f"error: key {echoed} is not valid (request {echoed}) end"
     masked = secret.mask(text)
     assert masked.startswith("error: key ****") and masked.endswith(") end")
