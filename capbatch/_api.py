@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -42,18 +41,19 @@ from ._journal import Journal
 from ._limits import Clock, Limits, RateLimiter
 from ._outage import DEFAULT_MAX_OUTAGE, OutageGate
 from ._outputs import ResultWriter, RowResult, output_schema, read_results, results_to_arrays
-from ._progress import CallbackProgress, Progress, RunCounters, SilentProgress, TqdmProgress
+from ._progress import CallbackProgress, Progress, SilentProgress, TqdmProgress
 from ._providers import CAPSOLVER, ProviderProfile, check_base_url, get_profile
-from ._runner import BatchRunner
+from ._runner import BatchRunner, ResultSink
 from ._scheduler import RetryPolicy, TaskSolver
 from ._secrets import Secret, as_secret, load_key, redact
 from ._spend import SpendGuard, check_money
 from ._spend_watch import SpendWatch
-from ._summary import RunSummary, SummarySink
+from ._summary import RunSummary
+from ._tally import Tally
 from ._version import __version__
 from ._workspace import Workspace, memory_journal, memory_journal_notice
 
-ProgressOption = bool | Progress | Callable[[RunCounters, RowResult | None], None]
+ProgressOption = bool | Progress | Callable[[Tally, RowResult | None], None]
 
 
 @dataclass
@@ -333,17 +333,16 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
     journal = workspace.journal
     writer: ResultWriter | None = None
     memory: MemorySink | None = None
-    started = time.monotonic()
     clock = Clock()
     limiter = RateLimiter(resolved.limits.rate, clock=clock)
     try:
         summary.balance_before = await _balance(service, limiter)
+        sink: ResultSink
         if output is not None:
-            writer = ResultWriter(output, table.schema)
+            sink = writer = ResultWriter(output, table.schema)
         else:
-            memory = MemorySink()
-        sink = SummarySink(writer if writer is not None else memory)
-        counters = RunCounters(total=table.num_rows)
+            sink = memory = MemorySink()
+        tally = Tally(total=table.num_rows)
         progress = _make_progress(options)
         spend = SpendGuard(
             resolved.limits.max_spend,
@@ -382,6 +381,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             control=options.control,
             watch=watch,
             outage=OutageGate(clock, max_outage=options.outage_timeout),
+            tally=tally,
         )
         task_type = options.task_type
 
@@ -400,7 +400,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             task_params=cache_params,
             cache=options.cache,
             progress=progress,
-            counters=counters,
+            counters=tally,
             max_pending_jobs=max(4 * resolved.limits.max_in_flight, 64),
             max_buffered_rows=max(16 * options.batch_rows, 65_536),
             make_task=make_task,
@@ -409,22 +409,16 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             retry_failed=options.retry_failed,
         )
         stops.runner = runner
-        progress.start(counters)
+        progress.start(tally)
         try:
             await runner.run()
         except RunInterrupted as stop:
             interrupted = stop
         finally:
-            progress.close(counters)
-            sink.fill(summary)
-            summary.resumed = min(runner.rows_final_before, summary.rows)
-            stats = solver.stats
-            summary.requests = stats.requests
-            summary.creates = stats.creates
-            summary.polls = stats.polls
+            progress.close(tally)
+            tally.fill(summary)
             if solver.pacer.first_polls:
                 summary.first_poll_s = round(solver.pacer.first_delay, 3)
-            summary.rate_limited = stats.rate_limited
             # Over every run of this journal: a killed run could not report its own.
             summary.possible_double_payments = journal.total_uncertain()
             summary.spend_usd = spend.spent
@@ -436,8 +430,6 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
             summary.bad_costs = solver.bad_costs
             if interrupted is not None:
                 summary.stopped_by = interrupted.error_code
-            summary.duration_s = time.monotonic() - started
-            summary.achieved_rate = stats.requests / max(summary.duration_s, 1e-9)
             summary.finished_at = _now_iso()
         summary.balance_after = (
             await _balance(service, limiter) if summary.balance_before is not None else None

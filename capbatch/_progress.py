@@ -8,58 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._outputs import RowResult
+from ._tally import Tally
 
-
-@dataclass
-class RunCounters:
-    """Live counts of one run, shared by every progress display."""
-
-    total: int | None = None
-    done: int = 0
-    solved: int = 0
-    failed: int = 0
-    from_cache: int = 0
-    spend: float = 0.0
-    requests: int = 0
-    started: float = field(default_factory=time.monotonic)
-    resumed: int = 0
-
-    def add(self, result: RowResult) -> None:
-        self.done += 1
-        if result.status == "solved":
-            self.solved += 1
-        else:
-            self.failed += 1
-        if result.from_cache:
-            self.from_cache += 1
-        self.spend += result.cost_usd
-
-    @property
-    def shown(self) -> int:
-        """Rows to show as done: earlier runs' rows count from the start (``resumed``)."""
-        return max(self.done, self.resumed)
-
-    @property
-    def elapsed(self) -> float:
-        return max(1e-9, time.monotonic() - self.started)
-
-    @property
-    def request_rate(self) -> float:
-        return self.requests / self.elapsed
-
-    @property
-    def row_rate(self) -> float:
-        return max(0, self.done - self.resumed) / self.elapsed
-
-    def eta(self) -> float | None:
-        """Seconds left at the current row rate, when the total is known."""
-        if self.total is None or self.row_rate <= 0:
-            return None
-        return max(0.0, (self.total - self.shown) / self.row_rate)
+#: What every progress display reads: the run's one tally (see ``_tally``).
+RunCounters = Tally
 
 
 class Progress(Protocol):

@@ -23,12 +23,11 @@ from ._exceptions import CapbatchError, RowInputError, RunFailed, RunInterrupted
 from ._inputs import TableSource, resolve_column, task_key
 from ._journal import Journal, JournalEntry
 from ._outputs import RowResult
-from ._progress import Progress, RunCounters
+from ._progress import Progress
 from ._protocol import ERROR_CODES, Action, classify
 from ._providers import ProviderProfile
 from ._scheduler import (
     PENDING,
-    SPEND_CAP_REACHED,
     Job,
     RunStopped,
     SpendCapReached,
@@ -38,6 +37,7 @@ from ._scheduler import (
     solve_job,
     spend_cap_result,
 )
+from ._tally import SPEND_CAP_REACHED, Tally
 
 #: How many first final results must agree before a systematic failure stops the run.
 SYSTEMATIC_WINDOW = 20
@@ -94,7 +94,7 @@ class BatchRunner:
         task_params: Mapping[str, Any],
         cache: bool,
         progress: Progress,
-        counters: RunCounters,
+        counters: Tally,
         max_pending_jobs: int,
         max_buffered_rows: int,
         make_task: Callable[[bytes], dict[str, Any]],
@@ -374,7 +374,6 @@ class BatchRunner:
         pending.results[index] = result
         pending.missing -= 1
         self.counters.add(result)
-        self.counters.requests = self.solver.stats.requests
         if self.on_result is not None:
             self.on_result(pending.first_row + index, result)
         self.progress.update(self.counters, result)
@@ -488,7 +487,7 @@ def _shared(result: RowResult, row_key: str, owner: str) -> RowResult:
     """The result of an identical image solved for another row in this run."""
     if row_key == owner:
         return result
-    if result.error_code == "SPEND_CAP_REACHED":
+    if result.error_code == SPEND_CAP_REACHED:
         return result
     return dataclasses.replace(
         result,

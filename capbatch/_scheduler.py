@@ -29,11 +29,11 @@ from ._protocol import ERROR_CODES, Action, TaskReply, classify
 from ._providers import ProviderProfile
 from ._spend import SpendGuard
 from ._spend_watch import MAX_TASK_PRICE, SpendWatch
+from ._tally import SPEND_CAP_REACHED, Tally
 
 T = TypeVar("T")
 
 #: Error codes of capbatch's own for rows the run could not finish.
-SPEND_CAP_REACHED = "SPEND_CAP_REACHED"
 PENDING = "PENDING"
 MAX_ATTEMPTS = "MAX_ATTEMPTS_EXCEEDED"
 POLL_LIMIT = "POLL_LIMIT_REACHED"
@@ -114,16 +114,6 @@ class RetryPolicy:
 
 
 @dataclass
-class RunStats:
-    requests: int = 0
-    creates: int = 0
-    polls: int = 0
-    rate_limited: int = 0
-    #: createTask calls that may have been paid without an answer we could use.
-    possible_double_payments: int = 0
-
-
-@dataclass
 class _Attempt:
     """Mutable state of one job while it runs."""
 
@@ -164,6 +154,7 @@ class TaskSolver:
         control: RunControl | None = None,
         watch: SpendWatch | None = None,
         outage: OutageGate | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.service = service
         self.profile = profile
@@ -174,7 +165,8 @@ class TaskSolver:
         spend.price = price
         self.clock = clock
         self.policy = policy or RetryPolicy()
-        self.stats = RunStats()
+        #: The run's one tally: requests are counted here as they leave.
+        self.tally = tally if tally is not None else Tally()
         self._in_flight = PrioritySemaphore(limits.max_in_flight)
         self.pacer = PollPacer(profile.poll)
         self._rng = random.Random(seed)
@@ -265,7 +257,7 @@ class TaskSolver:
                     raise RunStopped(error) from exc
             if state.submitted_at is None:
                 state.submitted_at = time.time()  # latency runs from the first send
-            self.stats.requests += 1
+            self.tally.requests += 1
             self._sending += 1
             self._idle.clear()
             try:
@@ -343,7 +335,7 @@ class TaskSolver:
         # Sent before the crash with no usable task id: it may have been paid for, and
         # sending it again may pay twice. Count it, in the journal too, so the summary
         # can say so even if this run is killed in its turn.
-        self.stats.possible_double_payments += 1
+        self.tally.lost_sends += 1
         self.spend.adopt_lost()
         self.journal.record_uncertain(job.key)
 
@@ -370,7 +362,7 @@ class TaskSolver:
             )
             sent = True
             state.calls += 1
-            self.stats.creates += 1
+            self.tally.creates += 1
 
         state.budget += 1
         try:
@@ -409,7 +401,7 @@ class TaskSolver:
         if exc.error_code in _MAYBE_SENT or isinstance(exc, MalformedReply):
             self.spend.mark_uncertain(state.reserved)
             self._settle_probe(state)
-            self.stats.possible_double_payments += 1
+            self.tally.lost_sends += 1
             # Also marks the entry "lost", so a resume does not count this send again.
             self.journal.record_uncertain(job.key)
         else:
@@ -436,7 +428,7 @@ class TaskSolver:
             self._forget_task(state)
             return None
         state.polls += 1
-        self.stats.polls += 1
+        self.tally.polls += 1
         task_id = state.task_id
         try:
             reply = await self._request(
@@ -478,7 +470,7 @@ class TaskSolver:
             self._release_task_money(state)
             raise _RowFailed(self._failed(state, exc))
         if action is Action.SLOW_DOWN:
-            self.stats.rate_limited += 1
+            self.tally.rate_limited += 1
             state.rate_limited += 1
             if retry_after is not None and retry_after > OutageGate.LONG_RETRY_AFTER:
                 reason = f"{exc.error_code}: Retry-After {retry_after:.0f} s"

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from ._outputs import RowResult
 
 
 @dataclass
@@ -135,7 +132,7 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _percentiles(values: array[float], qs: tuple[float, ...]) -> list[float | None]:
+def percentiles(values: array[float], qs: tuple[float, ...]) -> list[float | None]:
     """``percentile`` of packed doubles for each of ``qs``, computed by Arrow over the
     same buffer (no Python float per value, no sorted copy as a list)."""
     if not values:
@@ -145,47 +142,3 @@ def _percentiles(values: array[float], qs: tuple[float, ...]) -> list[float | No
     for q in qs:
         found += pc.quantile(column, q=q / 100.0, interpolation="linear").to_pylist()
     return found
-
-
-class SummarySink:
-    """Wraps the real sink and tallies what the summary needs, row by row."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        # Packed doubles: 8 bytes a row, not a 32-byte float object and its list slot.
-        self.latencies = array("d")
-        self.codes: Counter[str] = Counter()
-        self.rows = 0
-        self.solved = 0
-        self.from_cache = 0
-        self.not_sent = 0
-        self.pending = 0
-
-    def write(
-        self, batch: pa.RecordBatch, results: list[RowResult], first_row: int | None = None
-    ) -> None:
-        for result in results:
-            self.rows += 1
-            if result.status == "solved":
-                self.solved += 1
-            elif result.status == "pending":
-                self.pending += 1
-            else:
-                self.codes[result.error_code or "UNKNOWN"] += 1
-                if result.error_code == "SPEND_CAP_REACHED":
-                    self.not_sent += 1
-            if result.from_cache:
-                self.from_cache += 1
-            elif result.latency_ms is not None:
-                self.latencies.append(result.latency_ms)
-        self.inner.write(batch, results, first_row=first_row)
-
-    def fill(self, summary: RunSummary) -> None:
-        summary.rows = self.rows
-        summary.solved = self.solved
-        summary.failed = self.rows - self.solved - self.pending
-        summary.pending = self.pending
-        summary.failed_by_code = dict(self.codes)
-        summary.from_cache = self.from_cache
-        summary.rows_not_sent = self.not_sent
-        summary.latency_p50_ms, summary.latency_p95_ms = _percentiles(self.latencies, (50, 95))

@@ -170,7 +170,7 @@ async def test_rate_limit_slows_the_run_honours_retry_after_and_costs_no_attempt
     solver, _, clock = make_solver(provider, max_attempts=1)
     result = await solve_job(solver, JOB)
     assert result.status == "solved" and result.attempts == 4
-    assert solver.limiter.rate < 100 and solver.stats.rate_limited == 3
+    assert solver.limiter.rate < 100 and solver.tally.rate_limited == 3
     assert sum(1 for s in clock.sleeps if s == pytest.approx(2.0, abs=0.05)) >= 3
 
 
@@ -265,7 +265,7 @@ async def test_lost_create_reply_is_counted_as_a_possible_double_payment() -> No
     solver, journal, _ = make_solver(provider)
     result = await solve_job(solver, JOB)
     assert result.status == "solved" and result.attempts == 2
-    assert solver.stats.possible_double_payments == 1
+    assert solver.tally.lost_sends == 1
     assert journal.get(JOB.key).uncertain == 1  # type: ignore[union-attr]
 
 
@@ -273,7 +273,7 @@ async def test_connect_failure_is_not_a_double_payment() -> None:
     provider = FakeProvider(createTask=[httpx.ConnectError("refused"), ok_ready()])
     solver, _, _ = make_solver(provider)
     result = await solve_job(solver, JOB)
-    assert result.status == "solved" and solver.stats.possible_double_payments == 0
+    assert result.status == "solved" and solver.tally.lost_sends == 0
 
 
 async def test_spend_cap_counts_money_in_flight() -> None:
@@ -316,7 +316,7 @@ async def test_resume_polls_a_journaled_task_instead_of_creating_it_again() -> N
     solver, _, _ = make_solver(provider)
     result = await solve_job(solver, replace(JOB, resumed=entry("created", 5)))
     assert result.answer == "old" and provider.count("createTask") == 0
-    assert solver.stats.possible_double_payments == 0 and result.attempts == 1
+    assert solver.tally.lost_sends == 0 and result.attempts == 1
 
 
 @pytest.mark.parametrize(
@@ -338,7 +338,7 @@ async def test_resume_recreates_lost_or_expired_tasks_and_counts_them_in_the_jou
         journal.record_uncertain(JOB.key)
     result = await solve_job(solver, replace(JOB, resumed=resumed))
     assert result.answer == "new" and provider.count("createTask") == 1
-    assert solver.stats.possible_double_payments == 1  # this run's share
+    assert solver.tally.lost_sends == 1  # this run's share
     assert journal.total_uncertain() == earlier_uncertain + 1  # every run's, kept on disk
     assert result.attempts == 2
 
