@@ -27,9 +27,6 @@ import pyarrow as pa
 from ._client import ProviderClient, TaskService
 from ._control import RunControl
 from ._exceptions import (
-    AuthError,
-    BalanceError,
-    BannedError,
     CapbatchError,
     ConfigError,
     OutputError,
@@ -42,6 +39,7 @@ from ._limits import Clock, Limits, RateLimiter
 from ._outage import DEFAULT_MAX_OUTAGE, OutageGate
 from ._outputs import ResultWriter, RowResult, output_schema, read_results, results_to_arrays
 from ._progress import CallbackProgress, Progress, SilentProgress, TqdmProgress
+from ._protocol import Action, classify
 from ._providers import CAPSOLVER, ProviderProfile, check_base_url, get_profile
 from ._runner import BatchRunner, ResultSink
 from ._scheduler import RetryPolicy, TaskSolver
@@ -248,16 +246,17 @@ def _now_iso() -> str:
 
 
 async def _balance(service: TaskService, limiter: RateLimiter) -> float | None:
-    """The balance, or None when unavailable; a bad key or ban stops the run here.
+    """The balance, or None when unavailable; a run-fatal answer (a bad key, a ban, no
+    money) stops the run here.
 
     getBalance waits for the run's limiter like every other request: the provider
     counts it against the same rate."""
     try:
         await limiter.acquire()
         return await service.get_balance()
-    except (AuthError, BannedError, BalanceError):
-        raise
-    except CapbatchError:
+    except CapbatchError as exc:
+        if classify(exc) is Action.FATAL:
+            raise
         return None
 
 

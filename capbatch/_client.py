@@ -38,7 +38,9 @@ from . import _protocol as protocol
 from ._exceptions import (
     CapbatchError,
     ConfigError,
-    ConnectionFailed,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
     MalformedReply,
     ReplyTooLarge,
     RequestTimeout,
@@ -227,27 +229,24 @@ class ProviderClient:
                 ) from None
             except asyncio.TimeoutError:
                 raise RequestTimeout(
-                    f"{endpoint}: no whole reply within the {self.deadline:g} s deadline",
-                    error_code="REQUEST_TIMEOUT",
+                    f"{endpoint}: no whole reply within the {self.deadline:g} s deadline"
                 ) from None
+            except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                what = type(exc).__name__
+                raise ConnectTimeout(f"{endpoint}: no connection in time ({what})") from None
             except httpx.TimeoutException as exc:
-                sent = not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
-                raise RequestTimeout(
-                    f"{endpoint}: no reply in time ({type(exc).__name__})",
-                    error_code="REQUEST_TIMEOUT" if sent else "CONNECT_TIMEOUT",
-                ) from None
+                what = type(exc).__name__
+                raise RequestTimeout(f"{endpoint}: no reply in time ({what})") from None
             except httpx.TransportError as exc:
-                raise ConnectionFailed(
-                    f"{endpoint}: connection lost ({type(exc).__name__})",
-                    error_code="CONNECTION_LOST",
+                raise ConnectionLost(
+                    f"{endpoint}: connection lost ({type(exc).__name__})"
                 ) from None
             # Later calls start from the host that answered.
             self._url_index = index
             return response
         hosts = ", ".join(self._urls)
-        raise ConnectionFailed(
-            f"{endpoint}: cannot connect to {hosts} ({type(last).__name__})",
-            error_code="CONNECT_FAILED",
+        raise ConnectFailed(
+            f"{endpoint}: cannot connect to {hosts} ({type(last).__name__})"
         ) from None
 
     def _redacted(self, exc: CapbatchError) -> CapbatchError:

@@ -19,7 +19,10 @@ CapbatchError
 ├── RunInterrupted                   SIGINT or SIGTERM stopped the run gracefully
 ├── TransportError                   the request never produced a parseable reply
 │   ├── ConnectionFailed             connect refused, connection dropped, read error
-│   ├── RequestTimeout               no reply in time
+│   │   ├── ConnectFailed            no connection: nothing was sent
+│   │   └── ConnectionLost           dropped after sending: maybe acted on
+│   ├── RequestTimeout               no reply in time: maybe acted on
+│   │   └── ConnectTimeout           no connection in time: nothing was sent
 │   └── MalformedReply               a reply that is not the protocol's JSON
 │       └── ReplyTooLarge            a reply body over the size cap
 └── APIError                         the provider answered with an error
@@ -122,9 +125,14 @@ class RowInputError(InputError):
 
 
 class TransportError(CapbatchError):
-    """The request did not produce a reply that could be parsed."""
+    """The request did not produce a reply that could be parsed.
+
+    ``maybe_sent`` says whether the request may have reached the provider (and so may
+    have been acted on and paid for): a property of the class, decided where the
+    transport's error is translated, so no caller has to guess from a code string."""
 
     error_code = "TRANSPORT_ERROR"
+    maybe_sent = True
 
 
 class ConnectionFailed(TransportError):
@@ -133,10 +141,30 @@ class ConnectionFailed(TransportError):
     error_code = "CONNECTION_FAILED"
 
 
+class ConnectFailed(ConnectionFailed):
+    """No connection could be opened: nothing was sent."""
+
+    error_code = "CONNECT_FAILED"
+    maybe_sent = False
+
+
+class ConnectionLost(ConnectionFailed):
+    """The connection dropped after the request left: it may have been acted on."""
+
+    error_code = "CONNECTION_LOST"
+
+
 class RequestTimeout(TransportError):
-    """No reply arrived within the timeout."""
+    """No reply arrived within the timeout (the request may have been acted on)."""
 
     error_code = "REQUEST_TIMEOUT"
+
+
+class ConnectTimeout(RequestTimeout):
+    """No connection within the connect timeout: nothing was sent."""
+
+    error_code = "CONNECT_TIMEOUT"
+    maybe_sent = False
 
 
 class MalformedReply(TransportError):

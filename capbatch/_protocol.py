@@ -212,6 +212,38 @@ def classify(error: CapbatchError) -> Action:
     return Action.RECORD
 
 
+def _classes_by_code() -> dict[str, type[CapbatchError]]:
+    """capbatch's own error codes (each class's default ``error_code``) -> class."""
+    found: dict[str, type[CapbatchError]] = {}
+    pending: list[type[CapbatchError]] = [CapbatchError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.error_code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+_CLASSES_BY_CODE = _classes_by_code()
+
+
+def action_for_code(error_code: str) -> Action | None:
+    """The action for an error known only by its code, as a row's ``error_code`` in the
+    journal or an output keeps it: a provider code from ``ERROR_CODES``, ``HTTP_5xx``, or
+    the code of one of capbatch's classes. None for a code nothing names."""
+    cls: type[CapbatchError] | None = ERROR_CODES.get(error_code)
+    if cls is None and error_code.startswith("HTTP_5"):
+        cls = ServiceUnavailable
+    if cls is None:
+        cls = _CLASSES_BY_CODE.get(error_code)
+    if cls is None:
+        return None
+    for klass in cls.__mro__:
+        action = ACTIONS.get(klass)
+        if action is not None:
+            return action
+    return Action.RECORD
+
+
 def parse_retry_after(value: str | None, *, cap: float = RETRY_AFTER_CAP) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date), in
     ``[0, cap]``: ``inf`` or ``86400`` must not stop a run for good (a value at the cap

@@ -24,7 +24,7 @@ from ._inputs import TableSource, resolve_column, task_key
 from ._journal import Journal, JournalEntry
 from ._outputs import RowResult
 from ._progress import Progress
-from ._protocol import ERROR_CODES, Action, classify
+from ._protocol import Action, action_for_code
 from ._providers import ProviderProfile
 from ._scheduler import (
     PENDING,
@@ -356,7 +356,7 @@ class BatchRunner:
         if any(r.status != "failed" for r in self._first_results):
             return
         code = next(iter(codes))
-        if code is None or not _is_final_api_error(code):
+        if code is None or action_for_code(code) is not Action.RECORD:
             return
         message = self._first_results[-1].error_message or code
         self._fail_run(
@@ -500,9 +500,3 @@ def _shared(result: RowResult, row_key: str, owner: str) -> RowResult:
         cost_usd=0.0,
         from_cache=True,
     )
-
-
-def _is_final_api_error(code: str) -> bool:
-    """True for provider error codes that a retry cannot fix (RECORD in the table)."""
-    cls = ERROR_CODES.get(code)
-    return cls is not None and classify(cls(code)) is Action.RECORD

@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 from ._client import TaskService
 from ._control import RunControl, RunStoppedByUser
-from ._exceptions import APIError, CapbatchError, MalformedReply, RequestTimeout, RunFailed
+from ._exceptions import APIError, CapbatchError, RequestTimeout, RunFailed, TransportError
 from ._journal import Journal, JournalEntry
 from ._limits import CREATE, POLL, Clock, Limits, PrioritySemaphore, RateLimiter
 from ._outage import OutageGate, ProviderOutage, is_outage_error
 from ._outputs import RowResult
 from ._polling import PollPacer
-from ._protocol import ERROR_CODES, Action, TaskReply, classify
+from ._protocol import Action, TaskReply, action_for_code, classify
 from ._providers import ProviderProfile
 from ._spend import SpendGuard
 from ._spend_watch import MAX_TASK_PRICE, SpendWatch
@@ -38,40 +38,20 @@ PENDING = "PENDING"
 MAX_ATTEMPTS = "MAX_ATTEMPTS_EXCEEDED"
 POLL_LIMIT = "POLL_LIMIT_REACHED"
 
-#: Failure codes a later run may well get past (the network, the provider's load, our
-#: own give-ups): the next run of the same command sends those rows again.
-_PASSING_CODES = frozenset(
-    {
-        MAX_ATTEMPTS,
-        POLL_LIMIT,
-        "CONNECTION_LOST",
-        "CONNECT_FAILED",
-        "CONNECT_TIMEOUT",
-        "REQUEST_TIMEOUT",
-        "MALFORMED_REPLY",
-        "REPLY_TOO_LARGE",
-        "PROVIDER_OUTAGE",
-    }
-)
-
-
 def failed_for_good(error_code: str | None) -> bool:
     """True when a row that failed with ``error_code`` would fail the same way again
     (unsolvable after its retries, a refused image or task); False for passing causes
-    (network, HTTP 5xx, rate limits, an unavailable service). Unknown codes are kept:
-    re-sending blindly could pay again for nothing."""
+    (network, HTTP 5xx, rate limits, an unavailable service, an outage, attempts or
+    polls used up). Unknown codes are kept: re-sending blindly could pay again for
+    nothing."""
     if error_code is None:
         return True
-    if error_code in _PASSING_CODES or error_code.startswith("HTTP_5"):
+    if error_code in (MAX_ATTEMPTS, POLL_LIMIT):
         return False
-    cls = ERROR_CODES.get(error_code)
-    if cls is None:
-        return True
-    return classify(cls(error_code)) in (Action.RECORD, Action.RETRY_BOUNDED, Action.FATAL)
+    action = action_for_code(error_code)
+    return action is None or action in (Action.RECORD, Action.RETRY_BOUNDED)
 
 
-#: Transport error codes after which a createTask may have reached the provider.
-_MAYBE_SENT = frozenset({"CONNECTION_LOST", "REQUEST_TIMEOUT", "MALFORMED_REPLY"})
 
 
 class RunStopped(Exception):
@@ -398,7 +378,7 @@ class TaskSolver:
 
     def _settle_failed_create(self, job: Job, state: _Attempt, exc: CapbatchError) -> None:
         """Money and bookkeeping for a createTask that raised."""
-        if exc.error_code in _MAYBE_SENT or isinstance(exc, MalformedReply):
+        if isinstance(exc, TransportError) and exc.maybe_sent:
             self.spend.mark_uncertain(state.reserved)
             self._settle_probe(state)
             self.tally.lost_sends += 1

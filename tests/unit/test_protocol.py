@@ -20,7 +20,10 @@ from capbatch._exceptions import (
     BannedError,
     CapbatchError,
     ConfigError,
+    ConnectFailed,
     ConnectionFailed,
+    ConnectionLost,
+    ConnectTimeout,
     InputError,
     InUseError,
     InvalidTask,
@@ -50,6 +53,7 @@ from capbatch._protocol import (
     RETRY_AFTER_CAP,
     Action,
     TaskReply,
+    action_for_code,
     answer_of,
     classify,
     clean_text,
@@ -86,7 +90,10 @@ EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
     APIError: Action.RECORD,
     TransportError: Action.RETRY,
     ConnectionFailed: Action.RETRY,
+    ConnectFailed: Action.RETRY,
+    ConnectionLost: Action.RETRY,
     RequestTimeout: Action.RETRY,
+    ConnectTimeout: Action.RETRY,
     MalformedReply: Action.RETRY,
     # A createTask whose reply was too large may have been acted on, like any
     # malformed reply: retried within the row's attempts, counted as maybe-sent.
@@ -737,3 +744,40 @@ def test_retry_after_cap_and_long_waits() -> None:
     assert not retry_after_is_long(parse_retry_after("30"))
     assert not retry_after_is_long(None)
     assert retry_after_is_long(parse_retry_after("9", cap=5.0), cap=5.0)
+
+
+# --- what a stored code and a transport error say ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "sent"),
+    [
+        (ConnectFailed, False),
+        (ConnectTimeout, False),
+        (ConnectionLost, True),
+        (RequestTimeout, True),
+        (MalformedReply, True),
+        (ReplyTooLarge, True),
+    ],
+)
+def test_whether_a_request_may_have_reached_the_provider_is_the_class(
+    cls: type[TransportError], sent: bool
+) -> None:
+    assert cls("x").maybe_sent is sent
+
+
+@pytest.mark.parametrize(
+    ("code", "action"),
+    [
+        ("ERROR_CAPTCHA_UNSOLVABLE", Action.RETRY_BOUNDED),
+        ("ERROR_INVALID_TASK_DATA", Action.RECORD),
+        ("HTTP_503", Action.RETRY),
+        ("CONNECT_FAILED", Action.RETRY),
+        ("REPLY_TOO_LARGE", Action.RETRY),
+        ("INPUT_TABLE_ERROR", Action.RECORD),
+        ("PROVIDER_OUTAGE", Action.FATAL),
+        ("SOMETHING_NEW", None),
+    ],
+)
+def test_a_stored_code_is_classified_through_its_class(code: str, action: Action | None) -> None:
+    assert action_for_code(code) is action
