@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._client import TaskService
@@ -94,8 +94,8 @@ class RetryPolicy:
 
 
 @dataclass
-class _Attempt:
-    """Mutable state of one job while it runs."""
+class _JobState:
+    """Everything one job knows while it runs: its attempts, its task, its money."""
 
     calls: int = 0  # createTask calls (the ``attempts`` column)
     budget: int = 0  # attempts counted against --max-attempts
@@ -112,7 +112,10 @@ class _Attempt:
     reserved: float = 0.0
     #: This job's createTask went as the spend cap's price probe (see ``SpendWatch``).
     probe: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: When the task may be polled next (run clock), once it has a task id.
+    next_poll: float | None = None
+    #: The next poll is the task's first: its outcome teaches the ``PollPacer``.
+    paced: bool = False
 
 
 class TaskSolver:
@@ -166,7 +169,7 @@ class TaskSolver:
 
     async def _request(
         self,
-        state: _Attempt,
+        state: _JobState,
         call: Callable[[], Awaitable[T]],
         before_send: Callable[[], None] | None = None,
         *,
@@ -197,7 +200,7 @@ class TaskSolver:
 
     async def _send(
         self,
-        state: _Attempt,
+        state: _JobState,
         call: Callable[[], Awaitable[T]],
         before_send: Callable[[], None] | None,
         priority: int,
@@ -267,7 +270,7 @@ class TaskSolver:
     # --- one job ----------------------------------------------------------------------
 
     async def solve(self, job: Job) -> RowResult:
-        state = _Attempt()
+        state = _JobState()
         self._adopt_resumed(job, state)
         try:
             while True:
@@ -289,7 +292,7 @@ class TaskSolver:
             # must let the next createTask go.
             self._settle_probe(state)
 
-    def _adopt_resumed(self, job: Job, state: _Attempt) -> None:
+    def _adopt_resumed(self, job: Job, state: _JobState) -> None:
         """Pick up an earlier run's unfinished task: poll it while the provider keeps it."""
         entry = job.resumed
         if entry is None:
@@ -319,7 +322,7 @@ class TaskSolver:
         self.spend.adopt_lost()
         self.journal.record_uncertain(job.key)
 
-    async def _create(self, job: Job, state: _Attempt) -> TaskReply | None:
+    async def _create(self, job: Job, state: _JobState) -> TaskReply | None:
         if state.budget >= self.limits.max_attempts:
             raise _RowFailed(self._give_up(state))
         state.probe = await self.watch.gate()
@@ -371,12 +374,12 @@ class TaskSolver:
         state.task_id = reply.task_id
         state.created_wall = time.time()
         state.created_mono = self.clock.now()
-        state.extra["next_poll"] = state.created_mono + self.pacer.first_delay
-        state.extra["paced"] = True  # its first poll teaches the pacer
+        state.next_poll = state.created_mono + self.pacer.first_delay
+        state.paced = True
         self.journal.record_created(job.key, reply.task_id, created_at=state.created_wall)
         return None
 
-    def _settle_failed_create(self, job: Job, state: _Attempt, exc: CapbatchError) -> None:
+    def _settle_failed_create(self, job: Job, state: _JobState, exc: CapbatchError) -> None:
         """Money and bookkeeping for a createTask that raised."""
         if isinstance(exc, TransportError) and exc.maybe_sent:
             self.spend.mark_uncertain(state.reserved)
@@ -389,10 +392,10 @@ class TaskSolver:
             self._settle_probe(state)
         state.reserved = 0.0
 
-    async def _poll(self, job: Job, state: _Attempt) -> TaskReply | None:
+    async def _poll(self, job: Job, state: _JobState) -> TaskReply | None:
         assert state.task_id is not None and state.created_mono is not None
         poll = self.profile.poll
-        next_poll = float(state.extra.get("next_poll", self.clock.now()))
+        next_poll = state.next_poll if state.next_poll is not None else self.clock.now()
         wait = next_poll - self.clock.now()
         if wait > 0:
             await self.clock.sleep(wait)
@@ -415,29 +418,30 @@ class TaskSolver:
                 state, lambda: self.service.get_task_result(task_id), priority=POLL
             )
         except CapbatchError as exc:
-            state.extra.pop("paced", None)  # an error says nothing about the solve time
-            state.extra["next_poll"] = self.clock.now() + poll.interval
+            state.paced = False  # an error says nothing about the solve time
+            state.next_poll = self.clock.now() + poll.interval
             await self._handle(job, state, exc, creating=False)
             return None
         state.failures = 0
         self.limiter.record_success()
-        if state.extra.pop("paced", False):
+        if state.paced:
+            state.paced = False
             self.pacer.observe_first_poll(reply.ready)
         if not reply.ready:
-            state.extra["next_poll"] = self.clock.now() + poll.interval
+            state.next_poll = self.clock.now() + poll.interval
         return reply
 
-    def _forget_task(self, state: _Attempt) -> None:
+    def _forget_task(self, state: _JobState) -> None:
         state.task_id = None
         state.created_mono = None
         state.created_wall = None
-        state.extra.pop("next_poll", None)
-        state.extra.pop("paced", None)
+        state.next_poll = None
+        state.paced = False
 
     # --- errors -----------------------------------------------------------------------
 
     async def _handle(
-        self, job: Job, state: _Attempt, exc: CapbatchError, *, creating: bool
+        self, job: Job, state: _JobState, exc: CapbatchError, *, creating: bool
     ) -> None:
         """Act on an error by the classification table; return to retry, or raise."""
         action = classify(exc)
@@ -504,17 +508,17 @@ class TaskSolver:
             return
         raise _RowFailed(self._failed(state, exc))  # pragma: no cover - table is total
 
-    def _release_task_money(self, state: _Attempt) -> None:
+    def _release_task_money(self, state: _JobState) -> None:
         self.spend.release(state.reserved)
         state.reserved = 0.0
         self._settle_probe(state)
 
-    def _settle_probe(self, state: _Attempt) -> None:
+    def _settle_probe(self, state: _JobState) -> None:
         if state.probe:
             state.probe = False
             self.watch.release_probe()
 
-    def _charge(self, job: Job, state: _Attempt, amount: float) -> None:
+    def _charge(self, job: Job, state: _JobState, amount: float) -> None:
         """Count a charged task; a probe is settled by the caller once the watch has
         learned the price from it (see ``SpendWatch``)."""
         self.spend.charge(state.reserved, amount)
@@ -522,7 +526,7 @@ class TaskSolver:
         state.cost += amount
         self.journal.record_spent(job.key, amount)
 
-    def _give_up(self, state: _Attempt) -> RowResult:
+    def _give_up(self, state: _JobState) -> RowResult:
         error = state.last_error
         if error is None:
             error = APIError("no attempts left", error_code=MAX_ATTEMPTS)
@@ -530,7 +534,7 @@ class TaskSolver:
 
     # --- results ----------------------------------------------------------------------
 
-    def _finish_solved(self, job: Job, state: _Attempt, reply: TaskReply) -> RowResult:
+    def _finish_solved(self, job: Job, state: _JobState, reply: TaskReply) -> RowResult:
         cost = reply.cost
         if cost is not None and not 0 <= cost <= MAX_TASK_PRICE:
             cost = None  # nonsense is recorded as unknown, never summed
@@ -549,7 +553,7 @@ class TaskSolver:
         self._journal_result(job, result, cost=cost)
         return result
 
-    def _failed(self, state: _Attempt, error: CapbatchError) -> RowResult:
+    def _failed(self, state: _JobState, error: CapbatchError) -> RowResult:
         task_id = state.task_id or (error.task_id if isinstance(error, APIError) else None)
         return self._result(
             state,
@@ -559,7 +563,7 @@ class TaskSolver:
             task_id=task_id,
         )
 
-    def _result(self, state: _Attempt, status: str, **fields: Any) -> RowResult:
+    def _result(self, state: _JobState, status: str, **fields: Any) -> RowResult:
         """The row result of ``state``, finished now."""
         finished = time.time()
         return RowResult(
