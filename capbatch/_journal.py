@@ -315,11 +315,6 @@ class Journal:
     # --- reads ------------------------------------------------------------------------
 
     @_guarded
-    def get(self, key: str) -> JournalEntry | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE key = ?", (key,)).fetchone()  # noqa: S608
-        return None if row is None else _entry(row)
-
-    @_guarded
     def get_many(self, keys: Iterable[str]) -> dict[str, JournalEntry]:
         """Entries for ``keys`` (those present), in chunks to respect SQLite's limits."""
         wanted = list(dict.fromkeys(keys))
@@ -335,15 +330,9 @@ class Journal:
 
     @_guarded
     def counts(self) -> dict[str, int]:
-        """Number of tasks per state (``intent``, ``created``, ``done``)."""
+        """Number of tasks per state (``intent``, ``lost``, ``created``, ``done``)."""
         rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
         return {str(state): int(n) for state, n in rows}
-
-    @_guarded
-    def unfinished(self) -> list[JournalEntry]:
-        """Tasks left at ``intent`` or ``created`` by an earlier run that stopped."""
-        sql = f"SELECT {_COLUMNS} FROM tasks WHERE state != 'done'"  # noqa: S608
-        return [_entry(row) for row in self._db.execute(sql)]
 
     # --- writes (each one committed before the step it guards) -------------------------
 
@@ -441,11 +430,6 @@ class Journal:
     def record_spent(self, key: str, cost: float) -> None:
         """Money spent on ``key`` before its final result (a charged failed attempt)."""
         self._db.execute("UPDATE tasks SET cost = COALESCE(cost, 0) + ? WHERE key = ?", (cost, key))
-
-    @_guarded
-    def forget(self, key: str) -> None:
-        """Drop an unfinished key so a later run sends it afresh (never a done one)."""
-        self._db.execute("DELETE FROM tasks WHERE key = ? AND state != 'done'", (key,))
 
     @_guarded
     def total_uncertain(self) -> int:

@@ -162,16 +162,6 @@ class RateLimiter:
     def interval(self) -> float:
         return 1.0 / (self.rate * SAFETY_FACTOR)
 
-    def _plan(self) -> float:
-        """Reserve the next slot on the planned timeline."""
-        slot = self._slot_from(self._clock.now())
-        self._next_slot = slot + self.interval
-        return slot
-
-    def reserve(self) -> float:
-        """Reserve the next send slot; returns how long the caller must wait for it."""
-        return max(0.0, self._plan() + self._shift - self._clock.now())
-
     async def acquire(self, priority: int = CREATE) -> float:
         """Wait for a send slot, lowest ``priority`` first; returns the seconds waited
         (the row's queue time).

@@ -361,11 +361,6 @@ class ResultWriter:
         self._failure = error
         return error
 
-    @property
-    def temp_path(self) -> Path:
-        """Where the data goes until ``finish``."""
-        return self._tmp
-
     def write(
         self,
         batch: pa.RecordBatch,

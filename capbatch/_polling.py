@@ -35,7 +35,6 @@ class PollPacer:
         self.ceiling = max(self.floor, min(MAX_FIRST_DELAY, schedule.task_ttl / 4))
         self._delay = self.floor
         self.first_polls = 0
-        self.first_polls_ready = 0
 
     @property
     def first_delay(self) -> float:
@@ -45,7 +44,6 @@ class PollPacer:
     def observe_first_poll(self, ready: bool) -> None:
         """A task's first poll found it ready (or not): move the first delay."""
         self.first_polls += 1
-        self.first_polls_ready += ready
         if self.floor <= 0.0:
             return  # a provider that answers at once: nothing to learn
         exponent = -STEP * (1.0 - READY_SHARE) if ready else STEP * READY_SHARE

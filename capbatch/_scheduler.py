@@ -87,7 +87,9 @@ class RetryPolicy:
     ttl_margin: float = 10.0
 
     def backoff(self, failures: int, retry_after: float | None, rng: random.Random) -> float:
-        """Exponential backoff with full jitter; never shorter than ``Retry-After``."""
+        """Exponential backoff with equal jitter: a delay drawn uniformly from the upper
+        half of the exponential ceiling (never less than half of it, unlike full
+        jitter's zero to the ceiling); never shorter than ``Retry-After``."""
         ceiling = min(self.backoff_cap, self.backoff_base * (2 ** max(0, failures - 1)))
         delay = rng.uniform(ceiling / 2, ceiling)
         return max(delay, retry_after or 0.0)

@@ -39,10 +39,9 @@ def _single_threaded(model: Any) -> None:
     """Give ``model`` a one-thread onnxruntime session.
 
     By default each session spreads one inference over every core; with one model per
-    worker thread that oversubscribes the machine. One thread per session and one
-    session per core measured 290 images/s on 2 cores against 247 for ddddocr's
-    default (``bench`` note in the changelog). If ddddocr's internals ever change,
-    keep its own session: slower, still correct.
+    worker thread that oversubscribes the machine, so each session gets one thread and
+    the worker threads (one per core) share the cores. No bench in ``bench/`` measures
+    the gain. If ddddocr's internals ever change, keep its own session: still correct.
     """
     try:
         import onnxruntime

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from capbatch._exceptions import ConfigError, InUseError, JournalDamaged, JournalError
-from capbatch._journal import Journal
+from capbatch._journal import Journal, JournalEntry
 
 
 def result_kwargs(**overrides: object) -> dict[str, object]:
@@ -34,16 +34,21 @@ def result_kwargs(**overrides: object) -> dict[str, object]:
     return base
 
 
+def entry_of(journal: Journal, key: str) -> JournalEntry | None:
+    """``key``'s entry, read as the runner reads it (``get_many``)."""
+    return journal.get_many([key]).get(key)
+
+
 def test_intent_created_done_lifecycle(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     journal.record_intent("k1", owner="0", provider="capsolver", submitted_at=1000.0)
-    entry = journal.get("k1")
+    entry = entry_of(journal, "k1")
     assert entry is not None and entry.state == "intent" and entry.attempts == 1
     journal.record_created("k1", "t-1", created_at=1000.5)
-    entry = journal.get("k1")
+    entry = entry_of(journal, "k1")
     assert entry is not None and entry.state == "created" and entry.task_id == "t-1"
     journal.record_result("k1", **result_kwargs())  # type: ignore[arg-type]
-    entry = journal.get("k1")
+    entry = entry_of(journal, "k1")
     assert entry is not None and entry.done
     assert entry.answer == "ab12" and entry.solution == {"text": "ab12"}
     assert entry.owner == "0" and entry.submitted_at == 1000.0 and entry.polls == 2
@@ -56,7 +61,7 @@ def test_retry_keeps_first_submit_time_and_counts_attempts(tmp_path: Path) -> No
     journal.record_intent("k", owner="3", provider="p", submitted_at=10.0)
     journal.record_created("k", "t-1", created_at=11.0)
     journal.record_intent("k", owner="3", provider="p", submitted_at=20.0)
-    entry = journal.get("k")
+    entry = entry_of(journal, "k")
     assert entry is not None
     assert entry.attempts == 2 and entry.submitted_at == 10.0
     assert entry.task_id is None and entry.state == "intent"
@@ -67,7 +72,7 @@ def test_spent_money_adds_up_with_the_final_cost(tmp_path: Path) -> None:
     journal.record_intent("k", owner="0", provider="p", submitted_at=1.0)
     journal.record_spent("k", 0.0007)  # a charged unsolvable attempt
     journal.record_result("k", **result_kwargs(cost=0.0007))  # type: ignore[arg-type]
-    entry = journal.get("k")
+    entry = entry_of(journal, "k")
     assert entry is not None and entry.cost == pytest.approx(0.0014)
     assert journal.total_spent() == pytest.approx(0.0014)
 
@@ -80,11 +85,11 @@ def test_result_for_a_key_never_sent(tmp_path: Path) -> None:
         owner="7",
         provider="capsolver",
     )
-    entry = journal.get("k")
+    entry = entry_of(journal, "k")
     assert entry is not None and entry.done and entry.owner == "7" and entry.error_code == "X"
 
 
-def test_unfinished_and_get_many(tmp_path: Path) -> None:
+def test_get_many_and_counts(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     for i in range(1200):  # more than one SQLite parameter chunk
         journal.record_intent(f"k{i}", owner=str(i), provider="p", submitted_at=1.0)
@@ -92,19 +97,12 @@ def test_unfinished_and_get_many(tmp_path: Path) -> None:
     journal.record_result("k6", **result_kwargs())  # type: ignore[arg-type]
     found = journal.get_many([f"k{i}" for i in range(1200)] + ["missing"])
     assert len(found) == 1200 and "missing" not in found
-    unfinished = {e.key for e in journal.unfinished()}
-    assert "k6" not in unfinished and "k5" in unfinished and len(unfinished) == 1199
+    assert found["k5"].state == "created" and found["k6"].done
+    assert journal.counts() == {"intent": 1198, "created": 1, "done": 1}
     journal.record_uncertain("k7")
-    assert journal.get("k7").uncertain == 1  # type: ignore[union-attr]
-
-
-def test_forget_never_drops_a_done_key(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.sqlite")
-    journal.record_result("done", **result_kwargs())  # type: ignore[arg-type]
-    journal.record_intent("open", owner="1", provider="p", submitted_at=1.0)
-    journal.forget("done")
-    journal.forget("open")
-    assert journal.get("done") is not None and journal.get("open") is None
+    entry = entry_of(journal, "k7")
+    assert entry is not None and entry.uncertain == 1 and entry.state == "lost"
+    assert journal.total_uncertain() == 1
 
 
 def test_meta_and_schema_version_guard(tmp_path: Path) -> None:
@@ -225,10 +223,11 @@ def test_disk_full_is_a_journal_error_and_keeps_what_was_recorded(tmp_path: Path
     message = str(caught.value)
     assert str(path) in message and "database or disk is full" in message
     assert caught.value.path == str(path) and not isinstance(caught.value, ConfigError)
-    assert journal.get("first") is not None  # the journal still reads
+    assert entry_of(journal, "first") is not None  # the journal still reads
     journal.close()
     again = Journal(path)
-    assert again.get("first") is not None and again.get("first").done  # type: ignore[union-attr]
+    first = entry_of(again, "first")
+    assert first is not None and first.done
     again.close()
 
 
@@ -239,16 +238,13 @@ def test_every_method_raises_journal_error_not_sqlite_error(tmp_path: Path) -> N
     calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
         ("get_meta", ("a",), {}),
         ("set_meta", ("a", "1"), {}),
-        ("get", ("k",), {}),
         ("get_many", (["k"],), {}),
         ("counts", (), {}),
-        ("unfinished", (), {}),
         ("record_intent", ("k",), {"owner": "0", "provider": "p", "submitted_at": 1.0}),
         ("record_uncertain", ("k",), {}),
         ("record_created", ("k", "t"), {"created_at": 1.0}),
         ("record_result", ("k",), result_kwargs()),
         ("record_spent", ("k", 0.1), {}),
-        ("forget", ("k",), {}),
         ("total_uncertain", (), {}),
         ("total_spent", (), {}),
     ]
@@ -277,11 +273,14 @@ def test_committed_steps_survive_kill_9(tmp_path: Path) -> None:
     proc.start()
     proc.join(timeout=30)
     assert proc.exitcode == -signal.SIGKILL
-    entry = Journal(path).get("k")
+    entry = entry_of(Journal(path), "k")
     assert entry is not None and entry.state == "created" and entry.task_id == "task-42"
 
 
-def test_a_second_run_cannot_open_a_journal_in_use(tmp_path: Path) -> None:
+def test_a_second_run_cannot_open_a_journal_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Journal, "LOCK_TIMEOUT", 0.01)  # SQLite's busy wait, not 2 s
     path = tmp_path / "j.sqlite"
     first = Journal(path)
     with pytest.raises(InUseError, match="in use by another capbatch run") as caught:

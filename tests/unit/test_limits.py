@@ -21,10 +21,17 @@ from capbatch._limits import (
 from tests.fakes import FakeClock, SteppedClock
 
 
-def send_times(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
-    """Times at which n back-to-back callers would be allowed to send."""
-    start = clock.now()
-    return [start + limiter.reserve() for _ in range(n)]
+async def send_times(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
+    """Times at which ``acquire`` lets n callers queued together through, in order.
+
+    A ``FakeClock`` moves on as soon as the first waiter sleeps, so a caller's send time
+    is when it arrived plus the wait ``acquire`` reports, not the clock when it resumes."""
+
+    async def caller() -> float:
+        arrived = clock.now()
+        return arrived + await limiter.acquire()
+
+    return sorted(await asyncio.gather(*(caller() for _ in range(n))))
 
 
 def max_in_any_window(times: list[float], window: float = 1.0) -> int:
@@ -39,11 +46,12 @@ def max_in_any_window(times: list[float], window: float = 1.0) -> int:
 
 
 @pytest.mark.parametrize("rate", [1, 7.5, 50, 200, 1000])
-def test_no_burst_and_never_above_rate_in_any_window(rate: float) -> None:
+async def test_no_burst_and_never_above_rate_in_any_window(rate: float) -> None:
     clock = FakeClock()
     limiter = RateLimiter(rate, clock=clock)
-    times = send_times(limiter, clock, int(rate * 5) + 3)
-    assert times[0] == clock.now()  # the first request goes at once
+    start = clock.now()
+    times = await send_times(limiter, clock, int(rate * 5) + 3)
+    assert times[0] == start  # the first request goes at once
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) == pytest.approx(1 / (rate * SAFETY_FACTOR))
     # Counts are whole: evenly spaced sends at 7.5/s put 8 into some one-second window.
@@ -91,23 +99,26 @@ async def test_a_stall_does_not_release_the_overdue_requests_at_once() -> None:
     assert min(gaps) >= interval - step
 
 
-def test_idle_time_does_not_bank_a_burst() -> None:
+async def test_idle_time_does_not_bank_a_burst() -> None:
     clock = FakeClock()
     limiter = RateLimiter(10, clock=clock)
-    limiter.reserve()
+    await limiter.acquire()
     clock.t += 60  # a long quiet spell (e.g. a resume)
-    times = send_times(limiter, clock, 5)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
+    start = clock.now()
+    times = await send_times(limiter, clock, 5)
+    assert times[0] == start  # the quiet spell is not waited for again ...
+    gaps = [b - a for a, b in itertools.pairwise(times)]  # ... nor spent as a burst
     assert all(g == pytest.approx(1 / (10 * SAFETY_FACTOR)) for g in gaps)
 
 
-def test_slow_down_lowers_rate_and_honours_retry_after() -> None:
+async def test_slow_down_lowers_rate_and_honours_retry_after() -> None:
     clock = FakeClock()
     limiter = RateLimiter(100, clock=clock)
-    limiter.reserve()
+    await limiter.acquire()
     limiter.slow_down(retry_after=2.0)
     assert limiter.rate == pytest.approx(70)
-    assert limiter.reserve() == pytest.approx(2.0)
+    assert await limiter.acquire() == pytest.approx(2.0)
+    assert clock.sleeps == pytest.approx([2.0])
     assert limiter.slowdowns == 1
 
 
@@ -145,11 +156,14 @@ def test_rate_recovers_after_clean_requests_but_not_above_configured() -> None:
     assert slowed < 10
 
 
-def test_pause_holds_everyone() -> None:
+async def test_pause_holds_everyone() -> None:
     clock = FakeClock()
     limiter = RateLimiter(1000, clock=clock)
     limiter.pause(30)
-    assert limiter.reserve() == pytest.approx(30)
+    start = clock.now()
+    times = await send_times(limiter, clock, 3)
+    assert times[0] - start == pytest.approx(30)
+    assert times[2] - times[0] == pytest.approx(2 / (1000 * SAFETY_FACTOR))
 
 
 @pytest.mark.parametrize(

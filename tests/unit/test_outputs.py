@@ -71,6 +71,13 @@ def batch(start: int, n: int) -> pa.RecordBatch:
     )
 
 
+def temporaries(final: Path) -> list[Path]:
+    """The writers' temporary files beside ``final``, found as a later run finds them
+    to clean up (``temp_pattern``)."""
+    pattern = temp_pattern(final)
+    return sorted(p for p in final.parent.iterdir() if pattern.fullmatch(p.name))
+
+
 def write_sample(path: Path) -> Path:
     """Three write() calls, mixing solved and failed rows; returns the final path."""
     with ResultWriter(path, INPUT_SCHEMA) as writer:
@@ -212,10 +219,10 @@ def test_temp_file_invisible_until_finish(tmp_path: Path) -> None:
     writer = ResultWriter(final, INPUT_SCHEMA)
     writer.write(batch(0, 2), [solved(0), solved(1)])
     assert not final.exists()
-    assert writer.temp_path.exists() and writer.temp_path.parent == final.parent
-    assert writer.temp_path.name.startswith(".out.parquet.")
+    [temporary] = temporaries(final)  # beside the target: os.replace stays atomic
+    assert temporary.name.startswith(".out.parquet.")
     assert writer.finish() == final
-    assert final.exists() and not writer.temp_path.exists()
+    assert final.exists() and not temporary.exists()
     assert [p.name for p in final.parent.iterdir()] == ["out.parquet"]
     with pytest.raises(RuntimeError):
         writer.write(batch(2, 1), [solved(2)])
@@ -472,15 +479,16 @@ def test_a_file_cut_short_on_disk_is_not_published(
     writer = ResultWriter(final, INPUT_SCHEMA)
     writer.write(batch(0, 20), [solved(i) for i in range(20)], first_row=0)
     close = writer._close_writers
+    [temporary] = temporaries(final)
 
     def close_then_lose_the_tail() -> None:
         # What a full disk did to a CSV output: the writer saw no error, the bytes
         # are not all there.
         close()
-        data = writer.temp_path.read_bytes()
+        data = temporary.read_bytes()
         last_row = data.rstrip(b"\n").rfind(b"\n") + 1
         keep = len(data) - 40 if cut == "mid-line" else last_row
-        writer.temp_path.write_bytes(data[:keep])
+        temporary.write_bytes(data[:keep])
 
     monkeypatch.setattr(writer, "_close_writers", close_then_lose_the_tail)
     with pytest.raises(OutputError, match="incomplete on disk"):
@@ -510,7 +518,8 @@ def test_temporary_names_match_the_stale_temporary_pattern(tmp_path: Path) -> No
     final = tmp_path / "out.parquet"
     first, second = ResultWriter(final, INPUT_SCHEMA), ResultWriter(final, INPUT_SCHEMA)
     pattern = temp_pattern(final)
-    assert pattern.fullmatch(first.temp_path.name) and pattern.fullmatch(second.temp_path.name)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and all(pattern.fullmatch(name) for name in names)
     assert not pattern.fullmatch(".out.parquet.lock")
     assert not pattern.fullmatch(".other.parquet.123.tmp")
     first.abort()

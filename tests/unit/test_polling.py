@@ -14,24 +14,27 @@ SCHEDULE = PollSchedule(first_delay=1.0, interval=2.0, task_ttl=300.0)
 
 def settle(
     pacer: PollPacer, solve_time: random.Random, low: float, high: float, n: int
-) -> list[float]:
-    """Feed ``n`` first polls of tasks ready after U(low, high) s; return the delays."""
-    delays = []
+) -> list[tuple[float, bool]]:
+    """Feed ``n`` first polls of tasks ready after U(low, high) s; return each poll's
+    delay and whether it found its task ready."""
+    polls = []
     for _ in range(n):
         delay = pacer.first_delay
-        pacer.observe_first_poll(solve_time.uniform(low, high) <= delay)
-        delays.append(delay)
-    return delays
+        ready = solve_time.uniform(low, high) <= delay
+        pacer.observe_first_poll(ready)
+        polls.append((delay, ready))
+    return polls
 
 
 @pytest.mark.parametrize(("low", "high"), [(1.0, 3.0), (5.0, 25.0)])
 def test_the_first_poll_moves_to_when_most_tasks_are_ready(low: float, high: float) -> None:
     pacer = PollPacer(SCHEDULE)
-    delays = settle(pacer, random.Random(4), low, high, 3000)
+    polls = settle(pacer, random.Random(4), low, high, 3000)
     target = low + READY_SHARE * (high - low)  # the READY_SHARE quantile of U(low, high)
-    late = delays[-1000:]
+    late = [delay for delay, _ in polls[-1000:]]
     assert sum(late) / len(late) == pytest.approx(target, rel=0.1)
-    ready = pacer.first_polls_ready / pacer.first_polls
+    assert pacer.first_polls == len(polls)
+    ready = sum(found for _, found in polls) / len(polls)
     assert ready > 0.6  # the learning phase included
 
 
