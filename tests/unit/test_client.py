@@ -1,5 +1,6 @@
-"""``ProviderClient`` over ``httpx.MockTransport``: request bodies, reply shapes, error
-mapping, transport failures, fallback host and key hygiene. No sockets."""
+"""``ProviderClient`` over ``httpx.MockTransport``: request bodies, reply shapes, one reply
+per error path (the full error matrix is test_protocol.py's), transport failures, fallback
+host and key hygiene. No sockets."""
 
 from __future__ import annotations
 
@@ -21,21 +22,18 @@ from capbatch._exceptions import (
     APIError,
     AuthError,
     BalanceError,
-    BannedError,
     CapbatchError,
     ConfigError,
     ConnectionFailed,
-    InvalidTask,
     MalformedReply,
     RateLimited,
     ReplyTooLarge,
     RequestTimeout,
     ServiceUnavailable,
     TaskExpired,
-    TemporarilyBlocked,
     Unsolvable,
 )
-from capbatch._protocol import ERROR_CODES, RETRY_AFTER_CAP, Action, classify
+from capbatch._protocol import RETRY_AFTER_CAP, Action, classify
 from capbatch._providers import (
     ANTICAPTCHA,
     CAPMONSTER,
@@ -57,18 +55,6 @@ Handler = (
     Callable[[httpx.Request], httpx.Response]
     | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 )
-
-ACTION_OF_CLASS: dict[type[APIError], Action] = {
-    AuthError: Action.FATAL,
-    BalanceError: Action.FATAL,
-    BannedError: Action.FATAL,
-    TemporarilyBlocked: Action.PAUSE,
-    RateLimited: Action.SLOW_DOWN,
-    ServiceUnavailable: Action.RETRY,
-    Unsolvable: Action.RETRY_BOUNDED,
-    TaskExpired: Action.RECREATE,
-    InvalidTask: Action.RECORD,
-}
 
 
 class Recorder:
@@ -291,20 +277,46 @@ async def test_report_incorrect_image_style(profile: ProviderProfile, path: str)
 # --- provider errors ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [200, 400])
-@pytest.mark.parametrize("code", sorted(ERROR_CODES))
-async def test_every_error_code(code: str, status: int) -> None:
-    cls = ERROR_CODES[code]
-    with pytest.raises(APIError) as info:
-        await make(Recorder(error(code, status, "provider words"))).get_task_result(UUID)
+# The code x HTTP status x body matrix is test_protocol.py's (error_from_reply,
+# decode_json); here, one reply per path, to show the client takes each path.
+
+REPLY_PATHS: dict[str, tuple[httpx.Response, type[CapbatchError], str]] = {
+    "known-code": (error("ERROR_CAPTCHA_UNSOLVABLE", 400), Unsolvable, "ERROR_CAPTCHA_UNSOLVABLE"),
+    "unknown-code": (error("ERROR_NEW_IN_2031", 503), ServiceUnavailable, "ERROR_NEW_IN_2031"),
+    "no-code": (httpx.Response(402, json={"errorId": 1}), BalanceError, "ERROR_ZERO_BALANCE"),
+    "non-json-502": (
+        httpx.Response(502, content=b"<html>bad gateway</html>"),
+        ServiceUnavailable,
+        "HTTP_502",
+    ),
+    "non-json-200": (
+        httpx.Response(200, content=b"<html>captive portal</html>"),
+        MalformedReply,
+        "MALFORMED_REPLY",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("reply", "cls", "code"), list(REPLY_PATHS.values()), ids=list(REPLY_PATHS)
+)
+async def test_each_error_reply_path_reaches_the_caller(
+    reply: httpx.Response, cls: type[CapbatchError], code: str
+) -> None:
+    with pytest.raises(CapbatchError) as info:
+        await make(Recorder(reply)).get_task_result(UUID)
     exc = info.value
-    assert type(exc) is cls, f"{code} gave {type(exc).__name__}, expected {cls.__name__}"
-    assert exc.error_code == code
-    assert exc.http_status == status
-    assert exc.task_id == UUID
-    assert "provider words" in str(exc)
-    assert classify(exc) is ACTION_OF_CLASS[cls]
+    assert type(exc) is cls and exc.error_code == code
+    assert exc.http_status == reply.status_code
     assert_no_key(exc)
+
+
+async def test_a_provider_error_carries_the_task_and_the_providers_words() -> None:
+    reply = error("ERROR_TASKID_INVALID", 400, "provider words")
+    with pytest.raises(TaskExpired) as info:
+        await make(Recorder(reply)).get_task_result(UUID)
+    assert info.value.task_id == UUID and "provider words" in str(info.value)
+    assert classify(info.value) is Action.RECREATE
 
 
 @pytest.mark.parametrize("call", ["create_task", "get_balance", "report_incorrect"])
@@ -315,63 +327,6 @@ async def test_error_codes_on_every_call(call: str) -> None:
     with pytest.raises(BalanceError) as info:
         await method(*args)
     assert classify(info.value) is Action.FATAL
-
-
-STATUS_FALLBACK: dict[int, type[APIError]] = {
-    400: InvalidTask,
-    401: AuthError,
-    402: BalanceError,
-    403: AuthError,
-    429: RateLimited,
-    500: ServiceUnavailable,
-    502: ServiceUnavailable,
-    503: ServiceUnavailable,
-}
-
-NON_JSON = {
-    "html": b"<!DOCTYPE html><html><body>Bad Gateway</body></html>",
-    "empty": b"",
-    "truncated": b'{"errorId":1,"errorCode":"ERROR_ZERO_BAL',
-    "json-list": b'["errorId", 1]',
-}
-
-
-@pytest.mark.parametrize("status", [200, *STATUS_FALLBACK])
-async def test_known_code_wins_at_every_status(status: int) -> None:
-    with pytest.raises(Unsolvable):
-        await make(Recorder(error("ERROR_CAPTCHA_UNSOLVABLE", status))).get_task_result(UUID)
-
-
-@pytest.mark.parametrize("status", [200, *STATUS_FALLBACK])
-async def test_unknown_code_falls_back_on_http_status(status: int) -> None:
-    with pytest.raises(APIError) as info:
-        await make(Recorder(error("ERROR_NEW_IN_2031", status))).create_task(TASK)
-    expected = STATUS_FALLBACK.get(status, APIError)
-    assert type(info.value) is expected
-    assert info.value.error_code == "ERROR_NEW_IN_2031"
-    assert classify(info.value) is ACTION_OF_CLASS.get(expected, Action.RECORD)
-
-
-@pytest.mark.parametrize("status", list(STATUS_FALLBACK))
-async def test_json_error_body_without_code(status: int) -> None:
-    reply = httpx.Response(status, json={"errorId": 1, "errorDescription": "nope"})
-    with pytest.raises(APIError) as info:
-        await make(Recorder(reply)).get_balance()
-    assert type(info.value) is STATUS_FALLBACK[status]
-    assert info.value.http_status == status
-
-
-@pytest.mark.parametrize("body", list(NON_JSON.values()), ids=list(NON_JSON))
-@pytest.mark.parametrize("status", [200, *STATUS_FALLBACK])
-async def test_non_json_bodies(status: int, body: bytes) -> None:
-    reply = httpx.Response(status, content=body, headers={"Content-Type": "text/html"})
-    with pytest.raises(CapbatchError) as info:
-        await make(Recorder(reply)).create_task(TASK)
-    expected: type[CapbatchError] = STATUS_FALLBACK.get(status, MalformedReply)
-    assert type(info.value) is expected
-    if status == 200:
-        assert classify(info.value) is Action.RETRY
-    assert_no_key(info.value)
 
 
 async def test_http_200_json_list_is_malformed_and_retried() -> None:

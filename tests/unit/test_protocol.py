@@ -1,5 +1,6 @@
 """Pure tests of ``capbatch._protocol``: the error table, ``classify``, request bodies and
-reply parsing. No I/O; the client-level versions of these paths live in test_client.py."""
+reply parsing. No I/O. The error matrix (every code, every HTTP status, every kind of body)
+is tested here only; test_client.py shows the client takes each path with one reply."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ from capbatch._protocol import (
 from capbatch._providers import ANTICAPTCHA, CAPMONSTER, CAPSOLVER, TWOCAPTCHA, ProviderProfile
 from capbatch._secrets import Secret
 
-# What protocol.md says a batch client does with each family of errors.
+# What a batch client does with each family of errors (docs/providers.md, "Error codes").
 EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
     AuthError: Action.FATAL,
     BalanceError: Action.FATAL,
@@ -113,8 +114,8 @@ EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
     CapbatchError: Action.RECORD,
 }
 
-# protocol.md's table, code by code (the CapSolver codes it names).
-PROTOCOL_MD_CODES: dict[str, Action] = {
+# docs/providers.md, "Error codes", code by code: the codes it names for CapSolver.
+CAPSOLVER_CODES: dict[str, Action] = {
     "ERROR_SERVICE_UNAVALIABLE": Action.RETRY,
     "ERROR_RATE_LIMIT": Action.SLOW_DOWN,
     "ERROR_CAPTCHA_UNSOLVABLE": Action.RETRY_BOUNDED,
@@ -157,8 +158,8 @@ def _instance(cls: type[CapbatchError]) -> CapbatchError:
 
 
 def test_expected_table_names_every_exception_class() -> None:
-    # ConfigError is the one class protocol.md says nothing about; see
-    # test_config_error_stops_the_run below.
+    # ConfigError is the one class docs/providers.md ("Error codes") says nothing about;
+    # see test_config_error_stops_the_run below.
     missing = set(_all_exception_classes()) - set(EXPECTED_ACTIONS) - {ConfigError}
     assert not missing, f"new exception classes need an expected action: {missing}"
 
@@ -184,24 +185,34 @@ def test_actions_table_only_holds_capbatch_classes() -> None:
     assert set(ACTIONS.values()) <= set(Action)
 
 
-@pytest.mark.parametrize("code", sorted(PROTOCOL_MD_CODES))
-def test_protocol_md_codes_have_the_documented_action(code: str) -> None:
-    assert code in ERROR_CODES, f"{code} from protocol.md is missing from ERROR_CODES"
+@pytest.mark.parametrize("code", sorted(CAPSOLVER_CODES))
+def test_documented_capsolver_codes_have_their_action(code: str) -> None:
+    assert code in ERROR_CODES, f"{code} from docs/providers.md is missing from ERROR_CODES"
     error = error_from_reply(400, {"errorId": 1, "errorCode": code})
-    assert classify(error) is PROTOCOL_MD_CODES[code]
+    assert classify(error) is CAPSOLVER_CODES[code]
 
 
 @pytest.mark.parametrize("code", sorted(ERROR_CODES))
 def test_every_error_code_maps_to_its_class(code: str) -> None:
-    error = error_from_reply(200, {"errorId": 1, "errorCode": code, "errorDescription": "d"})
+    error = error_from_reply(
+        200,
+        {"errorId": 1, "errorCode": code, "errorDescription": "provider words"},
+        task_id="t-1",
+    )
     assert type(error) is ERROR_CODES[code]
     assert error.error_code == code
+    assert (error.http_status, error.task_id) == (200, "t-1")
+    assert "provider words" in str(error)
     assert classify(error) is EXPECTED_ACTIONS[ERROR_CODES[code]]
 
 
-def test_error_code_wins_over_http_status_and_description() -> None:
+STATUSES = [200, 400, 401, 402, 403, 409, 418, 429, 500, 502, 503]
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_error_code_wins_over_http_status_and_description(status: int) -> None:
     error = error_from_reply(
-        401,
+        status,
         {
             "errorId": 1,
             "errorCode": "ERROR_CAPTCHA_UNSOLVABLE",
@@ -209,7 +220,7 @@ def test_error_code_wins_over_http_status_and_description() -> None:
         },
     )
     assert type(error) is Unsolvable
-    assert error.http_status == 401
+    assert error.http_status == status
 
 
 @pytest.mark.parametrize(
@@ -233,6 +244,10 @@ def test_unknown_code_falls_back_on_http_status(status: int, cls: type[APIError]
     assert type(error) is cls
     assert error.error_code == "ERROR_FROM_THE_FUTURE"
     assert error.http_status == status
+    assert classify(error) is EXPECTED_ACTIONS[cls]
+    # No code at all: the same fallback.
+    nameless = error_from_reply(status, {"errorId": 1, "errorDescription": "nope"})
+    assert type(nameless) is cls and nameless.http_status == status
 
 
 def test_error_context_attributes() -> None:
