@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import capbatch
-from capbatch import _report_html
+from capbatch import _report_charts, _report_html
 from capbatch._exceptions import RowInputError
 from capbatch._report_html import CSP
 
@@ -248,3 +248,127 @@ def test_gallery_bounds_what_it_reads_and_decodes(
     assert text.count("image too large to show") == 2
     assert text.count("image not available") == 1
     assert base64.b64encode(png(2)).decode() in page
+
+
+# -- the templates ---------------------------------------------------------------------------
+
+XSS = "<script>alert(\"x\")</script>' onload='y"
+ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&#39; onload=&#39;y"
+PAGES = ("report.html", "report_fragment.html", "compare.html", "compare_fragment.html")
+
+
+def template_context(full: bool) -> dict[str, object]:
+    """A value for every name any template uses, each holding hostile text; ``full``
+    picks one side of each choice a template makes (a table or none, an image or none)."""
+    from capbatch._report_html import Cell, Cost, Gallery, Group, Table, Tile
+
+    grid = Table(
+        [Cell(XSS), Cell(XSS, "num")],
+        [[Cell(XSS, head=True), Cell(XSS, "num"), Cell(XSS, "ok", code=True)]],
+        "metrics",
+    )
+    tiles = [Tile(XSS, XSS, XSS, XSS, XSS, XSS), Tile(None, XSS, None, XSS, None, XSS)]
+    maybe = grid if full else None
+    return {
+        **dict.fromkeys(["title", "name", "names", "key", "matched", "more", "by_run"], XSS),
+        **dict.fromkeys(["cost_chart", "csp", "version", "now", "scope"], XSS),
+        "latency": XSS if full else None,
+        "meta": [XSS],
+        "notes": [XSS],
+        "headline": [(XSS, XSS)],
+        "summary": grid,
+        "pairs": grid,
+        "cost": Cost(maybe, [(XSS, XSS)]),
+        "groups": [Group(XSS, XSS if full else None, grid)],
+        "errors": maybe,
+        "confusions": maybe,
+        "disagreements": maybe,
+        "gallery": Gallery(tiles if full else [], XSS),
+    }
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_every_template_escapes_what_it_prints(full: bool) -> None:
+    env = _report_html.environment()
+    names = env.list_templates()
+    assert set(PAGES) | {"base.html", "fragment.html", "macros.html", "style.css"} <= set(names)
+    context = template_context(full)
+    for name in names:
+        out = env.get_template(name).render(context)
+        assert "<script" not in out and "onload='" not in out, name
+        if name != "macros.html":  # macros print nothing until called (the pages call them)
+            assert ESCAPED in out or name == "fragment.html", name
+        if name in PAGES:
+            parsed = parse(out)
+            assert "script" not in parsed.tags
+            assert XSS in "".join(parsed.text), name
+            assert not any(n.startswith("on") for n, _ in parsed.attributes)
+    # Each macro, called on its own, escapes too.
+    macros = env.get_template("macros.html").module
+    for macro in ("table", "cards", "notes", "groups", "errors", "cost", "gallery"):
+        argument = {"table": "summary", "cards": "headline", "errors": "summary"}.get(macro, macro)
+        out = str(getattr(macros, macro)(context[argument]))
+        assert "<script" not in out and (ESCAPED in out or not full), macro
+
+
+def test_the_environment_escapes_and_refuses_missing_names() -> None:
+    import jinja2
+
+    env = _report_html.environment()
+    assert env is _report_html.environment()  # built once
+    assert env.autoescape is True  # every template, whatever its file name
+    assert env.undefined is jinja2.StrictUndefined
+    context = template_context(True)
+    del context["gallery"]
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("report.html").render(context)
+    assert env.from_string("{{ x }}").render(x='<b a="1">') == "&lt;b a=&#34;1&#34;&gt;"
+
+
+def test_nothing_is_marked_safe() -> None:
+    for path in _report_html.TEMPLATES.iterdir():
+        text = path.read_text(encoding="utf-8").replace(" ", "")
+        assert "|safe" not in text and "autoescapefalse" not in text, path
+    for module in (_report_html, _report_charts):
+        source = Path(module.__file__ or "").read_text(encoding="utf-8")
+        assert "Markup" not in source and "markupsafe" not in source, module
+
+
+def test_values_that_claim_to_be_html_are_escaped(tmp_path: Path) -> None:
+    from markupsafe import Markup
+
+    class Claims:  # any object with __html__ would be trusted by Jinja2 as it is
+        def __html__(self) -> str:
+            return "<script>alert(8)</script>"
+
+        def __str__(self) -> str:
+            return "<script>alert(8)</script>"
+
+    hostile = Markup("<script>alert(7)</script>")
+    frame = pd.DataFrame(
+        {"id": [hostile, Claims()], "label": ["ab", "cd"], "answer": ["xx", hostile]}
+    )
+    page = capbatch.report(frame).to_html()
+    assert_only_text(page, [])
+    assert "<script>alert(7)</script>" in "".join(parse(page).text)
+    assert "<script>alert(8)</script>" in "".join(parse(page).text)
+
+
+def test_templates_ship_in_the_wheel() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(_report_html.__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    if not (root / "pyproject.toml").is_file() or "tool" not in pyproject:
+        pytest.skip("not a source checkout")
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["capbatch"]
+    shipped = {p for pattern in patterns for p in Path(root / "capbatch").glob(pattern)}
+    assert set(_report_html.TEMPLATES.iterdir()) <= shipped
+    assert any(d.startswith("jinja2") for d in pyproject["project"]["dependencies"])
+
+
+def test_importing_the_module_does_not_import_jinja2() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, capbatch._report_html; assert 'jinja2' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
