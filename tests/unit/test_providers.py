@@ -1,4 +1,4 @@
-"""Provider profiles carry protocol.md's facts, one profile per service."""
+"""Provider profiles carry the facts of docs/providers.md, one profile per service."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_image_limits() -> None:
     assert (ANTICAPTCHA.min_image_bytes, ANTICAPTCHA.max_image_bytes) == (100, 500_000)
     assert CAPMONSTER.max_image_bytes == 50_000
     assert TWOCAPTCHA.max_image_bytes == 100_000
-    assert CAPSOLVER.max_image_bytes == 500_000  # unconfirmed in protocol.md
+    assert CAPSOLVER.max_image_bytes == 500_000  # unconfirmed (docs/providers.md)
     for profile in PROVIDERS.values():
         assert 0 < profile.min_image_bytes < profile.max_image_bytes
 
