@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,20 @@ def start_cli(
         env=child_env,
         cwd=REPO,
     )
+
+
+@contextlib.contextmanager
+def running_cli(
+    *args: str | os.PathLike[str], log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``start_cli`` whose process is killed (and reaped) if still running at the end."""
+    proc = start_cli(*args, log=log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def files_under(*roots: Path) -> list[Path]:

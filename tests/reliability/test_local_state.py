@@ -23,7 +23,7 @@ import capbatch
 from capbatch._outputs import read_results, temp_pattern
 from capbatch._workspace import CACHE_ENV
 from capbatch.emulator import EmulatorHandle
-from tests.e2e.runner_helpers import KEY, SAMPLE, run_cli, sample_frame, start_cli, write_table
+from tests.e2e.runner_helpers import KEY, SAMPLE, run_cli, running_cli, sample_frame, write_table
 
 Start = Callable[..., EmulatorHandle]
 ROWS = 240
@@ -291,8 +291,7 @@ def test_a_second_run_on_the_same_output_stops_at_once_even_with_the_journal_del
     journal = tmp_path / "out.journal.sqlite"
     args = ["run", table, "-o", out, "--base-url", server.url, "--no-cache"]
     args += ["--max-in-flight", "10", "--quiet", "--rate", "100"]
-    first = start_cli(*args, log=tmp_path / "first.log")
-    try:
+    with running_cli(*args, log=tmp_path / "first.log") as first:
         wait_until(
             lambda: server.stats()["create_calls"] >= 5 or first.poll() is not None,
             30,
@@ -312,10 +311,6 @@ def test_a_second_run_on_the_same_output_stops_at_once_even_with_the_journal_del
             assert f"the output {out} is in use by another capbatch run" in line
             assert SAFE_ADVICE in line and "--journal" not in line
         assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(timeout=10)
     stats = server.stats()
     assert stats["create_calls"] == rows  # every row sent exactly once
     assert max(stats["creates_by_hash"].values()) == 1
@@ -335,8 +330,7 @@ def test_the_temporary_of_a_killed_run_is_removed_by_the_next_run(
     out = tmp_path / "out.csv"
     args = ["run", table, "-o", out, "--base-url", server.url, "--max-in-flight", "10"]
     args += ["--rate", "100"]
-    proc = start_cli(*args, "--quiet")
-    try:
+    with running_cli(*args, "--quiet") as proc:
         wait_until(
             lambda: bool(temporaries(tmp_path, out)) and server.stats()["create_calls"] > 0,
             30,
@@ -344,10 +338,6 @@ def test_the_temporary_of_a_killed_run_is_removed_by_the_next_run(
         )
         proc.kill()  # kill -9: no cleanup of any kind
         proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     assert temporaries(tmp_path, out), "the kill left no temporary: the test proves nothing"
     done = run_cli(*args, "--quiet", timeout=120)
     assert done.returncode == 0, done.output
