@@ -2,10 +2,22 @@
 
 The public API is what ``__all__`` lists; every module whose name starts with an
 underscore is private and may change without notice.
+
+Importing ``capbatch`` is cheap: the error types are defined here at once (they hold
+no imports), every other public name is imported from its private module the first
+time it is used (``capbatch.run`` loads the run machinery: pandas, pyarrow, aiohttp),
+so ``capbatch --help`` and ``import capbatch.cli`` do not pay for what they do not use.
+Every public class and function says it lives in ``capbatch`` (``__module__``), so a
+traceback reads ``capbatch.AuthError``, as with httpx.
 """
 
-from ._api import RunOptions, arun, run
-from ._client import ProviderClient, TaskService
+# Only public names here, or underscored ones (tests/unit/test_exported_members.py): no
+# ``from __future__ import annotations``, helpers imported under private names.
+import sys as _sys
+import typing as _typing
+from importlib import import_module as _import_module
+from types import FunctionType as _FunctionType
+
 from ._exceptions import (
     APIError,
     AuthError,
@@ -35,14 +47,46 @@ from ._exceptions import (
     TransportError,
     Unsolvable,
 )
-from ._outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
-from ._protocol import Action, TaskReply, classify
-from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
-from ._report import Comparison, Report, compare, report
-from ._runner import RunAborted
-from ._secrets import Secret
-from ._summary import RunSummary
-from ._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from ._api import RunOptions, arun, run
+    from ._client import ProviderClient, TaskService
+    from ._outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
+    from ._protocol import Action, TaskReply, classify
+    from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
+    from ._report import Comparison, Report, compare, report
+    from ._runner import RunAborted
+    from ._secrets import Secret
+    from ._summary import RunSummary
+    from ._version import __version__
+
+#: Every public name not defined above -> the private module that defines it.
+_LAZY: dict[str, str] = {
+    "Action": "._protocol",
+    "Comparison": "._report",
+    "PROVIDERS": "._providers",
+    "PollSchedule": "._providers",
+    "ProviderClient": "._client",
+    "ProviderProfile": "._providers",
+    "RESULT_COLUMNS": "._outputs",
+    "Report": "._report",
+    "RowResult": "._outputs",
+    "RunAborted": "._runner",
+    "RunOptions": "._api",
+    "RunSummary": "._summary",
+    "Secret": "._secrets",
+    "TaskReply": "._protocol",
+    "TaskService": "._client",
+    "__version__": "._version",
+    "arun": "._api",
+    "classify": "._protocol",
+    "compare": "._report",
+    "get_profile": "._providers",
+    "read_results": "._outputs",
+    "report": "._report",
+    "run": "._api",
+    "run_metadata": "._outputs",
+}
 
 __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_exported_members.py
     "APIError",
@@ -97,3 +141,44 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_e
     "run",
     "run_metadata",
 ]
+
+
+def _claim(names: list[str]) -> None:
+    """Say ``capbatch`` is where these public classes and functions live."""
+    namespace = globals()
+    for name in names:
+        value = namespace.get(name)
+        if isinstance(value, (type, _FunctionType)):
+            module = getattr(value, "__module__", None)
+            if isinstance(module, str) and module.startswith("capbatch."):
+                value.__module__ = __name__
+
+
+def _resolve_loaded() -> None:
+    """Bind every lazy name whose module is imported by now (by a first use, or by
+    capbatch itself), and claim it: an error a run raises then reads
+    ``capbatch.RunAborted`` whether or not the caller touched that name first."""
+    namespace = globals()
+    found = []
+    for name, module_name in _LAZY.items():
+        module = _sys.modules.get(f"{__name__}{module_name}")
+        if name not in namespace and module is not None and hasattr(module, name):
+            namespace[name] = getattr(module, name)
+            found.append(name)
+    _claim(found)
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(module_name, __name__), name)
+    _resolve_loaded()
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+_claim(__all__)

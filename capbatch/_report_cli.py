@@ -1,27 +1,28 @@
 """``capbatch report`` and ``capbatch compare``: a summary in the terminal, a page on disk.
 
 Each command parses its flags, makes one library call (``report`` or ``compare``), prints
-a summary table (or JSON with ``--json``) to stdout, writes the HTML page and turns a
-capbatch error into one clean line on stderr (exit 2 for unreadable input or bad
-options, as for ``capbatch run``).
+a summary table (or JSON with ``--json``) to stdout and writes the HTML page; what stops
+it becomes one clean line on stderr and an exit status through ``cli.command_errors``
+(2 for unreadable input, bad options or a page that cannot be written, as for every
+command). pandas, rapidfuzz and the report machinery are imported when a command runs,
+not when ``capbatch`` starts.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import pandas as pd
 
-from . import _report
-from ._exceptions import CapbatchError, ConfigError, InputError
-from ._metrics import LABELS, fmt, shown
+from ._exceptions import ConfigError
+from .cli import command_errors
 
-EXIT_FATAL = 1
-EXIT_USAGE = 2
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._report import Report
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,16 +42,6 @@ _GROUP = {
     "latency_p95_ms": "p95",
     "cost_per_correct_usd": "$/correct",
 }
-
-
-def _fail(error: CapbatchError | OSError) -> NoReturn:
-    """One clean line on stderr, then exit (2 for bad input or options, else 1)."""
-    if isinstance(error, OSError):
-        message = f"cannot write {error.filename or 'the page'}: {error.strerror or error}"
-        click.echo(f"capbatch: error: {message}", err=True)
-        sys.exit(EXIT_USAGE)
-    click.echo(f"capbatch: error: {error}", err=True)
-    sys.exit(EXIT_USAGE if isinstance(error, (ConfigError, InputError)) else EXIT_FATAL)
 
 
 def _shared_options(func: F) -> F:
@@ -91,6 +82,8 @@ def _shared_options(func: F) -> F:
 
 def _grid(frame: pd.DataFrame, columns: Sequence[str], index_name: str) -> str:
     """A plain text table: index values (untrusted text, shown safely) and formatted cells."""
+    from ._metrics import fmt, shown
+
     header = [index_name, *(_GROUP.get(c, c) for c in columns)]
     rows = [
         [
@@ -112,6 +105,8 @@ def _grid(frame: pd.DataFrame, columns: Sequence[str], index_name: str) -> str:
 
 def _metrics_block(summary: pd.DataFrame) -> str:
     """Metrics as rows, one column per run (``all`` for a single report)."""
+    from ._metrics import LABELS, fmt, shown
+
     width = max(len(LABELS[m]) for m in _TERMINAL)
     names = [shown(n, 16) for n in summary.index]
     col = max(12, *(len(n) for n in names))
@@ -122,7 +117,9 @@ def _metrics_block(summary: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _print_report(rep: _report.Report, page: Path) -> None:
+def _print_report(rep: Report, page: Path) -> None:
+    from ._metrics import shown
+
     lines = [f"results: {shown(rep.source or rep.name, 200)}"]
     run = rep.run
     if run.get("provider"):
@@ -156,6 +153,7 @@ def _print_report(rep: _report.Report, page: Path) -> None:
     help="HTML page [default: RESULTS_STEM.report.html beside RESULTS].",
 )
 @_shared_options
+@command_errors()
 def report(
     results: Path,
     output: Path | None,
@@ -171,12 +169,11 @@ def report(
     Prints a summary (or JSON with --json) and writes a self-contained HTML page.
     Rows without a label are counted as unlabelled, not as wrong.
     """
-    try:
-        rep = _report.report(results, label_column, list(by), case_sensitive, base_dir=base_dir)
-        page = output or results.with_name(f"{rep.name}.report.html")
-        rep.to_html(page)
-    except (CapbatchError, OSError) as error:
-        _fail(error)
+    from ._report import report as make_report
+
+    rep = make_report(results, label_column, list(by), case_sensitive, base_dir=base_dir)
+    page = output or results.with_name(f"{rep.name}.report.html")
+    _write_page(rep.to_html, page)
     if as_json:
         data = rep.to_dict()
         data["html"] = str(page)
@@ -202,6 +199,7 @@ def report(
 )
 @click.option("--id-column", help="Column matching rows across runs [default: id, else images].")
 @_shared_options
+@command_errors()
 def compare(
     results: tuple[Path, ...],
     output: Path | None,
@@ -221,21 +219,21 @@ def compare(
     between runs and the rows where they disagree.
     """
     page = output or Path("compare.html")
-    try:
-        if len(results) < 2:
-            raise ConfigError("compare needs two or more results files")
-        cmp = _report.compare(
-            *results,
-            names=names or None,
-            label=label_column,
-            by=list(by),
-            case_sensitive=case_sensitive,
-            id_column=id_column,
-            base_dir=base_dir,
-        )
-        cmp.to_html(page)
-    except (CapbatchError, OSError) as error:
-        _fail(error)
+    if len(results) < 2:
+        raise ConfigError("compare needs two or more results files")
+    from ._metrics import fmt, shown
+    from ._report import compare as make_comparison
+
+    cmp = make_comparison(
+        *results,
+        names=names or None,
+        label=label_column,
+        by=list(by),
+        case_sensitive=case_sensitive,
+        id_column=id_column,
+        base_dir=base_dir,
+    )
+    _write_page(cmp.to_html, page)
     if as_json:
         data = cmp.to_dict()
         data["html"] = str(page)
@@ -253,6 +251,15 @@ def compare(
     ]
     lines += [f"rows where the runs disagree: {len(cmp.disagreements):,}", "", f"report: {page}"]
     click.echo("\n".join(lines))
+
+
+def _write_page(write: Callable[[Path], object], page: Path) -> None:
+    """Write the HTML page; a page that cannot be written is a usage error (exit 2)."""
+    try:
+        write(page)
+    except OSError as error:
+        where = error.filename or page
+        raise ConfigError(f"cannot write {where}: {error.strerror or error}") from None
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -1,8 +1,11 @@
 """``capbatch serve``: run the emulator from a shell.
 
 The command parses flags into one ``EmulatorConfig`` and makes one library call,
-``serve(config)``. Bad options become one clean error line. The api key is read from
-``--api-key`` or ``CAPBATCH_EMULATOR_KEY`` and never printed.
+``serve(config)``. Bad options, a bad labels file or a port that cannot be used become
+one clean error line and exit 2, through ``capbatch.cli.command_errors`` like every
+command. The api key is read from ``--api-key`` or ``CAPBATCH_EMULATOR_KEY`` and never
+printed. ``capbatch`` imports this module only when ``serve`` is used: it pulls in
+the emulator (aiohttp).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._exceptions import ConfigError
+from ..cli import command_errors
 from ._config import DEFERRED_REPLY_STATUSES, SOLVERS, EmulatorConfig, is_loopback_host
 from ._runner import serve as run_server
 
@@ -226,6 +230,7 @@ def _default_solver() -> str:
     "localhost, 127.x.x.x, [::1]); repeatable. Callbacks to anything else are not sent "
     "(counted in /_stats callbacks_refused) [default: none].",
 )
+@command_errors()
 def serve(allow_remote: bool, solver: str | None, **options: Any) -> None:
     """Run a CapSolver-compatible emulator (for tests, demos and benchmarks).
 
@@ -241,13 +246,12 @@ def serve(allow_remote: bool, solver: str | None, **options: Any) -> None:
             f"--host {options['host']} is not a loopback address; add --allow-remote "
             "to serve other machines"
         )
+    # A bad option or labels file is a ConfigError (the labels fail in build_app, before
+    # the URL line is printed): exit 2, like a port that cannot be used.
+    config = EmulatorConfig(solver=solver or _default_solver(), **options)  # type: ignore[arg-type]
     try:
-        # A bad labels file fails in build_app, before the URL line is printed.
-        config = EmulatorConfig(solver=solver or _default_solver(), **options)  # type: ignore[arg-type]
         run_server(config)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. the port is taken
-        raise click.ClickException(
+        raise ConfigError(
             f"cannot serve on {options['host']}:{options['port']}: {exc.strerror or exc}"
         ) from None

@@ -1,15 +1,44 @@
-"""The public API is exactly ``capbatch.__all__``, kept sorted (after httpx's test)."""
+"""The public API is exactly ``capbatch.__all__``, kept sorted (after httpx's test); every
+public class and function says it lives in ``capbatch``; importing ``capbatch`` or
+``capbatch.cli`` loads none of the heavy dependencies (names resolve on first use)."""
 
 from __future__ import annotations
 
-from types import ModuleType
+import json
+import subprocess
+import sys
+import traceback
+from types import FunctionType, ModuleType
 
 import capbatch
+from capbatch import _exceptions, _runner
 
 INCLUDED_PRIVATE_MEMBERS = {"__version__"}
 
 
+#: The exported names that are neither classes nor functions.
+CONSTANTS = {"PROVIDERS", "RESULT_COLUMNS", "__version__"}
+
+#: What ``import capbatch`` and ``import capbatch.cli`` must not load.
+HEAVY = (
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "aiohttp",
+    "httpx",
+    "matplotlib",
+    "rapidfuzz",
+    "ddddocr",
+    "ipywidgets",
+    "PIL",
+    "tqdm",
+)
+
+
 def _public_members() -> set[str]:
+    # Names resolve lazily: bind them all first, so vars() holds every one.
+    for name in capbatch.__all__:
+        getattr(capbatch, name)
     # Submodules (capbatch.local, capbatch.cli, ...) appear in vars() once something
     # imports them; they are reached by their dotted name, not through __all__.
     return {
@@ -48,9 +77,54 @@ def test_star_import_gives_exactly_all() -> None:
     assert set(namespace) == set(capbatch.__all__)
 
 
-def test_exported_objects_say_where_they_live() -> None:
+def test_exported_classes_and_functions_say_they_live_in_capbatch() -> None:
     for name in capbatch.__all__:
         value = getattr(capbatch, name)
-        module = getattr(value, "__module__", None)
-        if module is not None and isinstance(value, type):
-            assert module.startswith("capbatch"), f"{name} comes from {module}"
+        if name in CONSTANTS:
+            assert not isinstance(value, (type, FunctionType)), name
+        else:
+            assert isinstance(value, (type, FunctionType)), name
+            assert value.__module__ == "capbatch", f"{name} says it lives in {value.__module__}"
+
+
+def test_a_traceback_names_the_public_class() -> None:
+    line = traceback.format_exception_only(capbatch.AuthError("bad key"))[-1]
+    assert line == "capbatch.AuthError: bad key\n"
+    assert _exceptions.AuthError is capbatch.AuthError
+    assert _runner.RunAborted is capbatch.RunAborted
+
+
+def test_every_name_resolves_to_the_object_its_private_module_defines() -> None:
+    for name, module in capbatch._LAZY.items():
+        private = sys.modules[f"capbatch{module}"]
+        assert getattr(capbatch, name) is getattr(private, name), name
+    assert set(capbatch._LAZY) | set(vars(_exceptions)) >= set(capbatch.__all__)
+    assert set(capbatch.__all__) <= set(dir(capbatch))
+
+
+def _fresh(code: str) -> object:
+    """Run ``code`` in a fresh interpreter; it prints one JSON value."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(done.stdout)
+
+
+def test_importing_capbatch_or_its_cli_loads_no_heavy_module() -> None:
+    for module in ("capbatch", "capbatch.cli"):
+        loaded = _fresh(
+            f"import json, sys, {module}; "
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+        )
+        assert loaded == [], f"import {module} loads {loaded}"
+
+
+def test_a_name_used_first_claims_the_others_its_module_loaded() -> None:
+    # Touch capbatch.run only: RunAborted (in _runner, which _api imports) says capbatch
+    # too, so an error a run raises reads capbatch.RunAborted in the traceback.
+    claimed = _fresh(
+        "import json, capbatch; capbatch.run; from capbatch._runner import RunAborted; "
+        "from capbatch._summary import RunSummary; "
+        "print(json.dumps([RunAborted.__module__, RunSummary.__module__]))"
+    )
+    assert claimed == ["capbatch", "capbatch"]

@@ -140,7 +140,8 @@ def _all_exception_classes() -> list[type[CapbatchError]]:
     return [
         obj
         for _, obj in inspect.getmembers(_exceptions, inspect.isclass)
-        if issubclass(obj, CapbatchError) and obj.__module__ == _exceptions.__name__
+        # Exported classes say they live in ``capbatch`` (see capbatch/__init__.py).
+        if issubclass(obj, CapbatchError) and obj.__module__ in {_exceptions.__name__, "capbatch"}
     ]
 
 
