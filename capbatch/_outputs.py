@@ -24,12 +24,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,25 +47,7 @@ if TYPE_CHECKING:
 
 _TS = pa.timestamp("ms", tz="UTC")
 
-_RESULT_FIELDS: list[pa.Field[Any]] = [
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("answer", pa.string()),
-    pa.field("solution", pa.string()),
-    pa.field("error_code", pa.string()),
-    pa.field("error_message", pa.string()),
-    pa.field("task_id", pa.string()),
-    pa.field("provider", pa.string()),
-    pa.field("attempts", pa.int32(), nullable=False),
-    pa.field("polls", pa.int32(), nullable=False),
-    pa.field("submitted_at", _TS),
-    pa.field("finished_at", _TS),
-    pa.field("latency_ms", pa.float64()),
-    pa.field("queue_ms", pa.float64()),
-    pa.field("cost_usd", pa.float64(), nullable=False),
-    pa.field("from_cache", pa.bool_(), nullable=False),
-]
-RESULT_SCHEMA: pa.Schema = pa.schema(_RESULT_FIELDS)
-RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
+
 
 #: Result columns whose text comes from the remote service, guarded in CSV output.
 UNTRUSTED_COLUMNS = ("answer", "solution", "error_code", "error_message", "task_id")
@@ -81,34 +65,70 @@ _STATUSES = frozenset({"solved", "failed", "pending"})
 _METADATA_PREFIX = "capbatch."
 
 
+def _column(
+    arrow: pa.DataType, *, nullable: bool = True, encode: Callable[[Any], Any] | None = None
+) -> dict[str, Any]:
+    """A result column's definition, kept on its ``RowResult`` field: the Arrow type, and
+    how a value is turned into one the Arrow type holds."""
+    return {"arrow": arrow, "nullable": nullable, "encode": encode}
+
+
+# One encoder made once: json.dumps with options builds a new encoder on every call, about
+# a third of the cost of a million rows. default=str: a paid answer must never be lost
+# because one value of its solution is not JSON-native.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
 @dataclass(frozen=True, slots=True)
 class RowResult:
-    """The outcome of one input row, one value per result column.
+    """The outcome of one input row, one value per result column: THE definition of the
+    result columns. ``RESULT_SCHEMA`` and ``results_to_arrays`` are derived from these
+    fields and their metadata, so a new column is one field here (plus, if a resumed row
+    must show it, its place in the journal).
 
     Times are unix seconds (``time.time()``); they are stored as UTC millisecond
     timestamps. ``solution`` is the provider's whole solution object, kept as JSON text.
     """
 
-    status: str
-    answer: str | None = None
-    solution: Mapping[str, Any] | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    task_id: str | None = None
-    provider: str | None = None
-    attempts: int = 0
-    polls: int = 0
-    submitted_at: float | None = None
-    finished_at: float | None = None
-    latency_ms: float | None = None
-    queue_ms: float | None = None
-    cost_usd: float = 0.0
-    from_cache: bool = False
+    status: str = dataclasses.field(metadata=_column(pa.string(), nullable=False))
+    answer: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
+    solution: Mapping[str, Any] | None = dataclasses.field(
+        default=None, metadata=_column(pa.string(), encode=_encode_json)
+    )
+    error_code: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
+    error_message: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
+    task_id: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
+    provider: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
+    attempts: int = dataclasses.field(default=0, metadata=_column(pa.int32(), nullable=False))
+    polls: int = dataclasses.field(default=0, metadata=_column(pa.int32(), nullable=False))
+    submitted_at: float | None = dataclasses.field(default=None, metadata=_column(_TS))
+    finished_at: float | None = dataclasses.field(default=None, metadata=_column(_TS))
+    latency_ms: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
+    queue_ms: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
+    cost_usd: float = dataclasses.field(
+        default=0.0, metadata=_column(pa.float64(), nullable=False)
+    )
+    from_cache: bool = dataclasses.field(
+        default=False, metadata=_column(pa.bool_(), nullable=False)
+    )
 
     def __post_init__(self) -> None:
         # Fail where the bad value is made, not thousands of rows later in the writer.
         if self.status not in _STATUSES:
             raise ValueError(f"status must be one of {sorted(_STATUSES)}, not {self.status!r}")
+
+
+RESULT_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field(f.name, f.metadata["arrow"], nullable=f.metadata["nullable"])
+        for f in dataclasses.fields(RowResult)
+    ]
+)
+RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
+#: Per result column: how to read it off a ``RowResult`` and how to encode a value.
+_COLUMN_READERS = [
+    (attrgetter(f.name), f.metadata["encode"]) for f in dataclasses.fields(RowResult)
+]
 
 
 def output_schema(input_schema: pa.Schema) -> pa.Schema:
@@ -137,10 +157,6 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields + list(RESULT_SCHEMA))
 
 
-# One encoder made once: json.dumps with options builds a new encoder on every call, about
-# a third of the cost of a million rows. default=str: a paid answer must never be lost
-# because one value of its solution is not JSON-native.
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
 def _timestamps(seconds: list[float | None]) -> pa.Array[Any]:
@@ -155,23 +171,12 @@ def results_to_arrays(results: Sequence[RowResult]) -> list[pa.Array[Any]]:
     One list comprehension per column and one ``pa.array`` call each: converting Python
     lists in bulk is an order of magnitude faster than appending row by row.
     """
-    columns: list[list[Any]] = [
-        [r.status for r in results],
-        [r.answer for r in results],
-        [None if r.solution is None else _encode_json(r.solution) for r in results],
-        [r.error_code for r in results],
-        [r.error_message for r in results],
-        [r.task_id for r in results],
-        [r.provider for r in results],
-        [r.attempts for r in results],
-        [r.polls for r in results],
-        [r.submitted_at for r in results],
-        [r.finished_at for r in results],
-        [r.latency_ms for r in results],
-        [r.queue_ms for r in results],
-        [r.cost_usd for r in results],
-        [r.from_cache for r in results],
-    ]
+    columns: list[list[Any]] = []
+    for read, encode in _COLUMN_READERS:
+        values = [read(r) for r in results]
+        if encode is not None:
+            values = [None if v is None else encode(v) for v in values]
+        columns.append(values)
     return [
         _timestamps(values) if f.type == _TS else pa.array(values, type=f.type)
         for values, f in zip(columns, RESULT_SCHEMA, strict=True)

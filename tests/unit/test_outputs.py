@@ -534,3 +534,30 @@ def test_csv_read_back_handles_rows_longer_than_a_read_block(tmp_path: Path) -> 
         writer.write(big, [solved(0), solved(1)], first_row=0)
         writer.finish(expected_rows=2)  # a 8 MB base64 row: more than one 4 MB block
     assert count_rows(final, "csv") == 2
+
+
+def test_the_result_columns_are_derived_from_the_one_record() -> None:
+    import dataclasses
+
+    from capbatch._outputs import RESULT_SCHEMA, results_to_arrays
+
+    record = dataclasses.fields(RowResult)
+    # One definition: the schema is the record's fields, in order, with their types.
+    assert [f.name for f in record] == RESULT_SCHEMA.names
+    assert [f.metadata["arrow"] for f in record] == RESULT_SCHEMA.types
+    # And every field reaches its column: a result with each one set comes back whole.
+    full = RowResult(
+        status="solved", answer="ab12", solution={"text": "ab12", "n": 1}, error_code="E",
+        error_message="m", task_id="t-1", provider="capsolver", attempts=2, polls=3,
+        submitted_at=1_700_000_000.25, finished_at=1_700_000_001.5, latency_ms=1250.0,
+        queue_ms=4.0, cost_usd=0.0004, from_cache=True,
+    )  # fmt: skip
+    row = {
+        name: column.to_pylist()[0]
+        for name, column in zip(RESULT_SCHEMA.names, results_to_arrays([full]), strict=True)
+    }
+    assert row["solution"] == '{"text":"ab12","n":1}'
+    assert row["submitted_at"].timestamp() == pytest.approx(1_700_000_000.25)
+    for f in record:
+        if f.name not in ("solution", "submitted_at", "finished_at"):
+            assert row[f.name] == getattr(full, f.name), f.name
