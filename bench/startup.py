@@ -24,7 +24,8 @@ second to print its help feels broken, and the fixed cost of a run is paid by ev
 small job and every resume.
 
 ``capbatch`` is the console script next to this Python when there is one (what a user
-types), else ``python -m capbatch``. Timing needs a quiet machine: on a shared 2-CPU
+types), else (or with ``--module``) ``python -m capbatch`` run from the repository root,
+which times that checkout. Timing needs a quiet machine: on a shared 2-CPU
 box, rerun when the load average printed in the header is above ~0.5.
 
     python bench/startup.py                  # 10 repeats, about 30 s
@@ -85,9 +86,9 @@ def run_child(command: list[str], env: dict[str, str], timeout: float = 120) -> 
     return Sample(wall, usage.ru_utime + usage.ru_stime)
 
 
-def capbatch_command() -> tuple[list[str], str]:
+def capbatch_command(module: bool) -> tuple[list[str], str]:
     script = Path(sys.executable).with_name("capbatch")
-    if script.is_file() and os.access(script, os.X_OK):
+    if not module and script.is_file() and os.access(script, os.X_OK):
         return [str(script)], "capbatch"
     return [sys.executable, "-m", "capbatch"], "python -m capbatch"
 
@@ -99,11 +100,17 @@ def median(samples: list[Sample], what: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10, help="runs of each command [10]")
+    parser.add_argument(
+        "--module",
+        action="store_true",
+        help="time `python -m capbatch` from the repository root instead of the console "
+        "script (to time a checkout other than the installed one)",
+    )
     args = parser.parse_args()
 
     for line in machine_info():
         print(line)
-    capbatch, shown = capbatch_command()
+    capbatch, shown = capbatch_command(args.module)
     print(f"capbatch command: {shown}; {args.repeats} repeats each, interleaved")
 
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
