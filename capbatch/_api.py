@@ -470,7 +470,14 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
         stops.close()
         workspace.close()  # the journal, then the locks
         if options.service is None:
-            await service.aclose()
+            try:
+                await service.aclose()
+            except asyncio.CancelledError:
+                # A second signal landed while the client closed: the stop it asked for
+                # (everything is already journaled), not a traceback.
+                if stops.aborted is None:
+                    raise
+                raise stops.aborted from None
 
 
 def _endpoint(options: RunOptions, profile: ProviderProfile) -> str:
