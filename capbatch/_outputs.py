@@ -14,8 +14,8 @@ Formats, chosen by the destination's extension (or ``format=``):
 * CSV (``.csv``): for spreadsheets and shell tools. Result timestamps are ISO 8601 UTC
   (``2024-05-01T12:00:00.123Z``). Text that came from the remote service and starts with
   ``= + - @``, tab or carriage return gets a leading ``'`` so a spreadsheet does not run it
-  as a formula (OWASP CSV injection advice); ``read_results`` returns such values with the
-  quote. Input columns are written as they are, except those a CSV cannot hold: binary
+  as a formula (OWASP CSV injection advice); ``read_results`` takes the quote off again.
+  Input columns are written as they are, except those a CSV cannot hold: binary
   columns become base64 text, nested columns (lists, structs, maps) become JSON text.
 """
 
@@ -183,13 +183,18 @@ def results_to_arrays(results: Sequence[RowResult]) -> list[pa.Array[Any]]:
     ]
 
 
+def output_format(path: Path) -> str | None:
+    """``"parquet"`` or ``"csv"`` by ``path``'s extension (the one table of them), or None."""
+    return _EXTENSIONS.get(path.suffix.lower())
+
+
 def _format_for(path: Path, format: str | None) -> str:
     accepted = ", ".join(_EXTENSIONS)
     if format is not None:
         if format not in ("parquet", "csv"):
             raise ConfigError(f"unknown output format {format!r} for {path}: use parquet or csv")
         return format
-    found = _EXTENSIONS.get(path.suffix.lower())
+    found = output_format(path)
     if found is None:
         raise ConfigError(f"cannot tell the output format of {path}: use one of {accepted}")
     return found
@@ -544,14 +549,30 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read an output table (Parquet or CSV) into a DataFrame.
 
     For CSV the result columns get their real types back (so an answer like ``0123``
-    stays text and timestamps are UTC) and every input column is text, as ``capbatch run``
-    reads a CSV input (a label ``0042`` stays ``"0042"``). An empty quoted field reads as
-    ``""``, an empty unquoted one as missing.
+    stays text and timestamps are UTC), the spreadsheet formula guard is taken off the
+    provider's text (an answer written ``'=x`` reads ``=x``, as it was answered), and
+    every input column is text, as ``capbatch run`` reads a CSV input (a label ``0042``
+    stays ``"0042"``). An empty quoted field reads as ``""``, an empty unquoted one as
+    missing. The one reader of results: the API and the reports both use it.
     """
     p = Path(path)
     if _format_for(p, None) == "parquet":
         return pq.read_table(p).to_pandas()
-    return read_results_csv(p).to_pandas()
+    return _unguard(read_results_csv(p)).to_pandas()
+
+
+#: CSV output prefixes provider text a spreadsheet would run as a formula with "'".
+_GUARDED = r"^'([=+\-@\t\r])"
+
+
+def _unguard(table: pa.Table) -> pa.Table:
+    """Take the formula guard off the provider's text columns of a CSV output."""
+    for name in UNTRUSTED_COLUMNS:
+        if name in table.column_names:
+            index = table.column_names.index(name)
+            column = pc.replace_substring_regex(table[name], pattern=_GUARDED, replacement=r"\1")
+            table = table.set_column(index, name, column)
+    return table
 
 
 def read_results_csv(path: Path) -> pa.Table:

@@ -24,14 +24,12 @@ from typing import Any, TypeAlias, cast
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import _metrics
 from ._exceptions import ConfigError, RowInputError, TableError
 from ._images import INPUT_FILE_NOT_FOUND, image_hash, resolve_image
 from ._inputs import ID_COLUMN_NAMES, IMAGE_COLUMN_NAMES
-from ._outputs import read_results_csv, run_metadata
+from ._outputs import output_format, read_results, run_metadata
 from ._version import __version__
 
 Results: TypeAlias = "pd.DataFrame | str | os.PathLike[str]"
@@ -41,10 +39,7 @@ TOP_CONFUSIONS = 20
 #: size is checked with ``stat`` before it is read and only regular files are read, so
 #: a huge file, a FIFO or a device in the image column cannot stall or swamp a report.
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
-_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError)
-# CSV output prefixes answers a spreadsheet would run as a formula with "'"; undo it.
-_CSV_GUARD = r"^'([=+\-@\t\r])"
 
 
 def _require(frame: pd.DataFrame, column: str, role: str, where: str = "the table") -> None:
@@ -58,8 +53,9 @@ def _require(frame: pd.DataFrame, column: str, role: str, where: str = "the tabl
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a results file; in CSV every input column is text (a label ``0123`` is no int)."""
-    fmt = _FORMATS.get(path.suffix.lower())
+    """Read a results file through ``read_results``, with one clean error for a file that
+    is missing, not a regular file, of no known format or unreadable."""
+    fmt = output_format(path)
     if fmt is None:
         raise TableError(f"cannot tell the format of {path}: use .parquet or .csv")
     if not path.is_file():
@@ -67,15 +63,7 @@ def read_table(path: Path) -> pd.DataFrame:
         what = "is not a regular file" if path.exists() else "not found"
         raise TableError(f"results file {what}: {path}")
     try:
-        if fmt == "parquet":
-            return pq.read_table(path).to_pandas()
-        table = read_results_csv(path)
-        if "answer" in table.column_names:
-            guarded = pc.replace_substring_regex(
-                table["answer"], pattern=_CSV_GUARD, replacement=r"\1"
-            )
-            table = table.set_column(table.column_names.index("answer"), "answer", guarded)
-        return table.to_pandas()
+        return read_results(path)
     except _READ_ERRORS as exc:
         message = " ".join(str(exc).split())[:300]
         raise TableError(f"cannot read {path} as {fmt.upper()}: {message}") from exc

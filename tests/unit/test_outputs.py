@@ -267,11 +267,19 @@ def test_csv_formula_injection_guard(tmp_path: Path) -> None:
     with ResultWriter(tmp_path / "out.csv", INPUT_SCHEMA) as writer:
         writer.write(data, results)
         out = writer.finish()
+    # In the file a spreadsheet opens, the provider's text is guarded...
+    import csv
+
+    with open(out, newline="", encoding="utf-8") as fh:
+        raw = list(csv.DictReader(fh))
+    assert [r["answer"] for r in raw] == [f"'{a}" for a in risky] + ["normal", "a=b"]
+    assert {r["error_message"] for r in raw} == {"'-oops"}
+    assert {r["task_id"] for r in raw} == {"'@t"}
+    assert {r["image"] for r in raw} == {"=cmd|' /C calc'!A0"}  # input columns as they are
+    # ... and reading the results back gives the text as the provider sent it.
     df = read_results(out)
-    assert df["answer"].tolist() == [f"'{a}" for a in risky] + ["normal", "a=b"]
-    assert set(df["error_message"]) == {"'-oops"}
-    assert set(df["task_id"]) == {"'@t"}
-    assert set(df["image"]) == {"=cmd|' /C calc'!A0"}  # input columns as they are
+    assert df["answer"].tolist() == answers
+    assert set(df["error_message"]) == {"-oops"} and set(df["task_id"]) == {"@t"}
     assert set(df["label"]) == {"+lab"}
     # Parquet is typed data, not a spreadsheet: unchanged.
     with ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA) as writer:
