@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -130,17 +130,19 @@ class _Shown:
 
     def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
         """The self-contained HTML page; written to ``path`` (UTF-8) when given."""
-        from . import _report_html
-
-        page = _report_html.page(cast("Report | Comparison", self))
+        page = self._render(fragment=False)
         if path is not None:
             Path(path).write_text(page, encoding="utf-8")
         return page
 
     def _repr_html_(self) -> str:
-        from . import _report_html
+        return self._render(fragment=True)
 
-        return _report_html.fragment(cast("Report | Comparison", self))
+    def _render(self, *, fragment: bool) -> str:
+        """The page (or the notebook fragment). The HTML module is imported here, on
+        first use: it loads Jinja2 and matplotlib, which a report without HTML never needs.
+        Each class names its own view, so the HTML module never imports this one."""
+        raise NotImplementedError
 
 
 class Report(_Shown):
@@ -152,6 +154,11 @@ class Report(_Shown):
     own summary from the file's metadata), ``results`` (the table as read) and
     ``scored`` (one row of flags per row).
     """
+
+    def _render(self, *, fragment: bool) -> str:
+        from . import _report_html
+
+        return _report_html.report_fragment(self) if fragment else _report_html.report_page(self)
 
     def __init__(
         self,
@@ -365,6 +372,13 @@ class Comparison(_Shown):
     ``disagreements`` and ``notes``.
     """
 
+    def _render(self, *, fragment: bool) -> str:
+        from . import _report_html
+
+        if fragment:
+            return _report_html.comparison_fragment(self)
+        return _report_html.comparison_page(self)
+
     def __init__(
         self, reports: Sequence[Report], names: Sequence[str] | None, id_column: str | None
     ) -> None:
@@ -465,3 +479,4 @@ def compare(
     """
     reports = [report(r, label, by, case_sensitive, base_dir=base_dir) for r in results]
     return Comparison(reports, names, id_column)
+

@@ -420,17 +420,3 @@ def comparison_fragment(c: Comparison) -> str:
         summary=metric_table(c.summary),
         by_run=bar_chart(c.summary, ["accuracy", "ci_accuracy"], "accuracy by run", percent=True),
     )
-
-
-def page(item: Report | Comparison) -> str:
-    """The whole page for a report or a comparison."""
-    from ._report import Report
-
-    return report_page(item) if isinstance(item, Report) else comparison_page(item)
-
-
-def fragment(item: Report | Comparison) -> str:
-    """The notebook view of a report or a comparison."""
-    from ._report import Report
-
-    return report_fragment(item) if isinstance(item, Report) else comparison_fragment(item)
