@@ -174,12 +174,22 @@ class ProviderClient:
     def _mask_task_id(self, text: str) -> str:
         return self._key.mask(text, min_fragment=protocol.TASK_ID_MIN_FRAGMENT)
 
+    async def _send(self, url: str, content: bytes) -> Reply:
+        """The one send path: the same request (body, headers, deadline, size cap) over
+        capbatch's own pool, or over the caller's httpx client when one was given; the
+        transport's exceptions are translated by ``_post``."""
+        if self._fast is not None:
+            # aiohttp's total timeout is the deadline: no extra task or timer.
+            return await self._fast.post(
+                url, content, headers=_HEADERS, timeout=self._timeout, deadline=self.deadline
+            )
+        return await asyncio.wait_for(self._post_httpx(url, content), self.deadline)
+
     async def _post_httpx(self, url: str, content: bytes) -> Reply:
         """POST through the caller's httpx client, reading at most MAX_REPLY_BYTES of
-        the decoded body."""
-        async with self._http.stream(
-            "POST", url, content=content, headers={"Content-Type": "application/json"}
-        ) as response:
+        the decoded body. The headers are the fast path's (the client's own defaults,
+        such as a User-Agent the caller set, give way to them)."""
+        async with self._http.stream("POST", url, content=content, headers=_HEADERS) as response:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
                 raise ReplyTooLargeError(MAX_REPLY_BYTES)
@@ -203,19 +213,7 @@ class ProviderClient:
         for step in range(len(self._urls)):
             index = (start + step) % len(self._urls)
             try:
-                if self._fast is not None:
-                    # aiohttp's total timeout is the deadline: no extra task or timer.
-                    response = await self._fast.post(
-                        self._urls[index] + endpoint,
-                        content,
-                        headers=_HEADERS,
-                        timeout=self._timeout,
-                        deadline=self.deadline,
-                    )
-                else:
-                    response = await asyncio.wait_for(
-                        self._post_httpx(self._urls[index] + endpoint, content), self.deadline
-                    )
+                response = await self._send(self._urls[index] + endpoint, content)
             except httpx.ConnectError as exc:
                 last = exc
                 continue

@@ -827,3 +827,14 @@ async def test_nan_retry_after_is_ignored() -> None:
     with pytest.raises(RateLimited) as info:
         await make(Recorder(reply)).create_task(TASK)
     assert info.value.retry_after is None
+
+
+async def test_a_callers_httpx_client_sends_the_same_headers_as_the_own_pool() -> None:
+    from capbatch._client import _HEADERS
+
+    recorder = Recorder(ok({"balance": 1}))
+    client = make(recorder)
+    await client.get_balance()
+    sent = recorder.requests[-1].headers
+    for name, value in _HEADERS.items():
+        assert sent[name] == value, name
