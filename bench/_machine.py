@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -67,3 +70,20 @@ def process_cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def reap(proc: subprocess.Popen[bytes], deadline: float, *, poll: float = 0.02) -> tuple[int, Any]:
+    """Wait for ``proc`` until ``deadline`` (a ``time.perf_counter`` time), killing it
+    then; its exit status and its own rusage from ``os.wait4`` (its children included).
+    Sets ``proc.returncode`` so that Popen does not wait for it again."""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(poll)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage

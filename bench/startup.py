@@ -48,7 +48,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _emulator import API_KEY, emulator
-from _machine import machine_info
+from _machine import machine_info, reap
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGE = REPO / "sample_data" / "images" / "cap-0001.png"
@@ -68,18 +68,8 @@ def run_child(command: list[str], env: dict[str, str], timeout: float = 120) -> 
     proc = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO
     )
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.002)
+    _, usage = reap(proc, started + timeout, poll=0.002)
     wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {proc.returncode}: {err[-2000:]}")

@@ -64,7 +64,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _emulator import API_KEY, emu_call, emulator
-from _machine import machine_busy_s, machine_info, process_cpu_s
+from _machine import machine_busy_s, machine_info, process_cpu_s, reap
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -92,18 +92,8 @@ def run_child(command: list[str], timeout: float, env: dict[str, str], log: Path
     with log.open("w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+        _, usage = reap(proc, started + timeout)
         wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
     return ChildRun(
         returncode=proc.returncode,
         wall_s=wall,
