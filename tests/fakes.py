@@ -73,3 +73,19 @@ def key_forms(key: str) -> dict[str, str]:
         "html": "".join(f"&#{ord(c)};" for c in key),
         "mixed": key[:4].upper() + "%" + f"{ord(key[4]):02X}" + key[5:].lower(),
     }
+
+
+#: Modules a fast start must not load: ``import capbatch``, ``capbatch --help``.
+HEAVY_MODULES = (
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "aiohttp",
+    "httpx",
+    "matplotlib",
+    "rapidfuzz",
+    "ddddocr",
+    "ipywidgets",
+    "PIL",
+    "tqdm",
+)

@@ -37,24 +37,13 @@ from tests.e2e.runner_helpers import (
     sample_frame,
     write_table,
 )
+from tests.fakes import HEAVY_MODULES
 
 Start = Callable[..., EmulatorHandle]
 
 COMMANDS = ("run", "serve", "report", "compare")
 #: What ``capbatch --help`` and the commands' own ``--help`` must not load.
-HEAVY = (
-    "pandas",
-    "numpy",
-    "pyarrow",
-    "aiohttp",
-    "httpx",
-    "matplotlib",
-    "rapidfuzz",
-    "ddddocr",
-    "ipywidgets",
-    "PIL",
-    "capbatch._api",
-)
+HEAVY = (*HEAVY_MODULES, "capbatch._api")
 
 SITECUSTOMIZE = """
 import atexit, gc, importlib, json, os, sys, time
