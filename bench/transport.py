@@ -4,7 +4,7 @@ Contenders, all in one run and against the same server:
 
   httpx default    httpx.AsyncClient with its own (httpcore) transport
   httpx-aiohttp    httpx.AsyncClient over the ``httpx-aiohttp`` package's transport
-  capbatch/httpx   httpx.AsyncClient over capbatch._transport.AiohttpTransport: the path
+  capbatch/httpx   httpx.AsyncClient over capbatch._providers.transport.AiohttpTransport: the path
                    when a caller passes an httpx client built with make_http_client()
   capbatch         what ProviderClient does on its own client: AiohttpTransport.post,
                    the same pool and error mapping without httpx's Request/Response
@@ -130,14 +130,14 @@ def open_httpx_aiohttp(url: str, body: bytes) -> tuple[Send, Callable[[], Awaita
 
 
 def open_capbatch_httpx(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    from capbatch._client import make_http_client
+    from capbatch._providers.client import make_http_client
 
     client = make_http_client(max_connections=100)
     return _httpx_sender(client, url, body), client.aclose
 
 
 def open_capbatch(url: str, body: bytes) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    from capbatch._transport import AiohttpTransport
+    from capbatch._providers.transport import AiohttpTransport
 
     transport = AiohttpTransport(max_connections=100)
 

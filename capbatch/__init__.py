@@ -18,7 +18,7 @@ import typing as _typing
 from importlib import import_module as _import_module
 from types import FunctionType as _FunctionType
 
-from ._exceptions import (
+from capbatch._exceptions import (
     APIError,
     AuthError,
     BalanceError,
@@ -52,43 +52,44 @@ from ._exceptions import (
 )
 
 if _typing.TYPE_CHECKING:
-    from ._api import RunOptions, arun, run
-    from ._client import ProviderClient, TaskService
-    from ._outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
-    from ._protocol import Action, TaskReply, classify
-    from ._providers import PROVIDERS, PollSchedule, ProviderProfile, get_profile
-    from ._report import Comparison, Report, compare, report
-    from ._runner import RunAborted
-    from ._secrets import Secret
-    from ._summary import RunSummary
-    from ._version import __version__
+    from capbatch._api import arun, run
+    from capbatch._io.outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
+    from capbatch._providers.client import ProviderClient, TaskService
+    from capbatch._providers.profiles import PROVIDERS, PollSchedule, ProviderProfile, get_profile
+    from capbatch._providers.protocol import Action, TaskReply, classify
+    from capbatch._providers.secrets import Secret
+    from capbatch._reports.report import Comparison, Report, compare, report
+    from capbatch._run.batches import RunAborted
+    from capbatch._run.options import RunOptions
+    from capbatch._run.summary import RunSummary
+    from capbatch._version import __version__
 
 #: Every public name not defined above -> the private module that defines it.
 _LAZY: dict[str, str] = {
-    "Action": "._protocol",
-    "Comparison": "._report",
-    "PROVIDERS": "._providers",
-    "PollSchedule": "._providers",
-    "ProviderClient": "._client",
-    "ProviderProfile": "._providers",
-    "RESULT_COLUMNS": "._outputs",
-    "Report": "._report",
-    "RowResult": "._outputs",
-    "RunAborted": "._runner",
-    "RunOptions": "._api",
-    "RunSummary": "._summary",
-    "Secret": "._secrets",
-    "TaskReply": "._protocol",
-    "TaskService": "._client",
+    "Action": "._providers.protocol",
+    "Comparison": "._reports.report",
+    "PROVIDERS": "._providers.profiles",
+    "PollSchedule": "._providers.profiles",
+    "ProviderClient": "._providers.client",
+    "ProviderProfile": "._providers.profiles",
+    "RESULT_COLUMNS": "._io.outputs",
+    "Report": "._reports.report",
+    "RowResult": "._io.outputs",
+    "RunAborted": "._run.batches",
+    "RunOptions": "._run.options",
+    "RunSummary": "._run.summary",
+    "Secret": "._providers.secrets",
+    "TaskReply": "._providers.protocol",
+    "TaskService": "._providers.client",
     "__version__": "._version",
     "arun": "._api",
-    "classify": "._protocol",
-    "compare": "._report",
-    "get_profile": "._providers",
-    "read_results": "._outputs",
-    "report": "._report",
+    "classify": "._providers.protocol",
+    "compare": "._reports.report",
+    "get_profile": "._providers.profiles",
+    "read_results": "._io.outputs",
+    "report": "._reports.report",
     "run": "._api",
-    "run_metadata": "._outputs",
+    "run_metadata": "._io.outputs",
 }
 
 __all__ = [  # noqa: RUF022 - plain sorted() order, checked by tests/unit/test_exported_members.py

@@ -2,7 +2,7 @@
 
 Every error capbatch raises derives from ``CapbatchError``. Provider error codes and
 HTTP statuses are turned into these classes in exactly one place,
-``capbatch._protocol.error_from_reply``; nothing else inspects ``errorCode`` strings.
+``capbatch._providers.protocol.error_from_reply``; nothing else inspects ``errorCode`` strings.
 
 ```
 CapbatchError

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ._exceptions import ConfigError, InvalidTask, TaskExpired
-from ._protocol import TaskReply
+from capbatch._exceptions import ConfigError, InvalidTask, TaskExpired
+from capbatch._providers.protocol import TaskReply
 
 SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from capbatch._workspace import CACHE_ENV
+from capbatch._run.workspace import CACHE_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ with running_emulator(EmulatorConfig(deferred=0.5, solve_time=(0.2, 0.4))) as em
 From a shell: ``capbatch serve --port 0`` (or ``python -m capbatch.emulator``).
 """
 
-from ._app import build_app
-from ._config import EmulatorConfig
-from ._runner import EmulatorHandle, running_emulator, serve
+from capbatch.emulator._app import build_app
+from capbatch.emulator._config import EmulatorConfig
+from capbatch.emulator._server import EmulatorHandle, running_emulator, serve
 
 __all__ = ["EmulatorConfig", "EmulatorHandle", "build_app", "running_emulator", "serve"]

@@ -1,6 +1,6 @@
 """``python -m capbatch.emulator``: the ``serve`` command on its own."""
 
-from ._cli import serve
+from capbatch.emulator._cli import serve
 
 if __name__ == "__main__":
     serve(prog_name="python -m capbatch.emulator")

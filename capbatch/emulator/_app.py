@@ -39,9 +39,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .._exceptions import ConfigError
-from ._config import EmulatorConfig
-from ._replies import (
+from capbatch._exceptions import ConfigError
+from capbatch.emulator._config import EmulatorConfig
+from capbatch.emulator._replies import (
     OK,
     ImageChecker,
     callback_allowed,
@@ -51,8 +51,8 @@ from ._replies import (
     malformed_reply,
     task_reply,
 )
-from ._solvers import LabelsFileError, Solver, corrupt, make_solver, solver_key
-from ._state import EmulatorState, FaultRolls, Task, to_usd
+from capbatch.emulator._solvers import LabelsFileError, Solver, corrupt, make_solver, solver_key
+from capbatch.emulator._state import EmulatorState, FaultRolls, Task, to_usd
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

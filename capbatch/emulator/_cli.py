@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._exceptions import ConfigError
-from ..cli import command_errors
-from ._config import DEFERRED_REPLY_STATUSES, SOLVERS, EmulatorConfig, is_loopback_host
-from ._runner import serve as run_server
+from capbatch._cli.errors import command_errors
+from capbatch._exceptions import ConfigError
+from capbatch.emulator._config import (
+    DEFERRED_REPLY_STATUSES,
+    SOLVERS,
+    EmulatorConfig,
+    is_loopback_host,
+)
+from capbatch.emulator._server import serve as run_server
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _RANGE = re.compile(rf"\s*{_NUMBER}\s*(?:[-,:]\s*{_NUMBER}\s*)?")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .._exceptions import ConfigError
+from capbatch._exceptions import ConfigError
 
 SolverName = Literal["local", "oracle", "constant"]
 DeferredReplyStatus = Literal["idle", "none", "mixed"]

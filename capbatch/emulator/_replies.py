@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from PIL import Image
 
-from ._config import is_loopback_host, normalize_host
-from ._state import Task
+from capbatch.emulator._config import is_loopback_host, normalize_host
+from capbatch.emulator._state import Task
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 

@@ -18,11 +18,11 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._exceptions import CapbatchError, ConfigError
-from ._config import EmulatorConfig
+from capbatch._exceptions import CapbatchError, ConfigError
+from capbatch.emulator._config import EmulatorConfig
 
 if TYPE_CHECKING:
-    from ..local import LocalSolver
+    from capbatch.local import LocalSolver
 
 #: Characters a corrupted answer draws its wrong character from.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -81,7 +81,7 @@ class LocalEmulatorSolver(Solver):
     @property
     def solver(self) -> LocalSolver:
         if self._solver is None:
-            from ..local import LocalSolver
+            from capbatch.local import LocalSolver
 
             self._solver = LocalSolver()
         return self._solver

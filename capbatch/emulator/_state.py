@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._config import EmulatorConfig
+from capbatch.emulator._config import EmulatorConfig
 
 #: Most tasks kept for getTaskResult at once (about 400 bytes each).
 MAX_LIVE_TASKS = 1_000_000

@@ -43,7 +43,7 @@ Start = Callable[..., EmulatorHandle]
 
 COMMANDS = ("run", "serve", "report", "compare")
 #: What ``capbatch --help`` and the commands' own ``--help`` must not load.
-HEAVY = (*HEAVY_MODULES, "capbatch._api")
+HEAVY = (*HEAVY_MODULES, "capbatch._run.engine")
 
 SITECUSTOMIZE = """
 import atexit, gc, importlib, json, os, sys, time
@@ -113,10 +113,10 @@ def fault_args(command: str, tmp_path: Path) -> list[str | Path]:
 
 #: The one function each command's fault replaces.
 FAULT_TARGET = {
-    "run": "capbatch._api:execute",
-    "serve": "capbatch.emulator._runner:serve",
-    "report": "capbatch._report:report",
-    "compare": "capbatch._report:compare",
+    "run": "capbatch._run.engine:execute",
+    "serve": "capbatch.emulator._server:serve",
+    "report": "capbatch._reports.report:report",
+    "compare": "capbatch._reports.report:compare",
 }
 
 
@@ -360,4 +360,4 @@ def test_run_freezes_the_collector_after_loading_the_run_machinery(
     frozen = [line for line in done.stdout.splitlines() if line.startswith("frozen with: ")]
     assert len(frozen) == 1, done.output
     loaded = set(json.loads(frozen[0].removeprefix("frozen with: ")))
-    assert {"capbatch._api", "pyarrow", "aiohttp", "httpx"} <= loaded, loaded
+    assert {"capbatch._run.engine", "pyarrow", "aiohttp", "httpx"} <= loaded, loaded

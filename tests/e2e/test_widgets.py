@@ -319,7 +319,7 @@ def test_options_the_panel_owns_are_refused() -> None:
 
 
 def test_the_form_shows_the_provider_defaults_and_keeps_typed_values() -> None:
-    from capbatch._providers import get_profile
+    from capbatch._providers.profiles import get_profile
 
     capsolver, anticaptcha = get_profile("capsolver"), get_profile("anticaptcha")
     panel = RunPanel(sample_frame(2), provider="capsolver")

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 import capbatch
-from capbatch._outputs import read_results, temp_pattern
-from capbatch._workspace import CACHE_ENV
+from capbatch._io.outputs import read_results, temp_pattern
+from capbatch._run.workspace import CACHE_ENV
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import KEY, SAMPLE, run_cli, running_cli, sample_frame, write_table
 

@@ -325,7 +325,7 @@ class _BrokenService:
         self.calls = 0
 
     async def create_task(self, task: Any, *, callback_url: str | None = None) -> Any:
-        from capbatch._protocol import TaskReply
+        from capbatch._providers.protocol import TaskReply
 
         self.calls += 1
         if self.calls > 5:

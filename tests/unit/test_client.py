@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from capbatch._client import DEADLINE_ENV, DEFAULT_DEADLINE, RETRY_AFTER_CAP_ENV, ProviderClient
 from capbatch._exceptions import (
     APIError,
     AuthError,
@@ -33,8 +32,13 @@ from capbatch._exceptions import (
     TaskExpired,
     Unsolvable,
 )
-from capbatch._protocol import RETRY_AFTER_CAP, Action, classify
-from capbatch._providers import (
+from capbatch._providers.client import (
+    DEADLINE_ENV,
+    DEFAULT_DEADLINE,
+    RETRY_AFTER_CAP_ENV,
+    ProviderClient,
+)
+from capbatch._providers.profiles import (
     ANTICAPTCHA,
     CAPMONSTER,
     CAPSOLVER,
@@ -42,8 +46,9 @@ from capbatch._providers import (
     TWOCAPTCHA,
     ProviderProfile,
 )
-from capbatch._secrets import Secret
-from capbatch._transport import MAX_REPLY_BYTES
+from capbatch._providers.protocol import RETRY_AFTER_CAP, Action, classify
+from capbatch._providers.secrets import Secret
+from capbatch._providers.transport import MAX_REPLY_BYTES
 from tests.fakes import key_forms
 
 KEY = "sk-SECRET-123"
@@ -830,7 +835,7 @@ async def test_nan_retry_after_is_ignored() -> None:
 
 
 async def test_a_callers_httpx_client_sends_the_same_headers_as_the_own_pool() -> None:
-    from capbatch._client import _HEADERS
+    from capbatch._providers.client import _HEADERS
 
     recorder = Recorder(ok({"balance": 1}))
     client = make(recorder)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from capbatch._control import RunControl, RunStoppedByUser
+from capbatch._run.control import RunControl, RunStoppedByUser
 
 
 async def test_running_control_lets_requests_through() -> None:

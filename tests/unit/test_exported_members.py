@@ -11,7 +11,8 @@ import traceback
 from types import FunctionType, ModuleType
 
 import capbatch
-from capbatch import _exceptions, _runner
+from capbatch import _exceptions
+from capbatch._run import batches as _runner
 from tests.fakes import HEAVY_MODULES
 
 INCLUDED_PRIVATE_MEMBERS = {"__version__"}
@@ -110,11 +111,11 @@ def test_importing_capbatch_or_its_cli_loads_no_heavy_module() -> None:
 
 
 def test_a_name_used_first_claims_the_others_its_module_loaded() -> None:
-    # Touch capbatch.run only: RunAborted (in _runner, which _api imports) says capbatch
+    # Touch capbatch.run only: RunAborted (in _run.batches, which _api imports) says capbatch
     # too, so an error a run raises reads capbatch.RunAborted in the traceback.
     claimed = _fresh(
-        "import json, capbatch; capbatch.run; from capbatch._runner import RunAborted; "
-        "from capbatch._summary import RunSummary; "
+        "import json, capbatch; capbatch.run; from capbatch._run.batches import RunAborted; "
+        "from capbatch._run.summary import RunSummary; "
         "print(json.dumps([RunAborted.__module__, RunSummary.__module__]))"
     )
     assert claimed == ["capbatch", "capbatch"]

@@ -1,4 +1,4 @@
-"""Tests for capbatch._images: one cell of the image column -> validated image bytes."""
+"""Tests for capbatch._io.images: one cell of the image column -> validated image bytes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from capbatch import _images
 from capbatch._exceptions import RowInputError
-from capbatch._images import (
+from capbatch._io import images as _images
+from capbatch._io.images import (
     guess_image_column,
     image_format,
     image_hash,
@@ -30,7 +30,7 @@ from capbatch._images import (
     task_key,
     task_key_from_hash,
 )
-from capbatch._providers import ANTICAPTCHA, CAPMONSTER
+from capbatch._providers.profiles import ANTICAPTCHA, CAPMONSTER
 
 
 def make_image(fmt: str = "PNG", size: tuple[int, int] = (120, 40), seed: int = 0) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for capbatch._inputs.TableSource: every format, streamed, one schema, clear errors."""
+"""Tests for capbatch._io.inputs.TableSource: every format, streamed, one schema, clear errors."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from capbatch import _images, _inputs
 from capbatch._exceptions import ConfigError, RowInputError, TableError
-from capbatch._inputs import TableSource, image_hash, resolve_column, resolve_image, task_key
+from capbatch._io import images as _images
+from capbatch._io import inputs as _inputs
+from capbatch._io.inputs import TableSource, image_hash, resolve_column, resolve_image, task_key
 
 
 def make_png(seed: int = 0, size: tuple[int, int] = (60, 20)) -> bytes:
@@ -179,7 +180,7 @@ def peak_memory_while_streaming(path: Path) -> tuple[int, int, int]:
     """
     script = textwrap.dedent(f"""
         import tracemalloc, pyarrow as pa
-        from capbatch._inputs import TableSource
+        from capbatch._io.inputs import TableSource
         tracemalloc.start()
         source = TableSource({str(path)!r}, image_column="image", batch_rows=1000)
         rows = sum(b.num_rows for b in source.batches())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from capbatch._exceptions import ConfigError, InUseError, JournalDamaged, JournalError
-from capbatch._journal import Journal, JournalEntry
+from capbatch._run.journal import Journal, JournalEntry
 
 
 def result_kwargs(**overrides: object) -> dict[str, object]:

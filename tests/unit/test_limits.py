@@ -9,7 +9,7 @@ import math
 import pytest
 
 from capbatch._exceptions import ConfigError
-from capbatch._limits import (
+from capbatch._run.limits import (
     CATCH_UP,
     CREATE,
     POLL,

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capbatch import _metrics
-from capbatch._metrics import aggregate, agreement, confusions, errors_by_code, score
+from capbatch._reports import metrics as _metrics
+from capbatch._reports.metrics import aggregate, agreement, confusions, errors_by_code, score
 
 T0 = pd.Timestamp("2026-01-01T00:00:00Z")
 

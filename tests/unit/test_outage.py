@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from capbatch._exceptions import ConnectionFailed, InvalidTask, ServiceUnavailable
-from capbatch._outage import OutageGate, ProviderOutage, is_outage_error
+from capbatch._run.outage import OutageGate, ProviderOutage, is_outage_error
 from tests.fakes import FakeClock
 
 REFUSED = ConnectionFailed("connect refused", error_code="CONNECT_FAILED")

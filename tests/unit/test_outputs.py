@@ -1,4 +1,4 @@
-"""Tests for capbatch._outputs: result columns, incremental writing, atomic finish."""
+"""Tests for capbatch._io.outputs: result columns, incremental writing, atomic finish."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from capbatch._exceptions import ConfigError, OutputError
-from capbatch._outputs import (
+from capbatch._io.outputs import (
     RESULT_COLUMNS,
     RESULT_SCHEMA,
     ResultWriter,
@@ -547,7 +547,7 @@ def test_csv_read_back_handles_rows_longer_than_a_read_block(tmp_path: Path) -> 
 def test_the_result_columns_are_derived_from_the_one_record() -> None:
     import dataclasses
 
-    from capbatch._outputs import RESULT_SCHEMA, results_to_arrays
+    from capbatch._io.outputs import RESULT_SCHEMA, results_to_arrays
 
     record = dataclasses.fields(RowResult)
     # One definition: the schema is the record's fields, in order, with their types.

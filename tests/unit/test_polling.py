@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from capbatch._polling import MAX_FIRST_DELAY, READY_SHARE, PollPacer
-from capbatch._providers import PollSchedule
+from capbatch._providers.profiles import PollSchedule
+from capbatch._run.polling import MAX_FIRST_DELAY, READY_SHARE, PollPacer
 
 SCHEDULE = PollSchedule(first_delay=1.0, interval=2.0, task_ttl=300.0)
 

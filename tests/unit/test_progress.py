@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from capbatch._outputs import RowResult
-from capbatch._progress import CallbackProgress, RunCounters, TqdmProgress
+from capbatch._io.outputs import RowResult
+from capbatch._run.progress import CallbackProgress, RunCounters, TqdmProgress
 
 SOLVED = RowResult(status="solved", answer="a", cost_usd=0.5)
 FAILED = RowResult(status="failed", error_code="X")

@@ -1,4 +1,4 @@
-"""Pure tests of ``capbatch._protocol``: the error table, ``classify``, request bodies and
+"""Pure tests of ``capbatch._providers.protocol``: the error table, ``classify``, request bodies and
 reply parsing. No I/O. The error matrix (every code, every HTTP status, every kind of body)
 is tested here only; test_client.py shows the client takes each path with one reply."""
 
@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 
-from capbatch import _exceptions, _protocol
+from capbatch import _exceptions
 from capbatch._exceptions import (
     APIError,
     AuthError,
@@ -46,7 +46,15 @@ from capbatch._exceptions import (
     TransportError,
     Unsolvable,
 )
-from capbatch._protocol import (
+from capbatch._providers import protocol as _protocol
+from capbatch._providers.profiles import (
+    ANTICAPTCHA,
+    CAPMONSTER,
+    CAPSOLVER,
+    TWOCAPTCHA,
+    ProviderProfile,
+)
+from capbatch._providers.protocol import (
     ACTIONS,
     ERROR_CODES,
     MAX_DESCRIPTION_CHARS,
@@ -74,8 +82,7 @@ from capbatch._protocol import (
     retry_after_is_long,
     sanitize_text,
 )
-from capbatch._providers import ANTICAPTCHA, CAPMONSTER, CAPSOLVER, TWOCAPTCHA, ProviderProfile
-from capbatch._secrets import Secret
+from capbatch._providers.secrets import Secret
 
 # What a batch client does with each family of errors (docs/providers.md, "Error codes").
 EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {

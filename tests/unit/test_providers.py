@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from capbatch._exceptions import ConfigError
-from capbatch._providers import (
+from capbatch._providers.profiles import (
     ANTICAPTCHA,
     CAPMONSTER,
     CAPSOLVER,

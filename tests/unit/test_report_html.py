@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 
 import capbatch
-from capbatch import _report_charts, _report_html
 from capbatch._exceptions import RowInputError
-from capbatch._report_html import CSP
+from capbatch._reports import charts as _report_charts
+from capbatch._reports import html as _report_html
+from capbatch._reports.html import CSP
 
 HOSTILE = [
     "<script>alert(1)</script>",
@@ -260,7 +261,7 @@ PAGES = ("report.html", "report_fragment.html", "compare.html", "compare_fragmen
 def template_context(full: bool) -> dict[str, object]:
     """A value for every name any template uses, each holding hostile text; ``full``
     picks one side of each choice a template makes (a table or none, an image or none)."""
-    from capbatch._report_html import Cell, Cost, Gallery, Group, Table, Tile
+    from capbatch._reports.html import Cell, Cost, Gallery, Group, Table, Tile
 
     grid = Table(
         [Cell(XSS), Cell(XSS, "num")],
@@ -356,7 +357,7 @@ def test_values_that_claim_to_be_html_are_escaped(tmp_path: Path) -> None:
 
 def test_templates_ship_in_the_wheel() -> None:
     tomllib = pytest.importorskip("tomllib")
-    root = Path(_report_html.__file__).parents[1]
+    root = Path(_report_html.__file__).parents[2]
     pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     if not (root / "pyproject.toml").is_file() or "tool" not in pyproject:
         pytest.skip("not a source checkout")
@@ -370,5 +371,5 @@ def test_importing_the_module_does_not_import_jinja2() -> None:
     import subprocess
     import sys
 
-    code = "import sys, capbatch._report_html; assert 'jinja2' not in sys.modules"
+    code = "import sys, capbatch._reports.html; assert 'jinja2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

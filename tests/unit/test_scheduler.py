@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from capbatch._client import ProviderClient
-from capbatch._journal import Journal, JournalEntry
-from capbatch._limits import Limits, RateLimiter
-from capbatch._providers import ANTICAPTCHA, CAPSOLVER, ProviderProfile
-from capbatch._scheduler import (
+from capbatch._providers.client import ProviderClient
+from capbatch._providers.profiles import ANTICAPTCHA, CAPSOLVER, ProviderProfile
+from capbatch._run.journal import Journal, JournalEntry
+from capbatch._run.limits import Limits, RateLimiter
+from capbatch._run.spend import SpendGuard
+from capbatch._run.task import (
     POLL_LIMIT,
     Job,
     RetryPolicy,
@@ -25,7 +26,6 @@ from capbatch._scheduler import (
     TaskSolver,
     solve_job,
 )
-from capbatch._spend import SpendGuard
 from tests.fakes import FakeClock, SteppedClock
 
 KEY = "sk-SCHEDULER-SECRET"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from capbatch._exceptions import ConfigError
-from capbatch._secrets import Secret, as_secret, load_key, redact
+from capbatch._providers.secrets import Secret, as_secret, load_key, redact
 from tests.fakes import key_forms
 
 KEY = "sk-SECRET-123"

@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from capbatch._spend import SpendGuard, check_money
-from capbatch._spend_watch import SpendWatch
+from capbatch._run.spend import SpendGuard, check_money
+from capbatch._run.spend_watch import SpendWatch
 from tests.fakes import FakeClock
 
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from capbatch._client import ProviderClient, make_http_client
 from capbatch._exceptions import ConnectionFailed, MalformedReply, ReplyTooLarge, RequestTimeout
-from capbatch._providers import CAPSOLVER
-from capbatch._transport import MAX_REPLY_BYTES, AiohttpTransport, ReplyTooLargeError
+from capbatch._providers.client import ProviderClient, make_http_client
+from capbatch._providers.profiles import CAPSOLVER
+from capbatch._providers.transport import MAX_REPLY_BYTES, AiohttpTransport, ReplyTooLargeError
 
 T = TypeVar("T")
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]

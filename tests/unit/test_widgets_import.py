@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from capbatch import ConfigError
-from capbatch._outputs import RowResult
-from capbatch._panel_results import (
+from capbatch._io.outputs import RowResult
+from capbatch._run.progress import RunCounters
+from capbatch.widgets._results import (
     Card,
     PanelResults,
     format_counters,
@@ -28,7 +29,6 @@ from capbatch._panel_results import (
     parse_spend_cap,
     parse_task_params,
 )
-from capbatch._progress import RunCounters
 
 WITHOUT_IPYWIDGETS = "import sys\nsys.modules['ipywidgets'] = None\n"
 # What tqdm.autonotebook looks for to decide it runs in a Jupyter kernel.
@@ -51,7 +51,7 @@ def test_importing_capbatch_does_not_import_ipywidgets() -> None:
     done = python(
         """
         import sys
-        import capbatch, capbatch._api, capbatch._progress, capbatch._panel_results
+        import capbatch, capbatch._api, capbatch._run.progress, capbatch._reports.report
         capbatch.run  # noqa: B018
         assert "ipywidgets" not in sys.modules, "capbatch imported ipywidgets"
         assert "capbatch.widgets" not in sys.modules
@@ -83,8 +83,8 @@ def test_progress_in_a_notebook_without_ipywidgets_falls_back_to_a_text_bar() ->
         + FAKE_NOTEBOOK
         + """
 import io, warnings
-from capbatch._outputs import RowResult
-from capbatch._progress import RunCounters, TqdmProgress
+from capbatch._io.outputs import RowResult
+from capbatch._run.progress import RunCounters, TqdmProgress
 with warnings.catch_warnings(record=True):
     warnings.simplefilter("always")
     import tqdm.auto
@@ -108,7 +108,7 @@ def test_progress_in_a_notebook_with_ipywidgets_uses_the_widget_bar() -> None:
         "import sys\n"
         + FAKE_NOTEBOOK
         + """
-from capbatch._progress import RunCounters, TqdmProgress
+from capbatch._run.progress import RunCounters, TqdmProgress
 bar = TqdmProgress()
 counters = RunCounters(total=3)
 bar.start(counters)

@@ -1,4 +1,4 @@
-"""capbatch._workspace: path checks, output locks, stale temporaries, the cache folder."""
+"""capbatch._run.workspace: path checks, output locks, stale temporaries, the cache folder."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from capbatch._exceptions import ConfigError, InUseError
-from capbatch._inputs import TableSource
-from capbatch._workspace import (
+from capbatch._io.inputs import TableSource
+from capbatch._run.workspace import (
     CACHE_ENV,
     Workspace,
     cache_dir,

@@ -1,0 +1,201 @@
+"""``capbatch run``: flags in, one ``RunOptions``, the run, its summary on stderr and the
+output's path on stdout.
+
+The run machinery (pandas, pyarrow, aiohttp) is imported inside the command, so that
+``capbatch --help`` and ``capbatch run --help`` stay light.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from capbatch._cli.errors import command_errors, echo_err, ignore_signals, printable
+from capbatch._exceptions import RunInterrupted
+from capbatch._providers.profiles import PROVIDERS
+
+if TYPE_CHECKING:
+    from capbatch._run.options import RunOptions
+
+
+@click.command("run")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Results file, .parquet or .csv [default: INPUT_STEM.results.parquet beside INPUT].",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(sorted(PROVIDERS)),
+    help="Recognition service [default: capsolver with a key, else local].",
+)
+@click.option("--base-url", help="Provider API base URL (e.g. the emulator's).")
+@click.option(
+    "--api-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File whose first line is the API key [default: the provider's env variable].",
+)
+@click.option("--image-column", help="Column holding paths, base64 or bytes [default: detected].")
+@click.option("--id-column", help="Column identifying rows [default: detected].")
+@click.option("--task-type", default="ImageToTextTask", show_default=True)
+@click.option(
+    "--task-param",
+    "task_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra task field, repeatable (e.g. module=common, case=true).",
+)
+@click.option("--rate", type=float, help="Requests per second, all requests to the provider.")
+@click.option("--max-in-flight", type=int, help="Most requests open at once.")
+@click.option("--max-attempts", type=int, default=5, show_default=True)
+@click.option("--max-spend", type=float, help="Spend cap in USD, never exceeded.")
+@click.option("--price", type=float, help="USD per task [default: the provider's table price].")
+@click.option("--app-id", help="Sent as appId (developer revenue share).")
+@click.option("--journal", type=click.Path(path_type=Path), help="Journal path.")
+@click.option("--no-cache", is_flag=True, help="Solve identical images separately.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Also send again rows that failed for good in earlier runs (unsolvable, refused); "
+    "rows that failed for a passing reason (network, 5xx, rate limit) are always retried.",
+)
+@click.option(
+    "--outage-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the provider may stay unreachable (connect errors, 5xx, unavailable) "
+    "before the run stops with the journal intact; meanwhile it pauses and probes.",
+)
+@click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@command_errors(journal=True)
+def run_command(
+    input_path: Path,
+    output: Path | None,
+    provider: str | None,
+    base_url: str | None,
+    api_key_file: Path | None,
+    image_column: str | None,
+    id_column: str | None,
+    task_type: str,
+    task_params: tuple[str, ...],
+    rate: float | None,
+    max_in_flight: int | None,
+    max_attempts: int,
+    max_spend: float | None,
+    price: float | None,
+    app_id: str | None,
+    journal: Path | None,
+    no_cache: bool,
+    retry_failed: bool,
+    outage_timeout: float,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """Solve every image in INPUT (Parquet, CSV or JSONL) and write the results.
+
+    The API key comes from CAPSOLVER_API_KEY, ANTICAPTCHA_API_KEY,
+    CAPMONSTER_API_KEY or TWOCAPTCHA_API_KEY (by --provider), or --api-key-file.
+    With no provider and no key, the local solver (ddddocr) answers offline.
+    Re-running the same command resumes: answered rows are never paid for twice.
+    Failed rows are recorded in the output; a run-fatal error (bad key, no
+    balance, IP ban, every first row failing the same way) stops the run.
+
+    The first Ctrl-C or SIGTERM stops new sends, waits for requests in flight
+    and writes the output with the unfinished rows as "pending"; a second stops
+    at once. Either way the journal is intact: run the same command to resume.
+    Exit statuses: see capbatch --help.
+    """
+    # The run machinery (pandas, pyarrow, aiohttp, ...) is imported here, not at start-up,
+    # and before the freeze below, so that it is frozen with the rest.
+    from capbatch._run import engine  # noqa: F401
+    from capbatch._run.options import RunOptions
+
+    options = RunOptions(
+        output=output,
+        provider=provider,
+        base_url=base_url,
+        api_key_file=api_key_file,
+        image_column=image_column,
+        id_column=id_column,
+        task_type=task_type,
+        task_params=_task_params(task_params),
+        rate=rate,
+        max_in_flight=max_in_flight,
+        max_attempts=max_attempts,
+        max_spend=max_spend,
+        price=price,
+        app_id=app_id,
+        journal=journal,
+        cache=not no_cache,
+        retry_failed=retry_failed,
+        outage_timeout=outage_timeout,
+        dry_run=dry_run,
+        quiet=quiet,
+        progress=not quiet,
+        notice=echo_err,
+        handle_signals=True,
+    )
+    # Everything imported so far lives as long as the process: take it out of the
+    # collector's full passes (each walked ~90k objects: a 45-75 ms stall of the event
+    # loop, and so of every request due meanwhile).
+    gc.collect()
+    gc.freeze()
+    # The run handles SIGINT and SIGTERM itself (see ``capbatch._run.signals``);
+    # ``command_errors`` covers the moments before and after it, so a SIGTERM still
+    # ends with one line, and every outcome but success exits with its status.
+    _run_and_report(input_path, options)
+
+
+def _run_and_report(input_path: Path, options: RunOptions) -> None:
+    """Run and print the summary; an interrupted run prints its summary, then the
+    interruption goes on to ``command_errors``."""
+    import asyncio
+
+    from capbatch._run.engine import execute
+    from capbatch._run.summary import RunSummary
+
+    try:
+        try:
+            outcome = asyncio.run(execute(input_path, options))
+        finally:
+            # The run is over (its output written or not): a signal from here on only
+            # repeats the one being handled, and must not cut the last lines short.
+            ignore_signals()
+    except RunInterrupted as stop:
+        if isinstance(stop.summary, RunSummary) and not options.quiet:
+            echo_err(stop.summary.format())
+        raise
+    summary = outcome.summary
+    if options.dry_run:
+        for line in summary.notices[-1:]:
+            click.echo(printable(line))
+        return
+    if not options.quiet:
+        echo_err(summary.format())
+    if summary.output:
+        click.echo(printable(summary.output))
+
+
+def _task_params(values: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values that read as JSON (numbers, true, lists) are typed."""
+    import json
+
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--task-param")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[key.strip()] = value
+    return params

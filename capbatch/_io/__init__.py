@@ -1,0 +1,1 @@
+"""Reading the input table, its images, and writing the results table."""

@@ -1,0 +1,1 @@
+"""Talking to a recognition service: profiles, protocol, client, transport, the key."""

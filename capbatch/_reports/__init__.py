@@ -1,0 +1,1 @@
+"""Accuracy, latency and cost of results tables: metrics, reports, comparisons, HTML."""

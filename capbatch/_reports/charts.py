@@ -1,0 +1,116 @@
+"""The report's charts: matplotlib PNGs as ``data:`` URIs, for the HTML report.
+
+Drawn on an Agg canvas (``matplotlib.figure.Figure``), without touching pyplot's global
+backend. Text from the data (group values, run names) is drawn as plain text, never as
+TeX, and cut with ``shown``. A URI is base64 after a fixed prefix: no character in it is
+one HTML escaping would change, and the templates escape it all the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from capbatch._reports.metrics import LABELS, shown
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+_COLOURS = ("#3b6ea8", "#d0893a", "#4c9a6a", "#b5475b", "#7a68a6", "#6b7b8c")
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="x" if height > width / 2 else "y", color="#e4e4e4", linewidth=0.8)
+    ax.set_axisbelow(True)
+    return fig, ax
+
+
+def _png(fig: Figure) -> str:
+    """The figure as a ``data:`` URI of a PNG (base64: no character HTML would change)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # a glyph missing from the font is drawn as a box
+        warnings.simplefilter("ignore")
+        fig.savefig(buffer, format="png")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def _plain(texts: Iterable[Any]) -> None:
+    for t in texts:
+        t.set_parse_math(False)  # a "$" in a group value is text, not TeX
+
+
+def latency_chart(latencies: Mapping[str, np.ndarray]) -> str | None:
+    """Histogram of latencies per run (NaN dropped), None if there are none; the far tail
+    goes into the last bin."""
+    values = {n: v[~np.isnan(v)] for n, v in latencies.items()}
+    every = np.concatenate([v for v in values.values()] or [np.zeros(0)])
+    if every.size == 0:
+        return None
+    p50, p95, p995 = np.percentile(every, [50, 95, 99.5])
+    # A few very slow rows would squash the rest into a couple of bins: cap the axis.
+    top = max(float(min(p995, max(2 * p95, 4 * p50))), float(every.min()) + 1.0)
+    bins = np.linspace(float(every.min()), top, 41)
+    fig, ax = _figure(7.5, 2.8)
+    for (name, v), colour in zip(values.items(), _COLOURS * 9, strict=False):
+        counts, _ = np.histogram(np.clip(v, None, top), bins=bins)
+        ax.stairs(
+            counts,
+            bins,
+            fill=len(values) == 1,
+            color=colour,
+            alpha=0.85,
+            label=shown(name, 24),
+            linewidth=1.5,
+        )
+    for p, style in ((50, "--"), (95, ":")):
+        if len(values) == 1:
+            x = float(np.percentile(every, p))
+            ax.axvline(x, color="#333", linestyle=style, linewidth=1, label=f"p{p} {x:,.0f} ms")
+    ax.set_xlabel(f"latency (ms); rows slower than {top:,.0f} ms drawn in the last bin")
+    ax.set_ylabel("rows")
+    _plain(ax.legend(frameon=False, fontsize=8).get_texts())
+    return _png(fig)
+
+
+def bar_chart(frame: pd.DataFrame, columns: Sequence[str], title: str, percent: bool) -> str:
+    """Horizontal bars: one group of bars per row of ``frame``, one bar per column."""
+    rows = frame.head(30)
+    labels = [
+        shown(k if not isinstance(k, tuple) else " · ".join(map(str, k)), 28) for k in rows.index
+    ]
+    fig, ax = _figure(7.5, 0.8 + 0.28 * len(rows) * max(1, len(columns)) ** 0.6)
+    y = np.arange(len(rows))
+    width = 0.8 / len(columns)
+    for i, (column, colour) in enumerate(zip(columns, _COLOURS, strict=False)):
+        values = rows[column].to_numpy(dtype=float, na_value=np.nan) * (100 if percent else 1)
+        ax.barh(
+            y + (i - (len(columns) - 1) / 2) * width,
+            np.nan_to_num(values),
+            height=width,
+            color=colour,
+            label=shown(LABELS.get(column, column), 40),
+        )
+    ax.set_yticks(y, labels=labels, parse_math=False)
+    ax.invert_yaxis()
+    fig.suptitle(shown(title, 60), x=0.01, ha="left", fontsize=10, parse_math=False)
+    if percent:
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("%")
+    if len(columns) > 1:
+        legend = fig.legend(
+            frameon=False, fontsize=8, loc="outside upper right", ncols=min(len(columns), 4)
+        )
+        _plain(legend.get_texts())
+    return _png(fig)

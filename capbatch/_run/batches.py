@@ -1,0 +1,506 @@
+"""The run loop: stream batches in, solve their rows, write batches out in order.
+
+Rows flow ``TableSource`` → (resolve images off the event loop) → journal look-up →
+either an answer already paid for, a wait on an identical image already in flight,
+or a new ``Job`` for the ``TaskSolver`` → ``RowResult`` → the batch's slot. A batch is
+written as soon as all its rows are final and every batch before it was written, so
+output order is input order while memory holds only a bounded window of batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from capbatch._exceptions import CapbatchError, RowInputError, RunFailed, RunInterrupted
+from capbatch._io.images import KeyScope
+from capbatch._io.inputs import TableSource, resolve_column, task_key
+from capbatch._io.outputs import RowResult
+from capbatch._providers.profiles import ProviderProfile
+from capbatch._providers.protocol import Action, action_for_code
+from capbatch._run.journal import Journal, JournalEntry
+from capbatch._run.progress import Progress
+from capbatch._run.tally import SPEND_CAP_REACHED, Tally
+from capbatch._run.task import (
+    PENDING,
+    Job,
+    RunStopped,
+    SpendCapReached,
+    TaskSolver,
+    failed_for_good,
+    pending_result,
+    solve_job,
+    spend_cap_result,
+)
+
+#: How many first final results must agree before a systematic failure stops the run.
+SYSTEMATIC_WINDOW = 20
+#: Journal meta key: rows with a final result in input order so far (for progress).
+ROWS_FINAL = "rows_final"
+#: Row codes of rows that did not finish: a later run of the same command does them.
+_NOT_FINAL = frozenset({SPEND_CAP_REACHED, PENDING})
+
+
+class ResultSink(Protocol):
+    def write(
+        self, batch: pa.RecordBatch, results: list[RowResult], first_row: int | None = None
+    ) -> None: ...
+
+
+class RunAborted(CapbatchError):
+    """The run stopped itself: every first result failed the same way."""
+
+    error_code = "RUN_ABORTED"
+
+
+@dataclass
+class _Pending:
+    """One input batch waiting for its rows' results."""
+
+    batch: pa.RecordBatch
+    results: list[RowResult | None]
+    missing: int
+    first_row: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What a batch needs: per row, a result already known or a job to run."""
+
+    row_keys: list[str]
+    keys: list[str | None]
+    errors: dict[int, RowInputError]
+    images: dict[int, bytes]
+
+
+@dataclass(frozen=True)
+class TaskKeys:
+    """What makes two rows the same paid task: the task type and parameters, who
+    answers (``KeyScope``), and whether identical images share one task (the cache)."""
+
+    task_type: str
+    task_params: Mapping[str, Any]
+    scope: KeyScope
+    cache: bool = True
+
+
+class BatchRunner:
+    """Drives one run over a ``TableSource`` into a ``ResultSink``."""
+
+    def __init__(
+        self,
+        source: TableSource,
+        sink: ResultSink,
+        solver: TaskSolver,
+        journal: Journal,
+        profile: ProviderProfile,
+        *,
+        keys: TaskKeys,
+        progress: Progress,
+        counters: Tally,
+        max_pending_jobs: int,
+        max_buffered_rows: int,
+        make_task: Callable[[bytes], dict[str, Any]],
+        on_result: Callable[[int, RowResult], None] | None = None,
+        drain_timeout: float = 30.0,
+        retry_failed: bool = False,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.solver = solver
+        self.journal = journal
+        self.profile = profile
+        self.keys = keys
+        self.progress = progress
+        self.counters = counters
+        self.make_task = make_task
+        self.on_result = on_result
+        self._jobs = asyncio.Semaphore(max_pending_jobs)
+        self._max_buffered_rows = max_buffered_rows
+        self._buffered_rows = 0
+        self._room = asyncio.Event()
+        self._window: deque[_Pending] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the last job finishes or the run fails: what the tail of run() awaits.
+        self._settled = asyncio.Event()
+        # key -> rows waiting on the job already solving that key (the in-run cache)
+        self._waiting: dict[str, list[tuple[_Pending, int, str]]] = {}
+        self._first_results: list[RowResult] = []
+        self.failure: CapbatchError | None = None
+        #: True after ``interrupt``: the output is still written, unfinished rows pending.
+        self.interrupted = False
+        #: Seconds an interrupted run waits for the replies of requests in flight.
+        self.drain_timeout = drain_timeout
+        self.retry_failed = retry_failed
+        # With the cache off: how often each content key (and id) was seen.
+        self._occurrences: dict[str, int] = {}
+        # Keys of failed entries this run sent again (each gets one more chance a run).
+        self._retried: set[str] = set()
+        self._jobs_finished = 0
+        #: Rows failed in earlier runs: sent again this run / kept as they were.
+        self.retried_failed = 0
+        self.kept_failed = 0
+        self.spend_capped = 0
+        self._final_rows = 0
+        self.rows_final_before = int(journal.get_meta(ROWS_FINAL) or 0)
+        counters.resumed = self.rows_final_before
+        if counters.total is not None:
+            counters.resumed = min(counters.resumed, counters.total)
+
+    # --- the run ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        first_row = 0
+        # Each batch is read in a worker thread too: decoding a Parquet batch of images
+        # takes tens of milliseconds, and a stalled loop sends late requests in a bunch.
+        batches = iter(self.source.batches())
+        unread: pa.RecordBatch | None = None
+        try:
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                if self.failure is None and self.solver.stopped is not None:
+                    self._fail_run(self.solver.stopped)
+                if self.failure is not None:
+                    unread = batch
+                    break
+                plan = await asyncio.to_thread(self._plan_batch, batch, first_row)
+                pending = self._append(batch, first_row)
+                await self._schedule(pending, plan)
+                first_row += batch.num_rows
+                self._flush()
+                await self._wait_for_room()
+            # Jobs flush their own batches; wait for the last one (not for each one in
+            # turn: asyncio.wait over every pending job costs O(jobs) per completion).
+            while self._tasks and self.failure is None:
+                self._settled.clear()
+                await self._settled.wait()
+                self._flush()
+            if self.interrupted:
+                await self._drain()
+        finally:
+            await self._cancel_jobs()
+        if self.failure is None:
+            self._flush()
+            return
+        if self.interrupted:
+            # Every input row goes into the output: the unfinished ones as pending.
+            self._finish_pending()
+            while unread is not None:
+                self._append(unread, first_row)
+                first_row += unread.num_rows
+                self._finish_pending()
+                unread = await asyncio.to_thread(next, batches, None)
+        raise self.failure
+
+    def _append(self, batch: pa.RecordBatch, first_row: int) -> _Pending:
+        pending = _Pending(batch, [None] * batch.num_rows, batch.num_rows, first_row)
+        self._window.append(pending)
+        self._buffered_rows += batch.num_rows
+        return pending
+
+    async def _cancel_jobs(self) -> None:
+        if self._tasks:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- a graceful stop (SIGINT, SIGTERM) --------------------------------------------
+
+    def interrupt(self, error: RunInterrupted) -> None:
+        """Stop sending; requests already out come back and are journaled (``_drain``),
+        then every row not finished is written as pending."""
+        self.interrupted = True
+        self._fail_run(error)
+
+    async def _drain(self) -> None:
+        """Wait, at most ``drain_timeout`` seconds, for the replies to requests in
+        flight: a reply holds a task id (or an answer) already paid for."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.solver.wait_idle(), self.drain_timeout)
+        # Jobs whose reply came back may still be writing it down: let them finish
+        # their step (they raise RunStopped at their next request).
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    def _finish_pending(self) -> None:
+        """Give every row without a result a pending one, and write the window out."""
+        for pending in self._window:
+            for i, result in enumerate(pending.results):
+                if result is None:
+                    self._deliver(pending, i, pending_result(self.profile.name))
+        self._flush()
+
+    async def _wait_for_room(self) -> None:
+        while self._buffered_rows > self._max_buffered_rows and self.failure is None:
+            self._room.clear()
+            await self._room.wait()
+
+    # --- planning (runs in a worker thread: file reads, base64, hashing) -------------
+
+    def _plan_batch(self, batch: pa.RecordBatch, first_row: int) -> BatchPlan:
+        return plan_batch(
+            batch,
+            first_row,
+            self.source,
+            self.profile,
+            self.keys,
+            occurrences=self._occurrences,
+        )
+
+    # --- scheduling -------------------------------------------------------------------
+
+    async def _schedule(self, pending: _Pending, plan: BatchPlan) -> None:
+        known = self.journal.get_many(k for k in plan.keys if k is not None)
+        finished = self._jobs_finished
+        for i, key in enumerate(plan.keys):
+            if self.failure is not None:
+                return
+            row_key = plan.row_keys[i]
+            if key is None:
+                error = plan.errors[i]
+                self._deliver(pending, i, _input_failure(error, self.profile.name))
+                continue
+            if key in self._waiting:
+                self._waiting[key].append((pending, i, row_key))
+                continue
+            entry = known.get(key)
+            if self._jobs_finished != finished and (entry is None or not entry.done):
+                # A job of this run may have finished this key since ``known`` was read
+                # (a job forgets its waiting rows when it ends): read it again, or an
+                # identical image later in the batch would be sent and paid again.
+                entry = self.journal.get_many([key]).get(key)
+            if entry is not None and entry.done:
+                if self._keep(key, entry):
+                    self._deliver(pending, i, _from_journal(entry, row_key))
+                    continue
+                # It failed for a passing reason (or --retry-failed): solve it again.
+                self._retried.add(key)
+                self.retried_failed += 1
+                entry = None
+            self._waiting[key] = []
+            job = Job(
+                key=key,
+                row_key=row_key,
+                task=self.make_task(plan.images[i]),
+                resumed=entry,
+            )
+            await self._jobs.acquire()
+            task = asyncio.create_task(self._run_job(job, pending, i))
+            self._tasks.add(task)
+            task.add_done_callback(self._job_done)
+
+    def _keep(self, key: str, entry: JournalEntry) -> bool:
+        """Whether a final journal entry stands as the row's result (else: solve again)."""
+        if entry.status == "solved" or key in self._retried:
+            return True  # answered, or already given its second chance in this run
+        if not self.retry_failed and failed_for_good(entry.error_code):
+            self.kept_failed += 1
+            return True
+        return False
+
+    async def _run_job(self, job: Job, pending: _Pending, index: int) -> None:
+        row = pending.first_row + index
+        try:
+            try:
+                result = await solve_job(self.solver, job)
+            except SpendCapReached:
+                self.spend_capped += 1
+                result = spend_cap_result(self.profile, self.solver.spend.cap)
+            except RunStopped as stopped:
+                self._fail_run(stopped.error)
+                return
+            except CapbatchError as error:
+                self._fail_run(error)
+                return
+            except Exception as exc:
+                # Anything else is a fault (a bug, the machine): stop the whole run, or the
+                # row would vanish from the output while the run looks finished.
+                self._fail_run(RunFailed.of(exc, row=row))
+                return
+        finally:
+            self._jobs.release()
+            self._jobs_finished += 1
+        try:
+            self._deliver(pending, index, result)
+            for other, j, row_key in self._waiting.pop(job.key, []):
+                self._deliver(other, j, _shared(result, row_key, job.row_key))
+            self._check_systematic(result)
+            self._flush()
+        except CapbatchError as error:
+            self._fail_run(error)
+        except Exception as exc:
+            self._fail_run(RunFailed.of(exc, row=row))
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._settled.set()
+
+    def _fail_run(self, error: CapbatchError) -> None:
+        if self.failure is None:
+            self.failure = error
+            self.solver.stop(error)
+        self._room.set()
+        self._settled.set()
+
+    def _check_systematic(self, result: RowResult) -> None:
+        """Stop when the first results all fail with one error that retries cannot fix."""
+        if len(self._first_results) >= SYSTEMATIC_WINDOW or result.from_cache:
+            return
+        self._first_results.append(result)
+        if len(self._first_results) < SYSTEMATIC_WINDOW:
+            return
+        codes = {r.error_code for r in self._first_results}
+        if len(codes) != 1 or None in codes:
+            return
+        if any(r.status != "failed" for r in self._first_results):
+            return
+        code = next(iter(codes))
+        if code is None or action_for_code(code) is not Action.RECORD:
+            return
+        message = self._first_results[-1].error_message or code
+        self._fail_run(
+            RunAborted(
+                f"the first {SYSTEMATIC_WINDOW} rows all failed with {code} ({message}); "
+                "stopping instead of sending the rest of the table"
+            )
+        )
+
+    # --- results and output -----------------------------------------------------------
+
+    def _deliver(self, pending: _Pending, index: int, result: RowResult) -> None:
+        if pending.results[index] is not None:
+            return
+        pending.results[index] = result
+        pending.missing -= 1
+        self.counters.add(result)
+        if self.on_result is not None:
+            self.on_result(pending.first_row + index, result)
+        self.progress.update(self.counters, result)
+
+    def _flush(self) -> None:
+        """Write every complete batch at the head of the window, in input order."""
+        wrote = False
+        while self._window and self._window[0].missing == 0:
+            pending = self._window.popleft()
+            results = [r for r in pending.results if r is not None]
+            # The first row's number lets the writer prove order and that none is missing.
+            self.sink.write(pending.batch, results, first_row=pending.first_row)
+            self._buffered_rows -= pending.batch.num_rows
+            self._final_rows += sum(1 for r in results if r.error_code not in _NOT_FINAL)
+            self._room.set()
+            wrote = True
+        if wrote and self._final_rows > self.rows_final_before:
+            # So a resumed run's progress bar can start where this one got to.
+            self.journal.set_meta(ROWS_FINAL, str(self._final_rows))
+
+
+def plan_batch(
+    batch: pa.RecordBatch,
+    first_row: int,
+    source: TableSource,
+    profile: ProviderProfile,
+    keys: TaskKeys,
+    *,
+    occurrences: dict[str, int] | None = None,
+) -> BatchPlan:
+    """Each row's image (or input error) and content key; the run and the dry run share it.
+
+    With the cache off, identical images on different rows are different tasks, so a
+    row's key also names the row: by its id when the table has an id column, and by
+    which occurrence of that image (with that id) it is: the 1st, the 2nd, ... Both
+    survive rows being reordered or inserted, so a re-run never pays again for a row
+    it answered.
+    ``occurrences`` carries the counts from batch to batch."""
+    images = resolve_column(
+        batch,
+        source.image_column,
+        base_dir=source.base_dir,
+        min_bytes=profile.min_image_bytes,
+        max_bytes=profile.max_image_bytes,
+        first_row=first_row,
+    )
+    # Row keys are positions: stable when rows are appended, and unique even when an id
+    # column has duplicates. With the cache off they name the row as said above.
+    row_keys = [str(first_row + i) for i in range(batch.num_rows)]
+    ids = (
+        batch.column(source.id_column).to_pylist()
+        if not keys.cache and source.id_column is not None
+        else None
+    )
+    seen = occurrences if occurrences is not None else {}
+    content_keys: list[str | None] = []
+    errors: dict[int, RowInputError] = {}
+    resolved: dict[int, bytes] = {}
+    for i, image in enumerate(images):
+        if isinstance(image, RowInputError):
+            errors[i] = image
+            content_keys.append(None)
+            continue
+        key = task_key(image, keys.task_type, keys.task_params, keys.scope)
+        if not keys.cache:
+            row_id = None if ids is None else ids[i]
+            # The n-th row with this image (and this id): duplicated rows stay apart.
+            seen_key = key if row_id is None else f"{key}|{row_id}"
+            seen[seen_key] = n = seen.get(seen_key, 0) + 1
+            row_keys[i] = f"n:{n}" if row_id is None else f"id:{row_id}:{n}"
+            key = f"{key}:{row_keys[i]}"
+        content_keys.append(key)
+        resolved[i] = image
+    return BatchPlan(row_keys, content_keys, errors, resolved)
+
+
+def _input_failure(error: RowInputError, provider: str) -> RowResult:
+    return RowResult(
+        status="failed",
+        error_code=error.error_code,
+        error_message=str(error),
+        provider=provider,
+    )
+
+
+def _from_journal(entry: JournalEntry, row_key: str) -> RowResult:
+    """A row answered by an earlier run (or by another row with the same image)."""
+    own = entry.owner == row_key
+    return RowResult(
+        status=entry.status or "failed",
+        answer=entry.answer,
+        solution=entry.solution,
+        error_code=entry.error_code,
+        error_message=entry.error_message,
+        task_id=entry.task_id,
+        provider=entry.provider,
+        attempts=entry.attempts if own else 0,
+        polls=entry.polls if own else 0,
+        submitted_at=entry.submitted_at if own else None,
+        finished_at=entry.finished_at if own else None,
+        latency_ms=entry.latency_ms if own else None,
+        queue_ms=entry.queue_ms if own else None,
+        cost_usd=(entry.cost or 0.0) if own else 0.0,
+        from_cache=not own,
+    )
+
+
+def _shared(result: RowResult, row_key: str, owner: str) -> RowResult:
+    """The result of an identical image solved for another row in this run."""
+    if row_key == owner:
+        return result
+    if result.error_code == SPEND_CAP_REACHED:
+        return result
+    return dataclasses.replace(
+        result,
+        attempts=0,
+        polls=0,
+        submitted_at=None,
+        finished_at=None,
+        latency_ms=None,
+        queue_ms=None,
+        cost_usd=0.0,
+        from_cache=True,
+    )

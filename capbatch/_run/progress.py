@@ -1,0 +1,117 @@
+"""Progress reporting: a tqdm bar (text or notebook widget), a callback, or silence.
+
+The runner reports through the ``Progress`` interface only, so the CLI, the notebook
+panel and pipelines each choose how a run looks while it works.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from capbatch._io.outputs import RowResult
+from capbatch._run.tally import Tally
+
+#: What every progress display reads: the run's one tally (see ``_tally``).
+RunCounters = Tally
+
+
+class Progress(Protocol):
+    def start(self, counters: RunCounters) -> None: ...
+
+    def update(self, counters: RunCounters, result: RowResult) -> None: ...
+
+    def close(self, counters: RunCounters) -> None: ...
+
+
+class SilentProgress:
+    def start(self, counters: RunCounters) -> None:
+        pass
+
+    def update(self, counters: RunCounters, result: RowResult) -> None:
+        pass
+
+    def close(self, counters: RunCounters) -> None:
+        pass
+
+
+class CallbackProgress(SilentProgress):
+    """Calls ``callback(counters, result)`` after every row (the notebook panel's hook)."""
+
+    def __init__(self, callback: Callable[[RunCounters, RowResult | None], None]) -> None:
+        self._callback = callback
+
+    def update(self, counters: RunCounters, result: RowResult) -> None:
+        self._callback(counters, result)
+
+    def close(self, counters: RunCounters) -> None:
+        self._callback(counters, None)
+
+
+class TqdmProgress:
+    """A ``tqdm.auto`` bar: a widget in Jupyter, text in a terminal.
+
+    Postfix updates are throttled (tqdm redraws at most ``mininterval`` anyway, but
+    formatting the postfix on every row would cost more than the row itself).
+    """
+
+    def __init__(self, *, desc: str = "capbatch", file: Any = None, notebook: bool | None = None):
+        self._desc = desc
+        self._file = file
+        self._notebook = notebook
+        self._bar: Any = None
+        self._last_postfix = 0.0
+
+    def _make_bar(self, counters: RunCounters) -> Any:
+        kwargs: dict[str, Any] = {
+            "total": counters.total,
+            "initial": counters.shown,
+            "desc": self._desc,
+            "unit": "row",
+            "dynamic_ncols": True,
+            "smoothing": 0.1,
+        }
+        if self._file is not None:
+            kwargs["file"] = self._file
+        if self._notebook is False or self._file is not None:
+            from tqdm import tqdm as text_tqdm
+
+            return text_tqdm(**kwargs)
+        from tqdm.auto import tqdm as auto_tqdm
+
+        try:
+            return auto_tqdm(**kwargs)
+        except ImportError:  # notebook frontend without ipywidgets: fall back to text
+            from tqdm import tqdm as text_tqdm
+
+            return text_tqdm(**kwargs)
+
+    def start(self, counters: RunCounters) -> None:
+        self._bar = self._make_bar(counters)
+
+    def _postfix(self, counters: RunCounters) -> None:
+        self._bar.set_postfix(
+            solved=counters.solved,
+            failed=counters.failed,
+            spend=f"${counters.spend:.4f}",
+            rate=f"{counters.request_rate:.1f}req/s",
+            refresh=False,
+        )
+
+    def update(self, counters: RunCounters, result: RowResult) -> None:
+        if self._bar is None:
+            return
+        step = counters.shown - self._bar.n
+        if step > 0:
+            self._bar.update(step)
+        now = time.monotonic()
+        if now - self._last_postfix >= 0.5:
+            self._last_postfix = now
+            self._postfix(counters)
+
+    def close(self, counters: RunCounters) -> None:
+        if self._bar is not None:
+            self._postfix(counters)
+            self._bar.close()
+            self._bar = None
