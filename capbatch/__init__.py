@@ -55,8 +55,9 @@ if _typing.TYPE_CHECKING:
     from capbatch._api import arun, run
     from capbatch._io.outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
     from capbatch._providers.client import ProviderClient, TaskService
+    from capbatch._providers.errors import Action, classify
     from capbatch._providers.profiles import PROVIDERS, PollSchedule, ProviderProfile, get_profile
-    from capbatch._providers.protocol import Action, TaskReply, classify
+    from capbatch._providers.protocol import TaskReply
     from capbatch._providers.secrets import Secret
     from capbatch._reports.report import Comparison, Report, compare, report
     from capbatch._run.batches import RunAborted
@@ -66,7 +67,7 @@ if _typing.TYPE_CHECKING:
 
 #: Every public name not defined above -> the private module that defines it.
 _LAZY: dict[str, str] = {
-    "Action": "._providers.protocol",
+    "Action": "._providers.errors",
     "Comparison": "._reports.report",
     "PROVIDERS": "._providers.profiles",
     "PollSchedule": "._providers.profiles",
@@ -83,7 +84,7 @@ _LAZY: dict[str, str] = {
     "TaskService": "._providers.client",
     "__version__": "._version",
     "arun": "._api",
-    "classify": "._providers.protocol",
+    "classify": "._providers.errors",
     "compare": "._reports.report",
     "get_profile": "._providers.profiles",
     "read_results": "._io.outputs",

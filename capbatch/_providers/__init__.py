@@ -1,1 +1,2 @@
-"""Talking to a recognition service: profiles, protocol, client, transport, the key."""
+"""Talking to a recognition service: profiles, protocol, errors, text, client, transport,
+the key."""

@@ -2,15 +2,15 @@
 
 ``ProviderClient`` sends the protocol's four calls and returns parsed values or raises
 the exceptions of ``_exceptions.py``; it never retries by itself (the runner decides,
-from ``_protocol.classify``), except to move to a fallback host when the connection to
+from ``errors.classify``), except to move to a fallback host when the connection to
 the main one cannot even be opened, which is always safe because nothing was sent.
 
 Callers may pass their own ``httpx.AsyncClient`` (tests pass one over
 ``httpx.MockTransport``); otherwise the client builds one over ``AiohttpTransport``.
 
 Replies are untrusted: every string in a parsed reply or in an error's message has
-been sanitised and had the key masked (``_protocol.clean_text`` with ``Secret.mask``)
-before it leaves this module; bodies are capped at ``_transport.MAX_REPLY_BYTES``; and
+been sanitised and had the key masked (``text.clean_text`` with ``Secret.mask``)
+before it leaves this module; bodies are capped at ``transport.MAX_REPLY_BYTES``; and
 every request has an overall deadline besides the per-read timeouts.
 
 Two limits can be set from the environment, read in ``_env_seconds`` and nowhere else
@@ -19,7 +19,7 @@ Two limits can be set from the environment, read in ``_env_seconds`` and nowhere
 - ``CAPBATCH_REQUEST_DEADLINE``: seconds one request may take in all, reply included
   (default ``DEFAULT_DEADLINE``); past it the request fails as ``REQUEST_TIMEOUT``.
 - ``CAPBATCH_RETRY_AFTER_CAP``: the longest ``Retry-After`` honoured, in seconds
-  (default ``_protocol.RETRY_AFTER_CAP``).
+  (default ``protocol.RETRY_AFTER_CAP``).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def make_http_client(
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     transport: AiohttpTransport | None = None,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` over the aiohttp transport (see ``_transport.py``)."""
+    """An ``httpx.AsyncClient`` over the aiohttp transport (see ``transport.py``)."""
     return httpx.AsyncClient(
         transport=transport or AiohttpTransport(max_connections=max_connections),
         timeout=timeout,
@@ -137,7 +137,7 @@ class ProviderClient:
     ) -> None:
         """``deadline`` (seconds a request may take in all) and ``retry_after_cap``
         default to their environment variables, else ``DEFAULT_DEADLINE`` and
-        ``_protocol.RETRY_AFTER_CAP`` (see the module docstring)."""
+        ``protocol.RETRY_AFTER_CAP`` (see the module docstring)."""
         if profile.is_local:
             raise ConfigError("the local provider has no HTTP client; use LocalService")
         key = as_secret(api_key)

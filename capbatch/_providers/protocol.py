@@ -1,25 +1,14 @@
-r"""Request bodies and reply parsing for the task protocol, and the one error table.
+r"""Request bodies and reply parsing for the task protocol.
 
 Everything here is pure: bytes and dicts in, values or exceptions out. The async
-client (``_client.py``) does the I/O; the runner asks ``classify()`` what to do with
-an error. Provider ``errorCode`` strings and HTTP statuses become exceptions in
-exactly one function, ``error_from_reply``.
+client (``client.py``) does the I/O. A reply that reports an error becomes an exception
+through ``errors.error_from_reply``, the one error table; what the runner does with
+it is ``errors.classify``'s answer.
 
 Provider text is untrusted. Every string a reply carries (task ids, status strings,
 error codes and descriptions, every string in a solution object, at any depth, keys
-included, and excerpts of bodies that are not JSON) passes ``clean_text`` once, here,
-where it is parsed, in this order:
-
-1. ``sanitize_text``: a lone surrogate (valid JSON, but neither UTF-8 nor SQLite can
-   store it) becomes U+FFFD; C0 and C1 control characters, DEL, the line and paragraph
-   separators and the bidirectional overrides are written as visible escapes
-   (``\x1b``, ``\u202e``) so no terminal acts on them and a reader sees what was sent.
-   Nothing keeps a tab or newline: answers of image captchas never hold one, and error
-   text is one line (tabs and newlines there become spaces). Printable ASCII passes
-   through untouched at the cost of one ``isascii() and isprintable()`` check.
-2. the caller's mask (``Secret.mask``: the account key in any case, escaped, or a piece
-   of it), before anything is cut, so a cut cannot leave a piece of the key behind.
-3. a length cap where the text is a message (``MAX_DESCRIPTION_CHARS`` and friends).
+included, and excerpts of bodies that are not JSON) passes ``text.clean_text`` once,
+here, where it is parsed; ``text.py`` gives the rule (sanitise, mask, then cut).
 
 A task id is never changed, since it is sent back verbatim: one that cleaning would
 change (control characters, or the key) is refused as a malformed reply. For ids the
@@ -33,55 +22,23 @@ else (NaN, infinities, negatives, absurd amounts) parses as an unknown cost with
 
 from __future__ import annotations
 
-import enum
 import json
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-from capbatch._exceptions import (
-    APIError,
-    AuthError,
-    BalanceError,
-    BannedError,
-    CapbatchError,
-    ConfigError,
-    ConnectionFailed,
-    InputError,
-    InvalidTask,
-    JournalError,
-    MalformedReply,
-    OutputError,
-    ProviderOutage,
-    RateLimited,
-    RequestTimeout,
-    RunFailed,
-    RunInterrupted,
-    ServiceUnavailable,
-    TaskExpired,
-    TemporarilyBlocked,
-    TransportError,
-    Unsolvable,
-)
+from capbatch._exceptions import MalformedReply, ServiceUnavailable, Unsolvable
+from capbatch._providers.errors import HTTP_STATUSES, error_from_reply
 from capbatch._providers.profiles import ProviderProfile
+from capbatch._providers.text import Mask, clean_text, reply_excerpt, sanitize_text
 
 TaskStatus = Literal["ready", "pending"]
 
-#: A function masking the account key in provider text (``Secret.mask``).
-Mask = Callable[[str], str]
-
-#: Longest provider error description kept (after masking), in characters.
-MAX_DESCRIPTION_CHARS = 500
-#: Longest error code kept; real codes are under 40 characters.
-MAX_CODE_CHARS = 80
 #: Longest status string echoed in a message.
 MAX_STATUS_CHARS = 40
-#: Longest excerpt of a reply that is not JSON, in a message.
-MAX_EXCERPT_CHARS = 80
 #: Longest task id accepted: ids are UUIDs or integers; a longer one is not an id.
 MAX_TASK_ID_CHARS = 128
 #: Deepest nesting of a solution object accepted.
@@ -94,154 +51,7 @@ RETRY_AFTER_CAP = 300.0
 #: Pieces of the key this long or longer are masked in task ids (see the docstring).
 TASK_ID_MIN_FRAGMENT = 12
 
-# --- the error table -------------------------------------------------------------------
-
-#: Provider ``errorCode`` -> exception class. Each code, its source and its status are
-#: listed in docs/providers.md, section "Error codes"; HTTP_STATUSES in "HTTP statuses".
-ERROR_CODES: Mapping[str, type[APIError]] = {
-    # bad or missing key
-    "ERROR_KEY_DENIED_ACCESS": AuthError,
-    "ERROR_KEY_DOES_NOT_EXIST": AuthError,
-    "ERROR_WRONG_USER_KEY": AuthError,
-    "ERROR_ACCOUNT_SUSPENDED": AuthError,
-    "ERROR_IP_NOT_ALLOWED": AuthError,
-    "ERROR_ACCESS_DENIED": AuthError,
-    # money
-    "ERROR_ZERO_BALANCE": BalanceError,
-    "ERROR_SETTLEMENT_FAILED": BalanceError,
-    "ERROR_INSUFFICIENT_BALANCE": BalanceError,
-    # bans and blocks
-    "ERROR_IP_BANNED": BannedError,
-    "ERROR_IP_BLOCKED": BannedError,
-    "IP_BANNED": BannedError,
-    "ERROR_KEY_TEMP_BLOCKED": TemporarilyBlocked,
-    # load
-    "ERROR_RATE_LIMIT": RateLimited,
-    "ERROR_TOO_MUCH_REQUESTS": RateLimited,
-    "ERROR_SERVICE_UNAVALIABLE": ServiceUnavailable,
-    "ERROR_SERVICE_UNAVAILABLE": ServiceUnavailable,
-    "ERROR_NO_SLOT_AVAILABLE": ServiceUnavailable,
-    "ERROR_INTERNAL_SERVER_ERROR": ServiceUnavailable,
-    # the captcha itself
-    "ERROR_CAPTCHA_UNSOLVABLE": Unsolvable,
-    "ERROR_TASK_FAILED": Unsolvable,
-    # task lifetime
-    "ERROR_TASKID_INVALID": TaskExpired,
-    "ERROR_TASK_TIMEOUT": TaskExpired,
-    "ERROR_NO_SUCH_CAPCHA_ID": TaskExpired,
-    "ERROR_WRONG_CAPTCHA_ID": TaskExpired,
-    "WRONG_CAPTCHA_ID": TaskExpired,
-    "ERROR_TASK_ABSENT": TaskExpired,
-    "ERROR_MAXIMUM_TIME_EXCEED": TaskExpired,
-    # the request or image was refused
-    "ERROR_INVALID_TASK_DATA": InvalidTask,
-    "ERROR_BAD_REQUEST": InvalidTask,
-    "ERROR_INVALID_IMAGE": InvalidTask,
-    "ERROR_PARSE_IMAGE_FAIL": InvalidTask,
-    "ERROR_TASK_NOT_SUPPORTED": InvalidTask,
-    "ERROR_UNKNOWN_QUESTION": InvalidTask,
-    "ERROR_PROXY_BANNED": InvalidTask,
-    "ERROR_ZERO_CAPTCHA_FILESIZE": InvalidTask,
-    "ERROR_TOO_BIG_CAPTCHA_FILESIZE": InvalidTask,
-    "ERROR_IMAGE_TYPE_NOT_SUPPORTED": InvalidTask,
-    "ERROR_WRONG_FILE_EXTENSION": InvalidTask,
-    "ERROR_NO_SUCH_METHOD": InvalidTask,
-    "ERROR_DOMAIN_NOT_ALLOWED": InvalidTask,
-    "ERROR_BAD_DUPLICATES": InvalidTask,
-}
-
-#: HTTP status -> exception class, used only when the reply names no known errorCode.
-HTTP_STATUSES: Mapping[int, type[APIError]] = {
-    400: InvalidTask,
-    401: AuthError,
-    402: BalanceError,
-    403: AuthError,
-    409: InvalidTask,
-    429: RateLimited,
-}
-
-
-class Action(enum.Enum):
-    """What the runner does with an error. Every retry decision comes from ``classify``."""
-
-    RETRY = "retry"  # same request again after backoff
-    SLOW_DOWN = "slow_down"  # retry, and lower the whole run's rate
-    RECREATE = "recreate"  # the task is gone: createTask again (bounded)
-    RETRY_BOUNDED = "retry_bounded"  # a new task may succeed; a few tries at most
-    PAUSE = "pause"  # stop sending for a while, then go on
-    RECORD = "record"  # the row fails with this error; no retry
-    FATAL = "fatal"  # the whole run stops at once
-
-
-#: The classification table (most specific class first wins via the MRO walk).
-ACTIONS: Mapping[type[CapbatchError], Action] = {
-    AuthError: Action.FATAL,
-    BalanceError: Action.FATAL,
-    BannedError: Action.FATAL,
-    TemporarilyBlocked: Action.PAUSE,
-    RateLimited: Action.SLOW_DOWN,
-    ServiceUnavailable: Action.RETRY,
-    Unsolvable: Action.RETRY_BOUNDED,
-    TaskExpired: Action.RECREATE,
-    InvalidTask: Action.RECORD,
-    APIError: Action.RECORD,
-    ConnectionFailed: Action.RETRY,
-    RequestTimeout: Action.RETRY,
-    MalformedReply: Action.RETRY,
-    TransportError: Action.RETRY,
-    InputError: Action.RECORD,
-    # A setup problem (a solver missing, a bad option) would fail every row the same way.
-    ConfigError: Action.FATAL,
-    # The run's own state failing (its journal, its output), the provider gone for good,
-    # a stop asked for, or a fault: nothing a row can retry its way out of.
-    JournalError: Action.FATAL,
-    OutputError: Action.FATAL,
-    ProviderOutage: Action.FATAL,
-    RunFailed: Action.FATAL,
-    RunInterrupted: Action.FATAL,
-    CapbatchError: Action.RECORD,
-}
-
-
-def classify(error: CapbatchError) -> Action:
-    """The action for ``error``, from ``ACTIONS`` by its nearest class."""
-    for cls in type(error).__mro__:
-        action = ACTIONS.get(cls)
-        if action is not None:
-            return action
-    return Action.RECORD
-
-
-def _classes_by_code() -> dict[str, type[CapbatchError]]:
-    """capbatch's own error codes (each class's default ``error_code``) -> class."""
-    found: dict[str, type[CapbatchError]] = {}
-    pending: list[type[CapbatchError]] = [CapbatchError]
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.error_code, cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
-_CLASSES_BY_CODE = _classes_by_code()
-
-
-def action_for_code(error_code: str) -> Action | None:
-    """The action for an error known only by its code, as a row's ``error_code`` in the
-    journal or an output keeps it: a provider code from ``ERROR_CODES``, ``HTTP_5xx``, or
-    the code of one of capbatch's classes. None for a code nothing names."""
-    cls: type[CapbatchError] | None = ERROR_CODES.get(error_code)
-    if cls is None and error_code.startswith("HTTP_5"):
-        cls = ServiceUnavailable
-    if cls is None:
-        cls = _CLASSES_BY_CODE.get(error_code)
-    if cls is None:
-        return None
-    for klass in cls.__mro__:
-        action = ACTIONS.get(klass)
-        if action is not None:
-            return action
-    return Action.RECORD
+# --- the Retry-After header -----------------------------------------------------------
 
 
 def parse_retry_after(value: str | None, *, cap: float = RETRY_AFTER_CAP) -> float | None:
@@ -271,121 +81,6 @@ def retry_after_is_long(seconds: float | None, *, cap: float = RETRY_AFTER_CAP) 
     """Whether a parsed ``Retry-After`` reached the cap: the provider asked for at least
     that long, which a runner may treat as an outage rather than a slow-down."""
     return seconds is not None and seconds >= cap
-
-
-# --- provider text --------------------------------------------------------------------
-
-# Escapes for the characters no provider string may carry as they are: C0 and C1
-# controls and DEL (terminal escape sequences), the line and paragraph separators, and
-# the bidirectional overrides and isolates (text that displays other than it reads).
-_UNSAFE_CODES = [
-    *range(0x00, 0x20),
-    *range(0x7F, 0xA0),
-    0x2028,
-    0x2029,
-    *range(0x202A, 0x202F),
-    *range(0x2066, 0x206A),
-]
-_ESCAPES: dict[int, str] = {
-    code: (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}") for code in _UNSAFE_CODES
-}
-# Lone surrogates (json.loads pairs the valid ones) cannot be encoded or stored.
-_ESCAPES.update(dict.fromkeys(range(0xD800, 0xE000), "\ufffd"))
-_ONE_LINE = {**_ESCAPES, 0x09: " ", 0x0A: " ", 0x0D: " "}
-
-
-def sanitize_text(text: str, *, one_line: bool = False) -> str:
-    """``text`` safe to store and print: see the module docstring for the rule.
-    ``one_line`` turns tabs and line breaks into spaces (for messages) instead of
-    escaping them."""
-    if text.isascii() and text.isprintable():
-        return text  # the common case: one cheap check, no copy
-    return text.translate(_ONE_LINE if one_line else _ESCAPES)
-
-
-def clean_text(
-    text: str, mask: Mask | None = None, *, limit: int | None = None, one_line: bool = False
-) -> str:
-    """Provider text, sanitised, then masked, then cut to ``limit`` characters: the
-    order matters (stripping could join the pieces of a key; cutting first could leave
-    a piece too short to recognise)."""
-    text = sanitize_text(text, one_line=one_line)
-    if mask is not None:
-        text = mask(text)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
-
-
-def _clean_solution(value: Any, mask: Mask | None, depth: int = 0) -> Any:
-    """Every string in a solution object cleaned, keys included, at any depth."""
-    if isinstance(value, str):
-        return clean_text(value, mask)
-    if isinstance(value, (Mapping, list)):
-        if depth >= MAX_SOLUTION_DEPTH:
-            raise MalformedReply(f"solution nested deeper than {MAX_SOLUTION_DEPTH} levels")
-        if isinstance(value, list):
-            return [_clean_solution(item, mask, depth + 1) for item in value]
-        return {
-            clean_text(str(key), mask): _clean_solution(item, mask, depth + 1)
-            for key, item in value.items()
-        }
-    return value  # numbers, booleans, null
-
-
-# Our request's key field, should a page quote the request back: blanked whatever its
-# value, so an excerpt holds no request text even in a form the mask does not know.
-_CLIENT_KEY_FIELD = re.compile(r"""(?i)(client_?key["']?\s*[:=]\s*["']?)[^"'\s&,;}<>]*""")
-
-
-def reply_excerpt(content: bytes, mask: Mask | None = None) -> str:
-    """A short, one-line, masked excerpt of a reply body for an error message. The
-    whole body is masked before it is cut (a cut mid-key would hide the key's piece
-    from the mask); bodies are at most ``_transport.MAX_REPLY_BYTES`` long."""
-    text = clean_text(content.decode("utf-8", "replace"), mask, one_line=True)
-    text = _CLIENT_KEY_FIELD.sub(r"\1****", text)
-    return clean_text(text, limit=MAX_EXCERPT_CHARS)
-
-
-def error_from_reply(
-    http_status: int,
-    payload: Mapping[str, Any] | None,
-    *,
-    retry_after: float | None = None,
-    task_id: str | None = None,
-    mask: Mask | None = None,
-) -> APIError:
-    """The one place a provider error (``errorCode`` first, HTTP status second) becomes
-    an exception. The message holds the code and the provider's description only,
-    both cleaned (``clean_text``) with ``mask``."""
-    code = ""
-    description = ""
-    if payload is not None:
-        code = _text_field(payload, "errorCode", mask, MAX_CODE_CHARS)
-        description = _text_field(payload, "errorDescription", mask, MAX_DESCRIPTION_CHARS)
-    cls: type[APIError] | None = ERROR_CODES.get(code)
-    if cls is None:
-        # No known code: fall back on the HTTP status.
-        cls = ServiceUnavailable if http_status >= 500 else HTTP_STATUSES.get(http_status, APIError)
-    if not code:
-        code = cls.error_code if cls is not APIError else f"HTTP_{http_status}"
-    message = f"{code}: {description}" if description else code
-    if http_status != 200:
-        message += f" (HTTP {http_status})"
-    return cls(
-        message,
-        error_code=code,
-        http_status=http_status,
-        task_id=task_id,
-        retry_after=retry_after,
-    )
-
-
-def _text_field(payload: Mapping[str, Any], name: str, mask: Mask | None, limit: int) -> str:
-    raw = payload.get(name)
-    if not raw:
-        return ""
-    return clean_text(str(raw), mask, limit=limit, one_line=True).strip()
 
 
 # --- requests -------------------------------------------------------------------------
@@ -540,6 +235,22 @@ def parse_cost(raw: Any) -> tuple[float | None, bool]:
     if not math.isfinite(cost) or not 0.0 <= cost <= MAX_REPORTED_COST:
         return None, True
     return cost, False
+
+
+def _clean_solution(value: Any, mask: Mask | None, depth: int = 0) -> Any:
+    """Every string in a solution object cleaned, keys included, at any depth."""
+    if isinstance(value, str):
+        return clean_text(value, mask)
+    if isinstance(value, (Mapping, list)):
+        if depth >= MAX_SOLUTION_DEPTH:
+            raise MalformedReply(f"solution nested deeper than {MAX_SOLUTION_DEPTH} levels")
+        if isinstance(value, list):
+            return [_clean_solution(item, mask, depth + 1) for item in value]
+        return {
+            clean_text(str(key), mask): _clean_solution(item, mask, depth + 1)
+            for key, item in value.items()
+        }
+    return value  # numbers, booleans, null
 
 
 def _status_of(raw_status: Any, mask: Mask | None) -> str | None:

@@ -88,6 +88,33 @@ def inflate_capped(encoding: str, body: bytes, limit: int) -> bytes:
     raise httpx.DecodingError(f"reply body is not valid {encoding}")
 
 
+def _httpx_error(
+    exc: aiohttp.ClientError | asyncio.TimeoutError, request: httpx.Request | None
+) -> httpx.TransportError:
+    """The httpx exception for an aiohttp failure, chosen to keep "was it sent?": a
+    connect error or connect timeout means nothing was; anything later, that the request
+    may have been received. The order matters: aiohttp's connect and read timeouts are
+    ``asyncio.TimeoutError`` too, and the deadline is only that."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(f"connect failed: {exc.os_error}", request=request)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout("connect timed out", request=request)
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout("no reply within the read timeout", request=request)
+    if isinstance(exc, asyncio.TimeoutError):
+        # The deadline (aiohttp's total timeout) passed, most likely mid-reply.
+        return httpx.ReadTimeout("no whole reply within the deadline", request=request)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(
+            "server closed the connection without a reply", request=request
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx.ReadError("reply body was cut short", request=request)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(f"invalid HTTP reply: {exc.message}", request=request)
+    return httpx.ReadError(f"{type(exc).__name__}", request=request)
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A whole reply, for ``ProviderClient`` on its own client (no httpx models)."""
@@ -208,27 +235,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 status = response.status
                 parsed = response.headers
                 headers = response.raw_headers
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(f"connect failed: {exc.os_error}", request=request) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout("connect timed out", request=request) from exc
-        except aiohttp.SocketTimeoutError as exc:
-            raise httpx.ReadTimeout("no reply within the read timeout", request=request) from exc
-        except asyncio.TimeoutError as exc:
-            # The deadline (aiohttp's total timeout) passed, most likely mid-reply.
-            raise httpx.ReadTimeout("no whole reply within the deadline", request=request) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise httpx.RemoteProtocolError(
-                "server closed the connection without a reply", request=request
-            ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise httpx.ReadError("reply body was cut short", request=request) from exc
-        except aiohttp.ClientResponseError as exc:
-            raise httpx.RemoteProtocolError(
-                f"invalid HTTP reply: {exc.message}", request=request
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}", request=request) from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _httpx_error(exc, request) from exc
         return status, parsed, headers, content
 
     async def aclose(self) -> None:

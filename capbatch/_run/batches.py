@@ -23,8 +23,8 @@ from capbatch._exceptions import CapbatchError, RowInputError, RunFailed, RunInt
 from capbatch._io.images import KeyScope
 from capbatch._io.inputs import TableSource, resolve_column, task_key
 from capbatch._io.outputs import RowResult
+from capbatch._providers.errors import Action, action_for_code
 from capbatch._providers.profiles import ProviderProfile
-from capbatch._providers.protocol import Action, action_for_code
 from capbatch._run.journal import Journal, JournalEntry
 from capbatch._run.progress import Progress
 from capbatch._run.tally import SPEND_CAP_REACHED, Tally

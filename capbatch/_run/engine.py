@@ -24,7 +24,7 @@ from capbatch._io.images import KeyScope
 from capbatch._io.inputs import TableSource
 from capbatch._io.outputs import MemorySink, ResultWriter, read_results
 from capbatch._providers.client import ProviderClient, TaskService
-from capbatch._providers.protocol import Action, classify
+from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
 from capbatch._run.batches import BatchRunner, ResultSink, TaskKeys
 from capbatch._run.journal import Journal

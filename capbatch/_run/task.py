@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 from capbatch._exceptions import APIError, CapbatchError, RequestTimeout, RunFailed, TransportError
 from capbatch._io.outputs import RowResult
 from capbatch._providers.client import TaskService
+from capbatch._providers.errors import Action, action_for_code, classify
 from capbatch._providers.profiles import ProviderProfile
-from capbatch._providers.protocol import Action, TaskReply, action_for_code, classify
+from capbatch._providers.protocol import TaskReply
 from capbatch._run.control import RunControl, RunStoppedByUser
 from capbatch._run.journal import Journal, JournalEntry
 from capbatch._run.limits import CREATE, POLL, Clock, Limits, PrioritySemaphore, RateLimiter

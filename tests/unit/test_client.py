@@ -38,6 +38,7 @@ from capbatch._providers.client import (
     RETRY_AFTER_CAP_ENV,
     ProviderClient,
 )
+from capbatch._providers.errors import Action, classify
 from capbatch._providers.profiles import (
     ANTICAPTCHA,
     CAPMONSTER,
@@ -46,7 +47,7 @@ from capbatch._providers.profiles import (
     TWOCAPTCHA,
     ProviderProfile,
 )
-from capbatch._providers.protocol import RETRY_AFTER_CAP, Action, classify
+from capbatch._providers.protocol import RETRY_AFTER_CAP
 from capbatch._providers.secrets import Secret
 from capbatch._providers.transport import MAX_REPLY_BYTES
 from tests.fakes import key_forms

@@ -17,7 +17,7 @@ pytest.importorskip("ddddocr")
 from PIL import Image, ImageDraw, ImageFont
 
 from capbatch._exceptions import InvalidTask, TaskExpired
-from capbatch._providers.protocol import Action, classify
+from capbatch._providers.errors import Action, classify
 from capbatch.local import LocalService, LocalSolver, decode_body
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "images" / "cap-0001.png"

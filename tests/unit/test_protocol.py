@@ -1,6 +1,7 @@
-"""Pure tests of ``capbatch._providers.protocol``: the error table, ``classify``, request bodies and
-reply parsing. No I/O. The error matrix (every code, every HTTP status, every kind of body)
-is tested here only; test_client.py shows the client takes each path with one reply."""
+"""Pure tests of ``capbatch._providers.protocol``, ``errors`` and ``text``: the error
+table, ``classify``, text cleaning, request bodies and reply parsing. No I/O. The error
+matrix (every code, every HTTP status, every kind of body) is tested here only;
+test_client.py shows the client takes each path with one reply."""
 
 from __future__ import annotations
 
@@ -46,7 +47,18 @@ from capbatch._exceptions import (
     TransportError,
     Unsolvable,
 )
+from capbatch._providers import errors as _errors
 from capbatch._providers import protocol as _protocol
+from capbatch._providers import text as _text
+from capbatch._providers.errors import (
+    ACTIONS,
+    ERROR_CODES,
+    MAX_DESCRIPTION_CHARS,
+    Action,
+    action_for_code,
+    classify,
+    error_from_reply,
+)
 from capbatch._providers.profiles import (
     ANTICAPTCHA,
     CAPMONSTER,
@@ -55,20 +67,12 @@ from capbatch._providers.profiles import (
     ProviderProfile,
 )
 from capbatch._providers.protocol import (
-    ACTIONS,
-    ERROR_CODES,
-    MAX_DESCRIPTION_CHARS,
     MAX_SOLUTION_DEPTH,
     RETRY_AFTER_CAP,
-    Action,
     TaskReply,
-    action_for_code,
     answer_of,
-    classify,
-    clean_text,
     create_task_body,
     decode_json,
-    error_from_reply,
     get_balance_body,
     get_task_result_body,
     parse_balance,
@@ -77,12 +81,11 @@ from capbatch._providers.protocol import (
     parse_report,
     parse_retry_after,
     parse_task_result,
-    reply_excerpt,
     report_incorrect_body,
     retry_after_is_long,
-    sanitize_text,
 )
 from capbatch._providers.secrets import Secret
+from capbatch._providers.text import clean_text, reply_excerpt, sanitize_text
 
 # What a batch client does with each family of errors (docs/providers.md, "Error codes").
 EXPECTED_ACTIONS: dict[type[CapbatchError], Action] = {
@@ -610,8 +613,8 @@ def test_error_code_and_description_are_cleaned_for_every_reply_kind(
         assert _safe(text), text
         assert KEY.lower() not in text.lower() and KEY[:6].lower() not in text.lower()
     assert "ERR_\\x1b]0;PWNED\\x07" in exc.error_code
-    assert len(exc.error_code) <= _protocol.MAX_CODE_CHARS
-    assert len(str(exc)) < _protocol.MAX_CODE_CHARS + MAX_DESCRIPTION_CHARS + 20
+    assert len(exc.error_code) <= _errors.MAX_CODE_CHARS
+    assert len(str(exc)) < _errors.MAX_CODE_CHARS + MAX_DESCRIPTION_CHARS + 20
 
 
 @pytest.mark.parametrize("parser", list(PARSERS.values()), ids=list(PARSERS))
@@ -629,7 +632,7 @@ def test_excerpt_never_holds_the_request_body() -> None:
     page = b'<pre>{"clientKey":"another-key-9f8e7d6c","task":{"body":"iVBOR"}}</pre>'
     excerpt = reply_excerpt(page, MASK)
     assert "another-key" not in excerpt and "9f8e7d6c" not in excerpt
-    assert len(excerpt) <= _protocol.MAX_EXCERPT_CHARS
+    assert len(excerpt) <= _text.MAX_EXCERPT_CHARS
 
 
 def test_unknown_status_is_cleaned_in_the_message() -> None:
