@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import capbatch
-from capbatch._io.outputs import RESULT_SCHEMA
+from capbatch._io.record import RESULT_SCHEMA
 
 ALPHABET = np.array(list("abcdefghjkmnpqrstuvwxyz23456789"))
 CODES = np.array(["ERROR_CAPTCHA_UNSOLVABLE", "ERROR_SERVICE_UNAVALIABLE", "INPUT_FILE_NOT_FOUND"])

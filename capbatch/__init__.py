@@ -53,7 +53,8 @@ from capbatch._exceptions import (
 
 if _typing.TYPE_CHECKING:
     from capbatch._api import arun, run
-    from capbatch._io.outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
+    from capbatch._io.outputs import read_results, run_metadata
+    from capbatch._io.record import RESULT_COLUMNS, RowResult
     from capbatch._providers.client import ProviderClient, TaskService
     from capbatch._providers.errors import Action, classify
     from capbatch._providers.profiles import PROVIDERS, PollSchedule, ProviderProfile, get_profile
@@ -73,9 +74,9 @@ _LAZY: dict[str, str] = {
     "PollSchedule": "._providers.profiles",
     "ProviderClient": "._providers.client",
     "ProviderProfile": "._providers.profiles",
-    "RESULT_COLUMNS": "._io.outputs",
+    "RESULT_COLUMNS": "._io.record",
     "Report": "._reports.report",
-    "RowResult": "._io.outputs",
+    "RowResult": "._io.record",
     "RunAborted": "._run.batches",
     "RunOptions": "._run.options",
     "RunSummary": "._run.summary",

@@ -1,4 +1,4 @@
-"""Turning one cell of the image column into validated image bytes, and content keys.
+"""Turning one cell of the image column into validated image bytes, or the row's error.
 
 A cell may hold a file path, a base64 string, a ``data:`` URI or raw bytes. The rules
 that tell a path from base64 live in ``resolve_image``; every failure is a
@@ -14,11 +14,12 @@ How a text cell is read, in order:
 3. Text that decodes as base64 to bytes with an image signature is that image.
 4. Otherwise the error depends on what the cell looks like. In a *base64 column* (its
    name contains ``b64`` or ``base64``, or most of the batch's non-null values are base64
-   of an image, see ``is_base64_column``) every value without an image file extension is
-   taken as base64, so ``not-base64!!!`` is ``INPUT_INVALID_BASE64``. Elsewhere, text with
-   an image extension, characters outside the base64 alphabet, fewer than 32 characters,
-   or a separator in at most 256 characters is a missing file (``INPUT_FILE_NOT_FOUND``);
-   the rest is invalid base64, or base64 of something that is not an image.
+   of an image, see ``image_column.is_base64_column``) every value without an image file
+   extension is taken as base64, so ``not-base64!!!`` is ``INPUT_INVALID_BASE64``.
+   Elsewhere, text with an image extension, characters outside the base64 alphabet, fewer
+   than 32 characters, or a separator in at most 256 characters is a missing file
+   (``INPUT_FILE_NOT_FOUND``); the rest is invalid base64, or base64 of something that is
+   not an image.
 
 Base64 text too long to decode within ``max_bytes`` is refused before decoding. Pillow's
 decompression-bomb check is an error on the row (``INPUT_TOO_LARGE``, with the pixel
@@ -28,6 +29,9 @@ error says what is wrong.
 Error messages are one line, name the problem and identify the value briefly: a path
 is quoted in full, base64 and bytes only by their length (a payload can be megabytes
 and may be sensitive).
+
+A whole column (finding it, resolving every cell) is ``capbatch._io.image_column``; the
+content keys of an image are ``capbatch._io.keys``.
 """
 
 from __future__ import annotations
@@ -35,10 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import io
-import itertools
-import json
 import math
 import os
 import re
@@ -46,8 +47,7 @@ import stat
 import threading
 import urllib.parse
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -101,8 +101,6 @@ _URLSAFE_TO_STANDARD: Final = str.maketrans("-_", "+/")
 _MAX_DECODE_PIXELS: Final = 4_000_000
 _PREVIEW_CHARS: Final = 120
 _BUFFER_REPR: Final = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-# Column names that declare base64 content (image_b64, image_base64, b64, ...).
-_BASE64_NAME: Final = re.compile(r"b64|base64", re.IGNORECASE)
 # warnings.catch_warnings swaps process-wide state: two threads inside it at once can
 # leave the other's filters installed for good, so our own uses take turns.
 _WARNINGS_LOCK: Final = threading.Lock()
@@ -117,63 +115,6 @@ def image_format(data: bytes | bytearray | memoryview) -> str | None:
         if head.startswith(magic):
             return name
     return None
-
-
-def image_hash(image: bytes) -> str:
-    """Hex SHA-256 of the image bytes (the ``image_sha256`` of a row)."""
-    return hashlib.sha256(image).hexdigest()
-
-
-@dataclass(frozen=True)
-class KeyScope:
-    """Who answers a task: part of its content key, so that answers are reused only from
-    the same provider, and from the same server when it is not the provider's default
-    (an emulator, a proxy). Not part of the task sent."""
-
-    provider: str
-    #: The URL when it is not the provider's default; None keeps the keys of journals
-    #: written before URLs counted.
-    base_url: str | None = None
-
-    def key_fields(self) -> dict[str, str]:
-        # These names were once mixed into the task parameters; keys stay identical.
-        scoped = {"_provider": self.provider}
-        if self.base_url is not None:
-            scoped["_base_url"] = self.base_url
-        return scoped
-
-
-def task_key_from_hash(
-    image_sha256: str,
-    task_type: str,
-    params: Mapping[str, object],
-    scope: KeyScope | None = None,
-) -> str:
-    """``task_key`` for an image known only by its ``image_hash``."""
-    # The image enters through its fixed-length hash, so the three parts cannot run into
-    # each other; the version tag lets the scheme change without colliding with old keys.
-    material_params = {**params, **scope.key_fields()} if scope is not None else dict(params)
-    canonical = json.dumps(
-        material_params, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    material = f"capbatch-task-v1\n{image_sha256}\n{task_type}\n{canonical}"
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
-
-
-def task_key(
-    image: bytes,
-    task_type: str,
-    params: Mapping[str, object],
-    scope: KeyScope | None = None,
-) -> str:
-    """The content key of a task: the image bytes, the task type, its parameters and who
-    answers it (``scope``).
-
-    Two rows with the same key are the same paid request; the cache and the journal
-    use it. ``params`` are serialised as canonical JSON (sorted keys, no whitespace), so
-    key order does not matter but ``1`` and ``1.0`` do. Non-JSON values raise TypeError.
-    """
-    return task_key_from_hash(image_hash(image), task_type, params, scope)
 
 
 def _fail(code: str, message: str) -> RowInputError:
@@ -483,106 +424,3 @@ def _check_integrity(data: bytes, fmt: str, what: str) -> None:
             INPUT_TRUNCATED_IMAGE,
             f"{what} has a {fmt} signature but is damaged or truncated: {reason}",
         ) from None
-
-
-def resolve_column(
-    batch: pa.RecordBatch | pa.Table,
-    column: str,
-    *,
-    base_dir: Path,
-    min_bytes: int = 1,
-    max_bytes: int | None = None,
-    first_row: int = 0,
-    base64_column: bool | None = None,
-) -> list[bytes | RowInputError]:
-    """``resolve_image`` for every cell of ``column``: bytes, or the row's error.
-
-    Errors are returned, not raised, with ``row`` set to the global 0-based row index
-    (``first_row`` + position in the batch). ``base64_column`` None means
-    ``is_base64_column`` decides from the column's name and this batch's values.
-    """
-    values = batch.column(column).to_pylist()
-    if base64_column is None:
-        base64_column = is_base64_column(column, values)
-    out: list[bytes | RowInputError] = []
-    for i, value in enumerate(values):
-        try:
-            out.append(
-                resolve_image(
-                    value,
-                    base_dir=base_dir,
-                    min_bytes=min_bytes,
-                    max_bytes=max_bytes,
-                    base64_column=base64_column,
-                )
-            )
-        except RowInputError as exc:
-            exc.row = first_row + i
-            out.append(exc)
-    return out
-
-
-def is_image_type(dtype: pa.DataType) -> bool:
-    """Whether an Arrow column of ``dtype`` can hold paths, base64 or bytes (or nulls)."""
-    if pa.types.is_dictionary(dtype):
-        dtype = dtype.value_type
-    kinds = (
-        pa.types.is_string,
-        pa.types.is_large_string,
-        pa.types.is_binary,
-        pa.types.is_large_binary,
-        pa.types.is_fixed_size_binary,
-        pa.types.is_null,
-    )
-    return any(is_kind(dtype) for is_kind in kinds) or str(dtype) in {"string_view", "binary_view"}
-
-
-def guess_image_column(batch: pa.RecordBatch, sample: int = 20) -> str | None:
-    """The first string/binary column of ``batch`` whose values mostly look like images.
-
-    Up to ``sample`` non-null values per column are looked at, without any I/O.
-    """
-    for field in batch.schema:
-        if is_image_type(field.type) and not pa.types.is_null(field.type):
-            values = batch.column(field.name).drop_null().slice(0, sample).to_pylist()
-            if values and 2 * sum(map(looks_like_image_value, values)) > len(values):
-                return str(field.name)
-    return None
-
-
-def is_base64_column(name: str, values: list[object], sample: int = 20) -> bool:
-    """Whether a column holds base64 images: its name says so (``b64``, ``base64``), or
-    more than half of its first ``sample`` non-null text values are base64 whose first
-    bytes carry an image signature (no I/O). Data URIs and bytes do not count."""
-    if _BASE64_NAME.search(name):
-        return True
-    # Only the start of a value is looked at: stripping a whole payload would copy it.
-    heads = (v[:128].strip() for v in values if isinstance(v, str))
-    texts = list(itertools.islice((h for h in heads if h), sample))
-    return bool(texts) and 2 * sum(map(_starts_as_base64_image, texts)) > len(texts)
-
-
-def _starts_as_base64_image(text: str) -> bool:
-    if text[:5].lower() == "data:":
-        return False
-    head = _decode_base64("".join(text[:64].split())[:24])
-    return head is not None and image_format(head) is not None
-
-
-def looks_like_image_value(value: object) -> bool:
-    """A cheap guess, without I/O, that a cell holds an image (for column detection).
-
-    True for bytes with an image signature, data URIs, base64 whose first bytes carry an
-    image signature, and strings ending in an image file extension.
-    """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return image_format(value) is not None
-    if not isinstance(value, str):
-        return False
-    text = value.strip()
-    if text[:11].lower() == "data:image/":
-        return True
-    if _has_image_extension(text):
-        return True
-    # 24 base64 characters decode to 18 bytes: enough for any signature above.
-    return _starts_as_base64_image(text)

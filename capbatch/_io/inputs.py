@@ -34,11 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from capbatch._exceptions import ConfigError, TableError
-from capbatch._io import images as _images
-from capbatch._io.images import image_hash, resolve_column, resolve_image, task_key
-
-# The image helpers are re-exported: callers import everything about inputs from here.
-__all__ = ["TableSource", "image_hash", "resolve_column", "resolve_image", "task_key"]
+from capbatch._io.image_column import guess_image_column, is_image_type
 
 # Tried in this order, case-insensitively, before looking at the values.
 IMAGE_COLUMN_NAMES: Final = tuple(
@@ -154,18 +150,16 @@ class TableSource:
         if wanted is not None:
             self._check_named("image", wanted)
             dtype = self.schema.field(wanted).type
-            if not _images.is_image_type(dtype):
+            if not is_image_type(dtype):
                 what = "paths, base64 strings, data URIs or bytes"
                 raise TableError(f"image column {wanted!r} holds {dtype} values, not {what}")
             return wanted
         for candidate in IMAGE_COLUMN_NAMES:
             for name in names:
-                if name.lower() == candidate and _images.is_image_type(
-                    self.schema.field(name).type
-                ):
+                if name.lower() == candidate and is_image_type(self.schema.field(name).type):
                     return name
         first = next(self.batches(), None)
-        if (found := _images.guess_image_column(first) if first is not None else None) is None:
+        if (found := guess_image_column(first) if first is not None else None) is None:
             raise TableError(
                 f"no image column found in {self._name}; columns: {', '.join(map(repr, names))}."
                 " Name it 'image' (or image_path, image_b64, ...) or pass the image column"

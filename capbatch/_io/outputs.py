@@ -1,10 +1,11 @@
-"""Result columns, incremental writing and atomic finish of the output table.
+"""Result files: incremental writing, atomic finish, and reading them back.
 
 The runner hands ``ResultWriter.write`` one input ``RecordBatch`` at a time, in input
 order, together with one ``RowResult`` per row. The writer appends the result columns
-(``RESULT_SCHEMA``) to the input columns and streams them into a temporary file next to
-the destination; ``finish()`` renames it into place, so a reader never sees a half-written
-table and a crashed run never leaves one behind under the real name.
+(``RESULT_SCHEMA``, defined by the record in ``capbatch._io.record``) to the input columns
+and streams them into a temporary file next to the destination; ``finish()`` renames it
+into place, so a reader never sees a half-written table and a crashed run never leaves one
+behind under the real name. ``read_results`` and ``run_metadata`` read a finished file.
 
 Formats, chosen by the destination's extension (or ``format=``):
 
@@ -17,41 +18,29 @@ Formats, chosen by the destination's extension (or ``format=``):
   as a formula (OWASP CSV injection advice); ``read_results`` takes the quote off again.
   Input columns are written as they are, except those a CSV cannot hold: binary
   columns become base64 text, nested columns (lists, structs, maps) become JSON text.
+  These conversions, both ways, are ``capbatch._io.csv_results``.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import csv
-import dataclasses
-import json
 import os
 import re
 import types
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from operator import attrgetter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from capbatch._exceptions import ConfigError, OutputError
+from capbatch._io.csv_results import read_results_csv, to_csv_batch
+from capbatch._io.record import RowResult, output_schema, results_to_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
-
-_TS = pa.timestamp("ms", tz="UTC")
-
-
-
-#: Result columns whose text comes from the remote service, guarded in CSV output.
-UNTRUSTED_COLUMNS = ("answer", "solution", "error_code", "error_message", "task_id")
-_FORMULA_START = r"^([=+\-@\t\r])"
 
 #: Parquet row groups are flushed at whichever limit is reached first.
 ROW_GROUP_ROWS = 64 * 1024
@@ -60,127 +49,7 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 _EXTENSIONS: Mapping[str, str] = types.MappingProxyType(
     {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 )
-#: "pending": an interrupted run did not finish the row; the same command resumes it.
-_STATUSES = frozenset({"solved", "failed", "pending"})
 _METADATA_PREFIX = "capbatch."
-
-
-def _column(
-    arrow: pa.DataType, *, nullable: bool = True, encode: Callable[[Any], Any] | None = None
-) -> dict[str, Any]:
-    """A result column's definition, kept on its ``RowResult`` field: the Arrow type, and
-    how a value is turned into one the Arrow type holds."""
-    return {"arrow": arrow, "nullable": nullable, "encode": encode}
-
-
-# One encoder made once: json.dumps with options builds a new encoder on every call, about
-# a third of the cost of a million rows. default=str: a paid answer must never be lost
-# because one value of its solution is not JSON-native.
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-
-
-@dataclass(frozen=True, slots=True)
-class RowResult:
-    """The outcome of one input row, one value per result column: THE definition of the
-    result columns. ``RESULT_SCHEMA`` and ``results_to_arrays`` are derived from these
-    fields and their metadata, so a new column is one field here (plus, if a resumed row
-    must show it, its place in the journal).
-
-    Times are unix seconds (``time.time()``); they are stored as UTC millisecond
-    timestamps. ``solution`` is the provider's whole solution object, kept as JSON text.
-    """
-
-    status: str = dataclasses.field(metadata=_column(pa.string(), nullable=False))
-    answer: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    solution: Mapping[str, Any] | None = dataclasses.field(
-        default=None, metadata=_column(pa.string(), encode=_encode_json)
-    )
-    error_code: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    error_message: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    task_id: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    provider: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    attempts: int = dataclasses.field(default=0, metadata=_column(pa.int32(), nullable=False))
-    polls: int = dataclasses.field(default=0, metadata=_column(pa.int32(), nullable=False))
-    submitted_at: float | None = dataclasses.field(default=None, metadata=_column(_TS))
-    finished_at: float | None = dataclasses.field(default=None, metadata=_column(_TS))
-    latency_ms: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
-    queue_ms: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
-    cost_usd: float = dataclasses.field(
-        default=0.0, metadata=_column(pa.float64(), nullable=False)
-    )
-    from_cache: bool = dataclasses.field(
-        default=False, metadata=_column(pa.bool_(), nullable=False)
-    )
-
-    def __post_init__(self) -> None:
-        # Fail where the bad value is made, not thousands of rows later in the writer.
-        if self.status not in _STATUSES:
-            raise ValueError(f"status must be one of {sorted(_STATUSES)}, not {self.status!r}")
-
-
-RESULT_SCHEMA: pa.Schema = pa.schema(
-    [
-        pa.field(f.name, f.metadata["arrow"], nullable=f.metadata["nullable"])
-        for f in dataclasses.fields(RowResult)
-    ]
-)
-RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
-#: Per result column: how to read it off a ``RowResult`` and how to encode a value.
-_COLUMN_READERS = [
-    (attrgetter(f.name), f.metadata["encode"]) for f in dataclasses.fields(RowResult)
-]
-
-
-def output_schema(input_schema: pa.Schema) -> pa.Schema:
-    """Return the input columns (renamed where they collide) followed by ``RESULT_SCHEMA``.
-
-    An input column named like a result column (``status``, ``answer``...) becomes
-    ``input_<name>``; if the input already has that name (or an earlier rename took it),
-    ``input_<name>_2``, then ``_3`` and so on. Only colliding columns are renamed, with
-    one ``input_`` prefix at most, so re-running capbatch on its own output keeps the
-    earlier input columns as they are and renames the previous results: ``status``
-    becomes ``input_status``, or ``input_status_2`` when ``input_status`` is there.
-    """
-    taken = set(input_schema.names) | set(RESULT_COLUMNS)
-    fields = []
-    for field in input_schema:
-        if field.name in RESULT_COLUMNS:
-            name, n = f"input_{field.name}", 1
-            while name in taken:
-                n += 1
-                name = f"input_{field.name}_{n}"
-            taken.add(name)
-            field = field.with_name(name)  # noqa: PLW2901 - the renamed field replaces it
-        fields.append(field)
-    # Schema-level metadata is dropped on purpose: pandas' index description in it names
-    # columns that may have been renamed, and would confuse ``to_pandas`` on read-back.
-    return pa.schema(fields + list(RESULT_SCHEMA))
-
-
-
-
-def _timestamps(seconds: list[float | None]) -> pa.Array[Any]:
-    """Unix seconds to UTC millisecond timestamps, rounded (vectorised, nulls kept)."""
-    ms = pc.round(pc.multiply(pa.array(seconds, type=pa.float64()), 1000.0))
-    return ms.cast(pa.int64()).cast(_TS)
-
-
-def results_to_arrays(results: Sequence[RowResult]) -> list[pa.Array[Any]]:
-    """Build the result columns for ``results``, in ``RESULT_SCHEMA`` order.
-
-    One list comprehension per column and one ``pa.array`` call each: converting Python
-    lists in bulk is an order of magnitude faster than appending row by row.
-    """
-    columns: list[list[Any]] = []
-    for read, encode in _COLUMN_READERS:
-        values = [read(r) for r in results]
-        if encode is not None:
-            values = [None if v is None else encode(v) for v in values]
-        columns.append(values)
-    return [
-        _timestamps(values) if f.type == _TS else pa.array(values, type=f.type)
-        for values, f in zip(columns, RESULT_SCHEMA, strict=True)
-    ]
 
 
 def output_format(path: Path) -> str | None:
@@ -198,47 +67,6 @@ def _format_for(path: Path, format: str | None) -> str:
     if found is None:
         raise ConfigError(f"cannot tell the output format of {path}: use one of {accepted}")
     return found
-
-
-_BINARY_TESTS = (
-    pa.types.is_binary,
-    pa.types.is_large_binary,
-    pa.types.is_fixed_size_binary,
-    pa.types.is_binary_view,
-)
-
-
-def _csv_column(column: pa.Array[Any], dtype: pa.DataType) -> pa.Array[Any]:
-    """Make an input column writable as CSV text; other columns pass unchanged."""
-    if any(test(dtype) for test in _BINARY_TESTS):
-        # CSV cannot hold bytes and pyarrow has no base64 kernel, hence the Python loop.
-        encoded = [
-            None if b is None else base64.b64encode(b).decode("ascii") for b in column.to_pylist()
-        ]
-        return pa.array(encoded, type=pa.string())
-    if pa.types.is_nested(dtype):
-        dumped = [
-            None if v is None else json.dumps(v, ensure_ascii=False, default=str)
-            for v in column.to_pylist()
-        ]
-        return pa.array(dumped, type=pa.string())
-    if pa.types.is_string_view(dtype):
-        return column.cast(pa.string())
-    return column
-
-
-def _guard_formula(column: pa.Array[Any]) -> pa.Array[Any]:
-    """Prefix ``'`` to values a spreadsheet would evaluate as a formula (one kernel)."""
-    # An anchored regex with a back-reference does match-and-prefix in a single pass.
-    return pc.replace_substring_regex(column, pattern=_FORMULA_START, replacement=r"'\1")
-
-
-def _iso_utc(column: pa.Array[Any]) -> pa.Array[Any]:
-    """UTC timestamps as ISO 8601 text, ``2024-05-01T12:00:00.123Z``."""
-    # Formatting a tz-aware column costs ~0.9 s per million values (a zone lookup each);
-    # the values are UTC, so format them tz-naive (~0.1 s) and add the "T" and "Z".
-    text = column.cast(pa.timestamp("ms")).cast(pa.string())
-    return pc.replace_substring_regex(text, pattern=r"^(\S+) (\S+)$", replacement=r"\1T\2Z")
 
 
 def temp_pattern(target: Path) -> re.Pattern[str]:
@@ -339,7 +167,9 @@ class ResultWriter:
             else:
                 # The CSV column types are whatever the conversion makes of an empty batch.
                 empty = [pa.array([], type=f.type) for f in self.schema]
-                header = self._csv_batch(pa.RecordBatch.from_arrays(empty, schema=self.schema))
+                header = to_csv_batch(
+                    pa.RecordBatch.from_arrays(empty, schema=self.schema), input_schema
+                )
                 self._csv = pa_csv.CSVWriter(str(self._tmp), header.schema)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -416,7 +246,7 @@ class ResultWriter:
                     self._flush()
             else:
                 assert self._csv is not None
-                self._csv.write_batch(self._csv_batch(out))
+                self._csv.write_batch(to_csv_batch(out, self.input_schema))
         except OSError as exc:
             raise self._fail(self._os_error("writing rows", exc)) from None
         self.rows_written += out.num_rows
@@ -428,22 +258,6 @@ class ResultWriter:
         table = pa.Table.from_batches(self._buffer, schema=self.schema)
         self._buffer, self._buffer_rows, self._buffer_bytes = [], 0, 0
         self._parquet.write_table(table, row_group_size=table.num_rows)
-
-    def _csv_batch(self, out: pa.RecordBatch) -> pa.RecordBatch:
-        """Turn an output batch into CSV-ready columns (see the module docstring)."""
-        n = len(self.input_schema)
-        inputs = zip(out.columns[:n], self.input_schema, strict=True)
-        results = zip(out.columns[n:], RESULT_SCHEMA, strict=True)
-        columns = [_csv_column(c, f.type) for c, f in inputs]
-        columns += [
-            _guard_formula(c)
-            if f.name in UNTRUSTED_COLUMNS
-            else _iso_utc(c)
-            if f.type == _TS
-            else c
-            for c, f in results
-        ]
-        return pa.RecordBatch.from_arrays(columns, names=self.schema.names)
 
     def finish(
         self, metadata: Mapping[str, str] | None = None, *, expected_rows: int | None = None
@@ -558,34 +372,7 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     p = Path(path)
     if _format_for(p, None) == "parquet":
         return pq.read_table(p).to_pandas()
-    return _unguard(read_results_csv(p)).to_pandas()
-
-
-#: CSV output prefixes provider text a spreadsheet would run as a formula with "'".
-_GUARDED = r"^'([=+\-@\t\r])"
-
-
-def _unguard(table: pa.Table) -> pa.Table:
-    """Take the formula guard off the provider's text columns of a CSV output."""
-    for name in UNTRUSTED_COLUMNS:
-        if name in table.column_names:
-            index = table.column_names.index(name)
-            column = pc.replace_substring_regex(table[name], pattern=_GUARDED, replacement=r"\1")
-            table = table.set_column(index, name, column)
-    return table
-
-
-def read_results_csv(path: Path) -> pa.Table:
-    """A CSV output as an Arrow table: result columns typed, the others text."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
-    types: dict[str, pa.DataType] = {name: pa.string() for name in header}
-    types.update({f.name: f.type for f in RESULT_SCHEMA})
-    options = pa_csv.ConvertOptions(
-        column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
-    )
-    parse = pa_csv.ParseOptions(newlines_in_values=True)
-    return pa_csv.read_csv(path, parse_options=parse, convert_options=options)
+    return read_results_csv(p).to_pandas()
 
 
 def run_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -26,8 +26,9 @@ import pandas as pd
 import pyarrow as pa
 
 from capbatch._exceptions import ConfigError, RowInputError, TableError
-from capbatch._io.images import INPUT_FILE_NOT_FOUND, image_hash, resolve_image
+from capbatch._io.images import INPUT_FILE_NOT_FOUND, resolve_image
 from capbatch._io.inputs import ID_COLUMN_NAMES, IMAGE_COLUMN_NAMES
+from capbatch._io.keys import image_hash
 from capbatch._io.outputs import output_format, read_results, run_metadata
 from capbatch._reports import metrics as _metrics
 from capbatch._version import __version__

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from capbatch._exceptions import CapbatchError, RowInputError, RunFailed, RunInterrupted
-from capbatch._io.images import KeyScope
-from capbatch._io.inputs import TableSource, resolve_column, task_key
-from capbatch._io.outputs import RowResult
+from capbatch._io.image_column import resolve_column
+from capbatch._io.inputs import TableSource
+from capbatch._io.keys import KeyScope, task_key
+from capbatch._io.record import RowResult
 from capbatch._providers.errors import Action, action_for_code
 from capbatch._providers.profiles import ProviderProfile
 from capbatch._run.journal import Journal, JournalEntry

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from capbatch._io.images import KeyScope
 from capbatch._io.inputs import TableSource
+from capbatch._io.keys import KeyScope
 from capbatch._run.batches import TaskKeys, plan_batch
 from capbatch._run.journal import Journal
 from capbatch._run.summary import RunSummary

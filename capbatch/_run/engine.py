@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from capbatch._exceptions import CapbatchError, RunFailed, RunInterrupted
-from capbatch._io.images import KeyScope
 from capbatch._io.inputs import TableSource
+from capbatch._io.keys import KeyScope
 from capbatch._io.outputs import MemorySink, ResultWriter, read_results
 from capbatch._providers.client import ProviderClient, TaskService
 from capbatch._providers.errors import Action, classify

@@ -15,7 +15,7 @@ import httpx
 
 from capbatch._exceptions import ConfigError
 from capbatch._io.inputs import TableSource
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._providers.client import TaskService
 from capbatch._providers.profiles import CAPSOLVER, ProviderProfile, check_base_url, get_profile
 from capbatch._providers.secrets import Secret, as_secret, load_key

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._run.tally import Tally
 
 #: What every progress display reads: the run's one tally (see ``_tally``).

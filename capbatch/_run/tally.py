@@ -13,7 +13,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._run.summary import RunSummary, percentiles
 
 #: Row codes of rows that were not sent because the spend cap was reached.

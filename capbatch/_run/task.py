@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from capbatch._exceptions import APIError, CapbatchError, RequestTimeout, RunFailed, TransportError
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._providers.client import TaskService
 from capbatch._providers.errors import Action, action_for_code, classify
 from capbatch._providers.profiles import ProviderProfile

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 import pandas as pd
 
 from capbatch._exceptions import CapbatchError, ConfigError
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._providers.profiles import PROVIDERS, ProviderProfile, get_profile
 from capbatch._providers.secrets import Secret, as_secret
 from capbatch._run.control import RunControl, RunStoppedByUser

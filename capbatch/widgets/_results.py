@@ -27,7 +27,7 @@ from PIL import Image
 from capbatch._exceptions import ConfigError, RowInputError
 from capbatch._io.images import resolve_image
 from capbatch._io.inputs import TableSource
-from capbatch._io.outputs import RESULT_SCHEMA, RowResult, output_schema, results_to_arrays
+from capbatch._io.record import RESULT_SCHEMA, RowResult, output_schema, results_to_arrays
 from capbatch._run.progress import RunCounters
 
 #: Thumbnails are scaled to fit this box (pixels), keeping the aspect ratio.

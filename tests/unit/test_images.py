@@ -1,4 +1,5 @@
-"""Tests for capbatch._io.images: one cell of the image column -> validated image bytes."""
+"""Tests for capbatch._io.images, .image_column and .keys: one cell of the image column ->
+validated image bytes, the column as a whole, and content keys."""
 
 from __future__ import annotations
 
@@ -18,18 +19,15 @@ from PIL import Image
 
 from capbatch._exceptions import RowInputError
 from capbatch._io import images as _images
-from capbatch._io.images import (
+from capbatch._io.image_column import (
     guess_image_column,
-    image_format,
-    image_hash,
     is_base64_column,
     is_image_type,
     looks_like_image_value,
     resolve_column,
-    resolve_image,
-    task_key,
-    task_key_from_hash,
 )
+from capbatch._io.images import image_format, resolve_image
+from capbatch._io.keys import image_hash, task_key, task_key_from_hash
 from capbatch._providers.profiles import ANTICAPTCHA, CAPMONSTER
 
 

@@ -23,7 +23,8 @@ from PIL import Image
 from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io import images as _images
 from capbatch._io import inputs as _inputs
-from capbatch._io.inputs import TableSource, image_hash, resolve_column, resolve_image, task_key
+from capbatch._io.image_column import resolve_column
+from capbatch._io.inputs import TableSource
 
 
 def make_png(seed: int = 0, size: tuple[int, int] = (60, 20)) -> bytes:
@@ -621,9 +622,3 @@ def test_every_error_code_with_its_row_index(
         ("INPUT_UNSUPPORTED_VALUE", 7),
         ("INPUT_NULL", 8),
     ]
-
-
-def test_image_helpers_are_reexported() -> None:
-    # The runner and the dry run import them from _inputs.
-    assert resolve_column is _images.resolve_column and resolve_image is _images.resolve_image
-    assert task_key is _images.task_key and image_hash is _images.image_hash

@@ -1,4 +1,4 @@
-"""Tests for capbatch._io.outputs: result columns, incremental writing, atomic finish."""
+"""Tests for capbatch._io.outputs and .record: result columns, writing, atomic finish."""
 
 from __future__ import annotations
 
@@ -15,17 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from capbatch._exceptions import ConfigError, OutputError
-from capbatch._io.outputs import (
+from capbatch._io.outputs import ResultWriter, count_rows, read_results, run_metadata, temp_pattern
+from capbatch._io.record import (
     RESULT_COLUMNS,
     RESULT_SCHEMA,
-    ResultWriter,
     RowResult,
-    count_rows,
     output_schema,
-    read_results,
     results_to_arrays,
-    run_metadata,
-    temp_pattern,
 )
 
 T0 = 1_714_564_800.123  # 2024-05-01T12:00:00.123Z
@@ -547,7 +543,7 @@ def test_csv_read_back_handles_rows_longer_than_a_read_block(tmp_path: Path) -> 
 def test_the_result_columns_are_derived_from_the_one_record() -> None:
     import dataclasses
 
-    from capbatch._io.outputs import RESULT_SCHEMA, results_to_arrays
+    from capbatch._io.record import RESULT_SCHEMA, results_to_arrays
 
     record = dataclasses.fields(RowResult)
     # One definition: the schema is the record's fields, in order, with their types.

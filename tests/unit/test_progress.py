@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._run.progress import CallbackProgress, RunCounters, TqdmProgress
 
 SOLVED = RowResult(status="solved", answer="a", cost_usd=0.5)

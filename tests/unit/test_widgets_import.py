@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from capbatch import ConfigError
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._run.progress import RunCounters
 from capbatch.widgets._results import (
     Card,
@@ -83,7 +83,7 @@ def test_progress_in_a_notebook_without_ipywidgets_falls_back_to_a_text_bar() ->
         + FAKE_NOTEBOOK
         + """
 import io, warnings
-from capbatch._io.outputs import RowResult
+from capbatch._io.record import RowResult
 from capbatch._run.progress import RunCounters, TqdmProgress
 with warnings.catch_warnings(record=True):
     warnings.simplefilter("always")
