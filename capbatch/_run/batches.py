@@ -1,6 +1,6 @@
 """The run loop: stream batches in, solve their rows, write batches out in order.
 
-Rows flow ``TableSource`` → (resolve images off the event loop) → journal look-up →
+Rows flow ``TableSource`` → (``plan_batch``, off the event loop) → journal look-up →
 either an answer already paid for, a wait on an identical image already in flight,
 or a new ``Job`` for the ``TaskSolver`` → ``RowResult`` → the batch's slot. A batch is
 written as soon as all its rows are final and every batch before it was written, so
@@ -11,35 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from capbatch._exceptions import CapbatchError, RowInputError, RunFailed, RunInterrupted
-from capbatch._io.image_column import resolve_column
+from capbatch._exceptions import CapbatchError, RunFailed, RunInterrupted
 from capbatch._io.inputs import TableSource
-from capbatch._io.keys import KeyScope, task_key
 from capbatch._io.record import RowResult
 from capbatch._providers.errors import Action, action_for_code
 from capbatch._providers.profiles import ProviderProfile
+from capbatch._run.gate import RunStopped
+from capbatch._run.job import Job
 from capbatch._run.journal import Journal, JournalEntry
+from capbatch._run.plan import BatchPlan, TaskKeys, plan_batch
 from capbatch._run.progress import Progress
-from capbatch._run.tally import SPEND_CAP_REACHED, Tally
-from capbatch._run.task import (
+from capbatch._run.results import (
     PENDING,
-    Job,
-    RunStopped,
-    SpendCapReached,
-    TaskSolver,
-    failed_for_good,
+    from_journal,
+    input_failure,
     pending_result,
-    solve_job,
+    shared_result,
     spend_cap_result,
 )
+from capbatch._run.retry import failed_for_good
+from capbatch._run.tally import SPEND_CAP_REACHED, Tally
+from capbatch._run.task import SpendCapReached, TaskSolver, solve_job
 
 #: How many first final results must agree before a systematic failure stops the run.
 SYSTEMATIC_WINDOW = 20
@@ -69,27 +68,6 @@ class _Pending:
     results: list[RowResult | None]
     missing: int
     first_row: int
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """What a batch needs: per row, a result already known or a job to run."""
-
-    row_keys: list[str]
-    keys: list[str | None]
-    errors: dict[int, RowInputError]
-    images: dict[int, bytes]
-
-
-@dataclass(frozen=True)
-class TaskKeys:
-    """What makes two rows the same paid task: the task type and parameters, who
-    answers (``KeyScope``), and whether identical images share one task (the cache)."""
-
-    task_type: str
-    task_params: Mapping[str, Any]
-    scope: KeyScope
-    cache: bool = True
 
 
 class BatchRunner:
@@ -265,7 +243,7 @@ class BatchRunner:
             row_key = plan.row_keys[i]
             if key is None:
                 error = plan.errors[i]
-                self._deliver(pending, i, _input_failure(error, self.profile.name))
+                self._deliver(pending, i, input_failure(error, self.profile.name))
                 continue
             if key in self._waiting:
                 self._waiting[key].append((pending, i, row_key))
@@ -278,7 +256,7 @@ class BatchRunner:
                 entry = self.journal.get_many([key]).get(key)
             if entry is not None and entry.done:
                 if self._keep(key, entry):
-                    self._deliver(pending, i, _from_journal(entry, row_key))
+                    self._deliver(pending, i, from_journal(entry, row_key))
                     continue
                 # It failed for a passing reason (or --retry-failed): solve it again.
                 self._retried.add(key)
@@ -330,7 +308,7 @@ class BatchRunner:
         try:
             self._deliver(pending, index, result)
             for other, j, row_key in self._waiting.pop(job.key, []):
-                self._deliver(other, j, _shared(result, row_key, job.row_key))
+                self._deliver(other, j, shared_result(result, row_key, job.row_key))
             self._check_systematic(result)
             self._flush()
         except CapbatchError as error:
@@ -400,108 +378,3 @@ class BatchRunner:
         if wrote and self._final_rows > self.rows_final_before:
             # So a resumed run's progress bar can start where this one got to.
             self.journal.set_meta(ROWS_FINAL, str(self._final_rows))
-
-
-def plan_batch(
-    batch: pa.RecordBatch,
-    first_row: int,
-    source: TableSource,
-    profile: ProviderProfile,
-    keys: TaskKeys,
-    *,
-    occurrences: dict[str, int] | None = None,
-) -> BatchPlan:
-    """Each row's image (or input error) and content key; the run and the dry run share it.
-
-    With the cache off, identical images on different rows are different tasks, so a
-    row's key also names the row: by its id when the table has an id column, and by
-    which occurrence of that image (with that id) it is: the 1st, the 2nd, ... Both
-    survive rows being reordered or inserted, so a re-run never pays again for a row
-    it answered.
-    ``occurrences`` carries the counts from batch to batch."""
-    images = resolve_column(
-        batch,
-        source.image_column,
-        base_dir=source.base_dir,
-        min_bytes=profile.min_image_bytes,
-        max_bytes=profile.max_image_bytes,
-        first_row=first_row,
-    )
-    # Row keys are positions: stable when rows are appended, and unique even when an id
-    # column has duplicates. With the cache off they name the row as said above.
-    row_keys = [str(first_row + i) for i in range(batch.num_rows)]
-    ids = (
-        batch.column(source.id_column).to_pylist()
-        if not keys.cache and source.id_column is not None
-        else None
-    )
-    seen = occurrences if occurrences is not None else {}
-    content_keys: list[str | None] = []
-    errors: dict[int, RowInputError] = {}
-    resolved: dict[int, bytes] = {}
-    for i, image in enumerate(images):
-        if isinstance(image, RowInputError):
-            errors[i] = image
-            content_keys.append(None)
-            continue
-        key = task_key(image, keys.task_type, keys.task_params, keys.scope)
-        if not keys.cache:
-            row_id = None if ids is None else ids[i]
-            # The n-th row with this image (and this id): duplicated rows stay apart.
-            seen_key = key if row_id is None else f"{key}|{row_id}"
-            seen[seen_key] = n = seen.get(seen_key, 0) + 1
-            row_keys[i] = f"n:{n}" if row_id is None else f"id:{row_id}:{n}"
-            key = f"{key}:{row_keys[i]}"
-        content_keys.append(key)
-        resolved[i] = image
-    return BatchPlan(row_keys, content_keys, errors, resolved)
-
-
-def _input_failure(error: RowInputError, provider: str) -> RowResult:
-    return RowResult(
-        status="failed",
-        error_code=error.error_code,
-        error_message=str(error),
-        provider=provider,
-    )
-
-
-def _from_journal(entry: JournalEntry, row_key: str) -> RowResult:
-    """A row answered by an earlier run (or by another row with the same image)."""
-    own = entry.owner == row_key
-    return RowResult(
-        status=entry.status or "failed",
-        answer=entry.answer,
-        solution=entry.solution,
-        error_code=entry.error_code,
-        error_message=entry.error_message,
-        task_id=entry.task_id,
-        provider=entry.provider,
-        attempts=entry.attempts if own else 0,
-        polls=entry.polls if own else 0,
-        submitted_at=entry.submitted_at if own else None,
-        finished_at=entry.finished_at if own else None,
-        latency_ms=entry.latency_ms if own else None,
-        queue_ms=entry.queue_ms if own else None,
-        cost_usd=(entry.cost or 0.0) if own else 0.0,
-        from_cache=not own,
-    )
-
-
-def _shared(result: RowResult, row_key: str, owner: str) -> RowResult:
-    """The result of an identical image solved for another row in this run."""
-    if row_key == owner:
-        return result
-    if result.error_code == SPEND_CAP_REACHED:
-        return result
-    return dataclasses.replace(
-        result,
-        attempts=0,
-        polls=0,
-        submitted_at=None,
-        finished_at=None,
-        latency_ms=None,
-        queue_ms=None,
-        cost_usd=0.0,
-        from_cache=True,
-    )

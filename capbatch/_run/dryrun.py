@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from capbatch._io.inputs import TableSource
 from capbatch._io.keys import KeyScope
-from capbatch._run.batches import TaskKeys, plan_batch
 from capbatch._run.journal import Journal
+from capbatch._run.plan import TaskKeys, plan_batch
 from capbatch._run.summary import RunSummary
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from capbatch._io.outputs import MemorySink, ResultWriter, read_results
 from capbatch._providers.client import ProviderClient, TaskService
 from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
-from capbatch._run.batches import BatchRunner, ResultSink, TaskKeys
+from capbatch._run.batches import BatchRunner, ResultSink
 from capbatch._run.journal import Journal
 from capbatch._run.limits import Clock, RateLimiter
 from capbatch._run.options import (
@@ -38,6 +38,7 @@ from capbatch._run.options import (
     resolve,
 )
 from capbatch._run.outage import OutageGate
+from capbatch._run.plan import TaskKeys
 from capbatch._run.progress import Progress
 from capbatch._run.signals import SignalStops
 from capbatch._run.spend import SpendGuard

@@ -23,9 +23,9 @@ from capbatch._run.control import RunControl
 from capbatch._run.limits import Limits
 from capbatch._run.outage import DEFAULT_MAX_OUTAGE
 from capbatch._run.progress import CallbackProgress, Progress, SilentProgress, TqdmProgress
+from capbatch._run.retry import RetryPolicy
 from capbatch._run.spend import check_money
 from capbatch._run.tally import Tally
-from capbatch._run.task import RetryPolicy
 from capbatch._run.workspace import memory_journal
 
 ProgressOption = bool | Progress | Callable[[Tally, RowResult | None], None]

@@ -14,18 +14,14 @@ import pytest
 
 from capbatch._providers.client import ProviderClient
 from capbatch._providers.profiles import ANTICAPTCHA, CAPSOLVER, ProviderProfile
+from capbatch._run.gate import RunStopped
+from capbatch._run.job import Job
 from capbatch._run.journal import Journal, JournalEntry
 from capbatch._run.limits import Limits, RateLimiter
+from capbatch._run.results import POLL_LIMIT
+from capbatch._run.retry import RetryPolicy
 from capbatch._run.spend import SpendGuard
-from capbatch._run.task import (
-    POLL_LIMIT,
-    Job,
-    RetryPolicy,
-    RunStopped,
-    SpendCapReached,
-    TaskSolver,
-    solve_job,
-)
+from capbatch._run.task import SpendCapReached, TaskSolver, solve_job
 from tests.fakes import FakeClock, SteppedClock
 
 KEY = "sk-SCHEDULER-SECRET"
