@@ -221,8 +221,8 @@ def compare(
     page = output or Path("compare.html")
     if len(results) < 2:
         raise ConfigError("compare needs two or more results files")
+    from capbatch._reports.compare import compare as make_comparison
     from capbatch._reports.metrics import fmt, shown
-    from capbatch._reports.report import compare as make_comparison
 
     cmp = make_comparison(
         *results,

@@ -42,7 +42,8 @@ from capbatch._version import __version__
 if TYPE_CHECKING:
     import jinja2
 
-    from capbatch._reports.report import Comparison, Report
+    from capbatch._reports.compare import Comparison
+    from capbatch._reports.report import Report
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 TEMPLATES = Path(__file__).with_name("templates")

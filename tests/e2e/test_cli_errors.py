@@ -116,7 +116,7 @@ FAULT_TARGET = {
     "run": "capbatch._run.engine:execute",
     "serve": "capbatch.emulator._server:serve",
     "report": "capbatch._reports.report:report",
-    "compare": "capbatch._reports.report:compare",
+    "compare": "capbatch._reports.compare:compare",
 }
 
 

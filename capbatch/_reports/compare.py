@@ -1,0 +1,207 @@
+"""Comparing runs: ``compare()`` matches the rows of two or more results tables and
+returns a ``Comparison``.
+
+Rows are matched by an id column, else by image (the image column's values, or the
+SHA-256 of the image bytes); the same metrics as a ``Report``'s are put side by side,
+over the matched rows, with the agreement between runs and the rows where they
+disagree. Each run is read and scored as its own ``Report`` first (``report``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from capbatch._exceptions import ConfigError, RowInputError, TableError
+from capbatch._io.images import image_hash
+from capbatch._io.inputs import ID_COLUMN_NAMES
+from capbatch._reports import metrics as _metrics
+from capbatch._reports.report import Report, Results, Shown, require_column
+from capbatch._reports.report import report as make_report
+from capbatch._version import __version__
+
+
+def _match_keys(reports: Sequence[Report], id_column: str | None) -> tuple[str, list[pd.Series]]:
+    """How rows are matched across runs: an id column, image values, or image hashes."""
+    frames = [r.results for r in reports]
+    column = id_column
+    if id_column is not None:
+        for r in reports:
+            require_column(r.results, id_column, "id", repr(r.name))
+    else:
+        column = next((c for c in ID_COLUMN_NAMES if all(c in f.columns for f in frames)), None)
+    if column is not None:
+        return column, [_metrics.text(f[column]) for f in frames]
+    images = [r.image_column for r in reports]
+    if None in images:
+        lacking = reports[images.index(None)].name
+        raise TableError(
+            f"cannot match rows: the tables share no id column and {lacking!r} "
+            "has no image column; name the id column"
+        )
+    first = images[0]
+    assert first is not None
+    if len(set(images)) == 1 and all(pd.api.types.is_string_dtype(f[first]) for f in frames):
+        return first, [_metrics.text(f[first]).str.strip() for f in frames]
+    return "image_sha256", [_image_hashes(r) for r in reports]
+
+
+def _image_hashes(report: Report) -> pd.Series:
+    """SHA-256 of each row's image bytes; missing where the image cannot be read."""
+    assert report.image_column is not None
+    hashes: list[str | None] = []
+    for value in report.results[report.image_column].tolist():
+        try:
+            hashes.append(image_hash(report.image(value)))
+        except RowInputError:
+            hashes.append(None)
+    return _metrics.text(pd.Series(hashes, index=report.results.index, dtype=object))
+
+
+def _names(reports: Sequence[Report], names: Sequence[str] | None, taken: set[str]) -> list[str]:
+    if names is not None:
+        if len(names) != len(reports):
+            raise ConfigError(f"{len(names)} names for {len(reports)} results tables")
+        wanted = [str(n) for n in names]
+    else:
+        wanted = [r.name for r in reports]
+        if len(set(wanted)) < len(wanted):  # same stems: try whole file names
+            wanted = [r.source.name if r.source is not None else r.name for r in reports]
+    out: list[str] = []
+    for name in wanted:
+        unique, n = name, 1
+        while unique in taken or unique in out:
+            n += 1
+            unique = f"{name} ({n})"
+        out.append(unique)
+    return out
+
+
+class Comparison(Shown):
+    """Two or more runs over the same rows, side by side (made by ``capbatch.compare``).
+
+    Rows are matched by ``key`` (an id column, the image column's values, or
+    ``image_sha256``); metrics are over the matched rows. Attributes: ``names``,
+    ``reports`` (name -> Report over its whole table), ``summary`` (one row per run),
+    ``groups`` (column -> rows per run and value), ``errors``, ``matched`` (key, label
+    and each run's answer per matched row), ``agree`` (all runs agree, per matched row),
+    ``agreement`` (its share), ``pairs`` (agreement of each pair of runs),
+    ``disagreements`` and ``notes``.
+    """
+
+    def _render(self, *, fragment: bool) -> str:
+        from capbatch._reports import html as _report_html
+
+        if fragment:
+            return _report_html.comparison_fragment(self)
+        return _report_html.comparison_page(self)
+
+    def __init__(
+        self, reports: Sequence[Report], names: Sequence[str] | None, id_column: str | None
+    ) -> None:
+        if len(reports) < 2:
+            raise ConfigError("compare needs two or more results tables")
+        self.key, keys = _match_keys(reports, id_column)
+        self.names = _names(reports, names, {self.key, "label"})
+        self.reports = dict(zip(self.names, reports, strict=True))
+        self.notes: list[str] = []
+        firsts = [self._first_of_each(n, k) for n, k in zip(self.names, keys, strict=True)]
+        common = firsts[0].index
+        for index in firsts[1:]:
+            common = common[common.isin(index.index)]
+        self.positions = {
+            n: f.loc[common].to_numpy() for n, f in zip(self.names, firsts, strict=True)
+        }
+        for name, report in self.reports.items():
+            if (unmatched := len(report.results) - len(common)) > 0:
+                self.notes.append(f"{name}: {unmatched} rows are not in every run: not compared")
+            self.notes += [f"{name}: {note}" for note in report.notes]
+        scored = {n: r.scored.iloc[self.positions[n]] for n, r in self.reports.items()}
+        self.summary = pd.concat([_metrics.aggregate(s) for s in scored.values()])
+        self.summary.index = pd.Index(self.names, name="run")
+        self.groups = {
+            column: pd.concat(
+                {n: _metrics.aggregate(s, column) for n, s in scored.items()}, names=["run"]
+            )
+            for column in reports[0].by
+            if all(column in s.columns for s in scored.values())
+        }
+        self.errors = pd.concat(
+            [_metrics.errors_by_code(s).assign(run=n) for n, s in scored.items()],
+            ignore_index=True,
+        )[["run", "error_code", "rows", "share"]]
+        first = reports[0]
+        at = self.positions[self.names[0]]
+        self.matched = pd.DataFrame(
+            {
+                self.key: keys[0].iloc[at].to_numpy(),
+                "label": first.results[first.label].iloc[at].to_numpy(),
+            }
+        )
+        for name, report in self.reports.items():
+            self.matched[name] = report.results["answer"].iloc[self.positions[name]].to_numpy()
+        self.correct = pd.DataFrame({n: s["correct"].to_numpy() for n, s in scored.items()})
+        normalised = pd.DataFrame({n: s["answer"].to_numpy() for n, s in scored.items()})
+        self.agree, self.pairs = _metrics.agreement(normalised)
+        self.agreement = float(self.agree.mean()) if len(self.agree) else math.nan
+        self.disagreements = self.matched[~self.agree.to_numpy()]
+
+    def _first_of_each(self, name: str, keys: pd.Series) -> pd.Series:
+        """Row positions indexed by key, the first row of each key value (rows without
+        a key are left out; a note says how many repeats were)."""
+        present = _metrics.flag(keys.notna())
+        index = pd.Series(np.flatnonzero(present), index=keys[present].to_numpy())
+        duplicated = index.index.duplicated()
+        if duplicated.any():
+            self.notes.append(
+                f"{name}: {int(duplicated.sum())} rows repeat a {self.key} "
+                "value; only the first of each is compared"
+            )
+        first: pd.Series = index[~duplicated]
+        return first
+
+    def __repr__(self) -> str:
+        agreement = _metrics.fmt("agreement", self.agreement)
+        runs = ", ".join(map(repr, self.names))
+        return f"<Comparison of {runs}: {len(self.matched):,} matched rows, agreement {agreement}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the comparison shows except the full row tables, JSON-ready."""
+        return {
+            "runs": self.names,
+            "key": self.key,
+            "matched_rows": len(self.matched),
+            "agreement": _metrics.jsonable(self.agreement),
+            "disagreements": len(self.disagreements),
+            "pairs": _metrics.records(self.pairs),
+            "notes": list(self.notes),
+            "summary": _metrics.records(self.summary),
+            "groups": {c: _metrics.records(f.reset_index()) for c, f in self.groups.items()},
+            "errors": _metrics.records(self.errors),
+            "capbatch_version": __version__,
+        }
+
+
+def compare(
+    *results: Results,
+    names: Sequence[str] | None = None,
+    label: str = "label",
+    by: str | Sequence[str] | None = None,
+    case_sensitive: bool = False,
+    id_column: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Comparison:
+    """Compare two or more runs over the same rows (e.g. two providers, local vs service).
+
+    Rows are matched by ``id_column``, else by an id column all tables have (``id``,
+    ``row_id``, ``uuid``, ``key``), else by the image column's values when all tables
+    share it as text, else by the SHA-256 of the image bytes. Names default to the file
+    stems. Other arguments are as for ``report``.
+    """
+    reports = [make_report(r, label, by, case_sensitive, base_dir=base_dir) for r in results]
+    return Comparison(reports, names, id_column)
