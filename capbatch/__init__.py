@@ -53,10 +53,12 @@ from capbatch._exceptions import (
 
 if _typing.TYPE_CHECKING:
     from capbatch._api import arun, run
-    from capbatch._io.outputs import RESULT_COLUMNS, RowResult, read_results, run_metadata
+    from capbatch._io.outputs import read_results, run_metadata
+    from capbatch._io.record import RESULT_COLUMNS, RowResult
     from capbatch._providers.client import ProviderClient, TaskService
+    from capbatch._providers.errors import Action, classify
     from capbatch._providers.profiles import PROVIDERS, PollSchedule, ProviderProfile, get_profile
-    from capbatch._providers.protocol import Action, TaskReply, classify
+    from capbatch._providers.protocol import TaskReply
     from capbatch._providers.secrets import Secret
     from capbatch._reports.compare import Comparison, compare
     from capbatch._reports.report import Report, report
@@ -67,15 +69,15 @@ if _typing.TYPE_CHECKING:
 
 #: Every public name not defined above -> the private module that defines it.
 _LAZY: dict[str, str] = {
-    "Action": "._providers.protocol",
+    "Action": "._providers.errors",
     "Comparison": "._reports.compare",
     "PROVIDERS": "._providers.profiles",
     "PollSchedule": "._providers.profiles",
     "ProviderClient": "._providers.client",
     "ProviderProfile": "._providers.profiles",
-    "RESULT_COLUMNS": "._io.outputs",
+    "RESULT_COLUMNS": "._io.record",
     "Report": "._reports.report",
-    "RowResult": "._io.outputs",
+    "RowResult": "._io.record",
     "RunAborted": "._run.batches",
     "RunOptions": "._run.options",
     "RunSummary": "._run.summary",
@@ -84,7 +86,7 @@ _LAZY: dict[str, str] = {
     "TaskService": "._providers.client",
     "__version__": "._version",
     "arun": "._api",
-    "classify": "._providers.protocol",
+    "classify": "._providers.errors",
     "compare": "._reports.compare",
     "get_profile": "._providers.profiles",
     "read_results": "._io.outputs",

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from capbatch._exceptions import ConfigError, RowInputError, TableError
-from capbatch._io.images import image_hash
 from capbatch._io.inputs import ID_COLUMN_NAMES
+from capbatch._io.keys import image_hash
 from capbatch._reports import metrics as _metrics
 from capbatch._reports.report import Report, Results, Shown, require_column
 from capbatch._reports.report import report as make_report
