@@ -27,11 +27,6 @@ reply (no CORS headers are sent).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -51,12 +46,17 @@ from capbatch.emulator._replies import (
     malformed_reply,
     task_reply,
 )
+from capbatch.emulator._requests import (
+    NewTask,
+    Refused,
+    check_new_task,
+    control_options,
+    json_object,
+)
 from capbatch.emulator._solvers import LabelsFileError, Solver, corrupt, make_solver, solver_key
-from capbatch.emulator._state import EmulatorState, FaultRolls, Task, to_usd
+from capbatch.emulator._state import EmulatorState, FaultRolls, Task, TaskRolls, to_usd
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
 
 
 class Emulator:
@@ -109,18 +109,6 @@ class Emulator:
                 state.leave()
 
         return endpoint
-
-    async def _body(self, request: web.Request) -> dict[str, Any] | None:
-        """The request's JSON object, or None when it is missing, not JSON or not an
-        object."""
-        raw = await request.read()
-        if not raw:
-            return None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return body if isinstance(body, dict) else None
 
     def _key_ok(self, body: Mapping[str, Any]) -> bool:
         return body.get("clientKey") == self.state.config.api_key
@@ -226,68 +214,43 @@ class Emulator:
 
     async def _create(self, request: web.Request) -> tuple[web.Response, bool]:
         """Validate and run one createTask; the reply and whether a task was made."""
-        state = self.state
-        body = await self._body(request)
+        body = await json_object(request)
         if body is None:
             return self._error(
                 400, "ERROR_INVALID_TASK_DATA", "Request body must be a JSON object"
             ), False
         if not self._key_ok(body):
             return self._denied(), False
-        task = body.get("task")
-        if not isinstance(task, dict):
-            return self._error(400, "ERROR_INVALID_TASK_DATA", "task is missing"), False
-        task_type = task.get("type")
-        if not isinstance(task_type, str) or not task_type:
-            return self._error(400, "ERROR_INVALID_TASK_DATA", "task.type is missing"), False
-        if task_type not in SUPPORTED_TASK_TYPES:
-            return self._error(
-                400, "ERROR_TASK_NOT_SUPPORTED", f"Task type {task_type[:64]} is not supported"
-            ), False
-        encoded = task.get("body")
-        if not isinstance(encoded, str) or not encoded:
-            return self._error(400, "ERROR_INVALID_TASK_DATA", "task.body is missing"), False
-        try:
-            image = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            return self._error(400, "ERROR_INVALID_IMAGE", "task.body is not base64"), False
-        digest = hashlib.sha256(image).hexdigest()
-        if not self._is_image(image, digest):
-            return self._error(400, "ERROR_INVALID_IMAGE", "task.body is not an image"), False
-        callback = body.get("callbackUrl")  # python3-capsolver sends null
-        if callback is not None and not isinstance(callback, str):
-            return self._error(
-                400, "ERROR_INVALID_TASK_DATA", "callbackUrl must be a string"
-            ), False
-        reserved = state.reserve()
+        new = check_new_task(body, self._is_image)
+        if isinstance(new, Refused):
+            return self._error(400, new.code, new.description), False
+        reserved = self.state.reserve()
         if reserved is None:
             return self._error(400, "ERROR_ZERO_BALANCE", "Insufficient account balance"), False
+        return await self._start(new, reserved)
 
+    async def _start(self, new: NewTask, reserved: int) -> tuple[web.Response, bool]:
+        """Make the task of a checked, paid-for createTask: deferred (the reply is its
+        id, the answer comes later) or solved before the reply, as its roll says."""
+        state = self.state
+        callback = new.callback
         if callback and not callback_allowed(callback, self._callback_targets):
             state.counters.callbacks_refused += 1
             callback = None
         now = time.monotonic()
         rolls = state.task_rolls()
-        cfg = state.config
-        deferred = rolls.deferred < cfg.deferred
+        deferred = rolls.deferred < state.config.deferred
         record = state.new_task(
-            digest, now, rolls, deferred=deferred, reserved=reserved, callback_url=callback or None
+            new.digest,
+            now,
+            rolls,
+            deferred=deferred,
+            reserved=reserved,
+            callback_url=callback or None,
         )
         if deferred:
-            state.store(record)
-            if self.solver.immediate:
-                answer = self.solver.answer(image, digest)
-                asyncio.get_running_loop().call_later(
-                    max(0.0, record.ready_at - now), self._resolve, record, answer
-                )
-            else:
-                self._spawn(self._resolve_later(record, image, digest))
-            mode = cfg.deferred_reply_status
-            if mode == "idle" or (mode == "mixed" and rolls.reply_status < 0.5):
-                return json_reply({**OK, "status": "idle", "taskId": record.task_id}), True
-            return json_reply({**OK, "taskId": record.task_id}), True
-
-        answer = await self._solve(image, digest)
+            return self._defer(record, new, now, rolls)
+        answer = await self._solve(new.image, new.digest)
         if rolls.sync_latency > 0:
             await asyncio.sleep(rolls.sync_latency)
         self._resolve(record, answer)
@@ -300,6 +263,24 @@ class Emulator:
         state.store(record)
         return json_reply(payload, status), True
 
+    def _defer(
+        self, record: Task, new: NewTask, now: float, rolls: TaskRolls
+    ) -> tuple[web.Response, bool]:
+        """Store a deferred task, have it resolve at its ready time, and reply with its
+        id (and ``"status":"idle"`` when the configured reply style says so)."""
+        self.state.store(record)
+        if self.solver.immediate:
+            answer = self.solver.answer(new.image, new.digest)
+            asyncio.get_running_loop().call_later(
+                max(0.0, record.ready_at - now), self._resolve, record, answer
+            )
+        else:
+            self._spawn(self._resolve_later(record, new.image, new.digest))
+        mode = self.state.config.deferred_reply_status
+        if mode == "idle" or (mode == "mixed" and rolls.reply_status < 0.5):
+            return json_reply({**OK, "status": "idle", "taskId": record.task_id}), True
+        return json_reply({**OK, "taskId": record.task_id}), True
+
     async def get_task_result(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         state.counters.polls += 1
@@ -310,7 +291,7 @@ class Emulator:
         if rolls.drop < state.config.drop_rate:
             state.count_fault("drop")
             return drop_connection(request)
-        body = await self._body(request)
+        body = await json_object(request)
         if body is None:
             return self._error(400, "ERROR_BAD_REQUEST", "Request body must be a JSON object")
         if not self._key_ok(body):
@@ -333,7 +314,7 @@ class Emulator:
     async def get_balance(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         state.counters.balance_calls += 1
-        body = await self._body(request)
+        body = await json_object(request)
         if body is None:
             return self._error(400, "ERROR_BAD_REQUEST", "Request body must be a JSON object")
         if not self._key_ok(body):
@@ -342,7 +323,7 @@ class Emulator:
 
     async def feedback_task(self, request: web.Request) -> web.StreamResponse:
         state = self.state
-        body = await self._body(request)
+        body = await json_object(request)
         if body is None:
             return self._error(400, "ERROR_BAD_REQUEST", "Request body must be a JSON object")
         if not self._key_ok(body):
@@ -365,7 +346,7 @@ class Emulator:
         return json_reply(self.state.snapshot())
 
     async def reset_stats(self, request: web.Request) -> web.StreamResponse:
-        body = await self._control_request(request)
+        body = await control_options(request, self.state.config.api_key)
         if isinstance(body, web.Response):
             return body
         if body:
@@ -374,7 +355,7 @@ class Emulator:
         return json_reply(self.state.snapshot())
 
     async def control(self, request: web.Request) -> web.StreamResponse:
-        changes = await self._control_request(request)
+        changes = await control_options(request, self.state.config.api_key)
         if isinstance(changes, web.Response):
             return changes
         try:
@@ -386,24 +367,6 @@ class Emulator:
         except ConfigError as exc:
             return json_reply({"error": str(exc)}, 400)
         return json_reply(self.public_config())
-
-    async def _control_request(self, request: web.Request) -> dict[str, Any] | web.Response:
-        """The options of a test-control request without its ``clientKey``, or the
-        refusal: 403 from a browser, 415 for a body that is not JSON, 400 for one that
-        is not a JSON object, 401 without the right key."""
-        if "Origin" in request.headers:
-            return json_reply({"error": "browser requests are not accepted here"}, 403)
-        if request.content_type != "application/json":
-            return json_reply({"error": "Content-Type must be application/json"}, 415)
-        body = await self._body(request)
-        if body is None:
-            return json_reply({"error": "body must be a JSON object"}, 400)
-        key = body.pop("clientKey", None)
-        expected = self.state.config.api_key.encode()
-        # Constant time: the key is the only thing between a client and these controls.
-        if not isinstance(key, str) or not hmac.compare_digest(key.encode(), expected):
-            return json_reply({"error": "clientKey is missing or wrong"}, 401)
-        return body
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
         """Apply option changes at run time, all or nothing: the new config is built
