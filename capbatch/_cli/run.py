@@ -76,29 +76,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)
-def run_command(
-    input_path: Path,
-    output: Path | None,
-    provider: str | None,
-    base_url: str | None,
-    api_key_file: Path | None,
-    image_column: str | None,
-    id_column: str | None,
-    task_type: str,
-    task_params: tuple[str, ...],
-    rate: float | None,
-    max_in_flight: int | None,
-    max_attempts: int,
-    max_spend: float | None,
-    price: float | None,
-    app_id: str | None,
-    journal: Path | None,
-    no_cache: bool,
-    retry_failed: bool,
-    outage_timeout: float,
-    dry_run: bool,
-    quiet: bool,
-) -> None:
+def run_command(input_path: Path, **flags: Any) -> None:
     """Solve every image in INPUT (Parquet, CSV or JSONL) and write the results.
 
     The API key comes from CAPSOLVER_API_KEY, ANTICAPTCHA_API_KEY,
@@ -116,33 +94,8 @@ def run_command(
     # The run machinery (pandas, pyarrow, aiohttp, ...) is imported here, not at start-up,
     # and before the freeze below, so that it is frozen with the rest.
     from capbatch._run import engine  # noqa: F401
-    from capbatch._run.options import RunOptions
 
-    options = RunOptions(
-        output=output,
-        provider=provider,
-        base_url=base_url,
-        api_key_file=api_key_file,
-        image_column=image_column,
-        id_column=id_column,
-        task_type=task_type,
-        task_params=_task_params(task_params),
-        rate=rate,
-        max_in_flight=max_in_flight,
-        max_attempts=max_attempts,
-        max_spend=max_spend,
-        price=price,
-        app_id=app_id,
-        journal=journal,
-        cache=not no_cache,
-        retry_failed=retry_failed,
-        outage_timeout=outage_timeout,
-        dry_run=dry_run,
-        quiet=quiet,
-        progress=not quiet,
-        notice=echo_err,
-        handle_signals=True,
-    )
+    options = _run_options(flags)
     # Everything imported so far lives as long as the process: take it out of the
     # collector's full passes (each walked ~90k objects: a 45-75 ms stall of the event
     # loop, and so of every request due meanwhile).
@@ -152,6 +105,28 @@ def run_command(
     # ``command_errors`` covers the moments before and after it, so a SIGTERM still
     # ends with one line, and every outcome but success exits with its status.
     _run_and_report(input_path, options)
+
+
+def _run_options(flags: dict[str, Any]) -> RunOptions:
+    """``RunOptions`` from the command's flags. Each flag is the option of the same
+    name except ``--task-param`` (pairs parsed here) and ``--no-cache`` (``cache``
+    inverted); ``from_kwargs`` refuses a flag that names no option, so a new flag
+    cannot be dropped silently. The CLI adds progress, notices and signal handling."""
+    from capbatch._run.options import RunOptions
+
+    flags = dict(flags)
+    task_params = _task_params(flags.pop("task_params"))
+    cache = not flags.pop("no_cache")
+    return RunOptions.from_kwargs(
+        {
+            **flags,
+            "task_params": task_params,
+            "cache": cache,
+            "progress": not flags["quiet"],
+            "notice": echo_err,
+            "handle_signals": True,
+        }
+    )
 
 
 def _run_and_report(input_path: Path, options: RunOptions) -> None:

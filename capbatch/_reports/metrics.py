@@ -141,20 +141,8 @@ def score(
     correct = exact if case_sensitive else ci
     norm_answer = answer if case_sensitive else folded_answer
     norm_truth = truth if case_sensitive else folded_truth
-
-    cer = np.full(len(frame), np.nan)
-    rows = np.flatnonzero(labelled)
-    if rows.size:
-        answers = norm_answer.iloc[rows].fillna("").tolist()
-        truths = norm_truth.iloc[rows].tolist()
-        distance = process.cpdist(answers, truths, scorer=Levenshtein.distance, workers=-1)
-        lengths = norm_truth.iloc[rows].str.len().to_numpy(dtype=float)
-        cer[rows] = distance / lengths
-
-    from_cache = flag(_column(frame, "from_cache", "boolean").astype("boolean"))
-    submitted = _seconds(_column(frame, "submitted_at", "object"))
-    finished = _seconds(_column(frame, "finished_at", "object"))
-    timed = ran & ~from_cache & ~np.isnan(submitted) & ~np.isnan(finished)
+    cer = _char_error_rate(norm_answer, norm_truth, labelled)
+    timed, submitted, finished = _timing(frame, ran)
     cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
     failed_code = code.fillna(UNKNOWN_CODE).where(flag(status.notna()) & ~solved)
 
@@ -173,8 +161,8 @@ def score(
             "cer_solved": np.where(solved, cer, np.nan),
             "latency_ms": _number(_column(frame, "latency_ms", "float64")),
             "timed": timed,
-            "t_submitted": np.where(timed, submitted, np.nan),
-            "t_finished": np.where(timed, finished, np.nan),
+            "t_submitted": submitted,
+            "t_finished": finished,
             "cost_usd": cost,
             "cost_labelled": np.where(labelled, cost, 0.0),
             "error_code": failed_code,
@@ -188,6 +176,30 @@ def score(
         if column != LABEL_LENGTH:
             scored[column] = frame[column]
     return scored
+
+
+def _char_error_rate(answers: pd.Series, truths: pd.Series, labelled: np.ndarray) -> np.ndarray:
+    """Levenshtein distance / label length for the ``labelled`` rows (a missing answer
+    as ``""``), NaN for the others: ``cer`` in the module docstring."""
+    cer = np.full(len(answers), np.nan)
+    rows = np.flatnonzero(labelled)
+    if rows.size:
+        given = answers.iloc[rows].fillna("").tolist()
+        wanted = truths.iloc[rows].tolist()
+        distance = process.cpdist(given, wanted, scorer=Levenshtein.distance, workers=-1)
+        lengths = truths.iloc[rows].str.len().to_numpy(dtype=float)
+        cer[rows] = distance / lengths
+    return cer
+
+
+def _timing(frame: pd.DataFrame, ran: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which rows' submit and finish times count (they ran, were not answered from the
+    cache and have both times), and those times in seconds (NaN for the others)."""
+    from_cache = flag(_column(frame, "from_cache", "boolean").astype("boolean"))
+    submitted = _seconds(_column(frame, "submitted_at", "object"))
+    finished = _seconds(_column(frame, "finished_at", "object"))
+    timed = ran & ~from_cache & ~np.isnan(submitted) & ~np.isnan(finished)
+    return timed, np.where(timed, submitted, np.nan), np.where(timed, finished, np.nan)
 
 
 def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:

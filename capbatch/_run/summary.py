@@ -71,40 +71,16 @@ class RunSummary:
 
     def format(self) -> str:
         """The summary as a few human-readable lines."""
-        lines = [
-            f"rows {self.rows}: {self.solved} solved, {self.failed} failed"
-            + (f", {self.pending} pending" if self.pending else "")
-            + (f", {self.from_cache} from cache" if self.from_cache else "")
-            + (f", {self.resumed} done by earlier runs" if self.resumed else ""),
-        ]
+        lines = [self._rows_line()]
         if self.failed_by_code:
             codes = ", ".join(f"{c} {n}" for c, n in sorted(self.failed_by_code.items()))
             lines.append(f"failed by code: {codes}")
-        spend = f"spend ${self.spend_usd:.4f}"
-        if self.spend_before_usd:
-            spend += (
-                f" this run + ${self.spend_before_usd:.4f} earlier = "
-                f"${self.spend_usd + self.spend_before_usd:.4f}"
-            )
-        if self.spend_cap_usd is not None:
-            spend += f" of the ${self.spend_cap_usd:.4f} cap"
-        if self.balance_before is not None and self.balance_after is not None:
-            spend += (
-                f" (balance ${self.balance_before:.4f} -> ${self.balance_after:.4f}, "
-                f"provider says ${self.balance_before - self.balance_after:.4f})"
-            )
-        lines.append(spend)
+        lines.append(self._spend_line())
         if self.latency_p50_ms is not None:
             lines.append(
                 f"latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms or 0:.0f} ms"
             )
-        lines.append(
-            f"{self.requests} requests ({self.creates} createTask, {self.polls} polls"
-            + (f"; first poll after {self.first_poll_s:.1f} s" if self.first_poll_s else "")
-            + ") "
-            f"in {self.duration_s:.1f} s: {self.achieved_rate:.1f} req/s"
-            + (f", {self.rate_limited} rate-limited" if self.rate_limited else "")
-        )
+        lines.append(self._requests_line())
         lines.append(
             f"possible double payments: {self.possible_double_payments} "
             "(requests in flight at a crash or with a lost reply, over all runs of this output)"
@@ -130,6 +106,43 @@ class RunSummary:
         if self.output:
             lines.append(f"results: {self.output}")
         return "\n".join(lines)
+
+    def _rows_line(self) -> str:
+        """How the rows ended: solved, failed, and only the other outcomes that happened."""
+        return (
+            f"rows {self.rows}: {self.solved} solved, {self.failed} failed"
+            + (f", {self.pending} pending" if self.pending else "")
+            + (f", {self.from_cache} from cache" if self.from_cache else "")
+            + (f", {self.resumed} done by earlier runs" if self.resumed else "")
+        )
+
+    def _spend_line(self) -> str:
+        """This run's spend, with earlier runs', the cap and the provider's balance
+        change when there are any."""
+        spend = f"spend ${self.spend_usd:.4f}"
+        if self.spend_before_usd:
+            spend += (
+                f" this run + ${self.spend_before_usd:.4f} earlier = "
+                f"${self.spend_usd + self.spend_before_usd:.4f}"
+            )
+        if self.spend_cap_usd is not None:
+            spend += f" of the ${self.spend_cap_usd:.4f} cap"
+        if self.balance_before is not None and self.balance_after is not None:
+            spend += (
+                f" (balance ${self.balance_before:.4f} -> ${self.balance_after:.4f}, "
+                f"provider says ${self.balance_before - self.balance_after:.4f})"
+            )
+        return spend
+
+    def _requests_line(self) -> str:
+        """Requests by kind, the learned first-poll delay, duration and rate."""
+        return (
+            f"{self.requests} requests ({self.creates} createTask, {self.polls} polls"
+            + (f"; first poll after {self.first_poll_s:.1f} s" if self.first_poll_s else "")
+            + ") "
+            f"in {self.duration_s:.1f} s: {self.achieved_rate:.1f} req/s"
+            + (f", {self.rate_limited} rate-limited" if self.rate_limited else "")
+        )
 
 
 def percentiles(values: array[float], qs: tuple[float, ...]) -> list[float | None]:

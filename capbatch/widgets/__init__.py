@@ -129,6 +129,14 @@ class RunPanel:
     # --- the form ---------------------------------------------------------------------
 
     def _build(self, options: RunOptions) -> None:
+        """Make the widgets, wire them up, and lay them out as ``widget``."""
+        self._build_form(options)
+        self._build_display()
+        self._connect()
+        self._lay_out()
+
+    def _build_form(self, options: RunOptions) -> None:
+        """The form's fields, filled from ``options``."""
         provider = options.provider or ("capsolver" if self._key or options.base_url else "local")
         self.provider = w.Dropdown(
             options=list(PROVIDERS), value=provider, description="provider", style=_WIDE
@@ -152,6 +160,9 @@ class RunPanel:
             value=format_task_params(options.task_params), description="task params",
             placeholder="module=common, case=true", style=_WIDE,
         )  # fmt: skip
+
+    def _build_display(self) -> None:
+        """The buttons and what shows the run: progress, counters, status, cards, tables."""
         self.start_button = w.Button(description="Start", button_style="primary", icon="play")
         self.pause_button = w.Button(description="Pause", icon="pause", disabled=True)
         self.stop_button = w.Button(
@@ -165,6 +176,9 @@ class RunPanel:
         self.results_output = w.Output()
         self.summary_output = w.Output()
 
+    def _connect(self) -> None:
+        """Handlers for the key field, the provider and the buttons; then the chosen
+        provider's hints and default limits are shown."""
         self.api_key.observe(self._take_key, names="value")
         self.provider.observe(self._provider_changed, names="value")
         self.start_button.on_click(lambda _button: self.start())
@@ -174,6 +188,8 @@ class RunPanel:
         self._shown_defaults: tuple[float, int] = (0.0, 0)
         self._provider_changed()
 
+    def _lay_out(self) -> None:
+        """``widget``: the form in two columns, then the buttons and the run's display."""
         form = w.HBox(
             [
                 w.VBox([self.provider, self.api_key, self.base_url, self.task_params]),
