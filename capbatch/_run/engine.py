@@ -15,9 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from capbatch._exceptions import CapbatchError, RunFailed, RunInterrupted
 from capbatch._io.inputs import TableSource
@@ -29,6 +27,7 @@ from capbatch._providers.secrets import redact
 from capbatch._run.batches import BatchRunner, ResultSink
 from capbatch._run.journal import Journal
 from capbatch._run.limits import Clock, RateLimiter
+from capbatch._run.metadata import output_metadata
 from capbatch._run.options import (
     ResolvedRun,
     RunOptions,
@@ -47,7 +46,9 @@ from capbatch._run.summary import RunSummary
 from capbatch._run.tally import Tally
 from capbatch._run.task import TaskSolver
 from capbatch._run.workspace import Workspace, memory_journal_notice
-from capbatch._version import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd  # only a results frame asked for by run()/arun() needs pandas
 
 
 @dataclass
@@ -366,7 +367,10 @@ class _Run:
         setup, summary = self.setup, self.summary
         frame = None
         if self.writer is not None:
-            self.writer.finish(_metadata(summary, setup), expected_rows=setup.table.count_rows())
+            self.writer.finish(
+                output_metadata(summary, setup.options, setup.resolved, setup.table),
+                expected_rows=setup.table.count_rows(),
+            )
             if want_frame and setup.output is not None:
                 frame = read_results(setup.output)
         elif self.memory is not None and want_frame:
@@ -419,42 +423,3 @@ def _spent_before(journal: Journal, price: float) -> float:
     states = journal.counts()
     unfinished = states.get("intent", 0) + states.get("created", 0)
     return journal.total_spent() + (journal.total_uncertain() + unfinished) * price
-
-
-def _metadata(summary: RunSummary, setup: _Setup) -> dict[str, str]:
-    """The output file's metadata: the run's settings and summary, for the report."""
-    options, resolved = setup.options, setup.resolved
-    settings = {
-        "provider": resolved.profile.name,
-        "base_url": options.base_url or resolved.profile.base_url or None,
-        "task_type": options.task_type,
-        "task_params": dict(options.task_params),
-        "rate": resolved.limits.rate,
-        "max_in_flight": resolved.limits.max_in_flight,
-        "max_attempts": resolved.limits.max_attempts,
-        "max_spend": resolved.limits.max_spend,
-        "price": resolved.price,
-        "cache": options.cache,
-        "app_id": options.app_id,
-    }
-
-    def text(value: float | None) -> str:
-        return "" if value is None else str(value)
-
-    path = setup.table.path
-    return {
-        "capbatch.version": __version__,
-        "capbatch.provider": resolved.profile.name,
-        "capbatch.task_type": options.task_type,
-        "capbatch.started_at": summary.started_at,
-        "capbatch.finished_at": summary.finished_at,
-        "capbatch.spend_usd": f"{summary.spend_usd:.6f}",
-        "capbatch.balance_before": text(summary.balance_before),
-        "capbatch.balance_after": text(summary.balance_after),
-        "capbatch.settings": json.dumps(settings, sort_keys=True, default=str),
-        "capbatch.run": summary.to_json(),
-        # "false": an interrupted run; rows with status "pending" are not finished yet.
-        "capbatch.complete": "true" if summary.complete else "false",
-        # Where relative image paths point: the report's gallery finds images with it.
-        "capbatch.input": "" if path is None else str(Path(path).resolve()),
-    }

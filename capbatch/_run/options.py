@@ -9,9 +9,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from capbatch._exceptions import ConfigError
 from capbatch._io.inputs import TableSource
@@ -27,6 +25,9 @@ from capbatch._run.retry import RetryPolicy
 from capbatch._run.spend import check_money
 from capbatch._run.tally import Tally
 from capbatch._run.workspace import memory_journal
+
+if TYPE_CHECKING:
+    import httpx
 
 ProgressOption = bool | Progress | Callable[[Tally, RowResult | None], None]
 

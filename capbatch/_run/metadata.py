@@ -1,0 +1,53 @@
+"""What a results file says about the run that wrote it (Parquet key-value metadata,
+read back by ``read_results``' callers and the report): the version, the settings, the
+summary, whether it is complete, and where relative image paths point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from capbatch._io.inputs import TableSource
+from capbatch._run.options import ResolvedRun, RunOptions
+from capbatch._run.summary import RunSummary
+from capbatch._version import __version__
+
+
+def output_metadata(
+    summary: RunSummary, options: RunOptions, resolved: ResolvedRun, table: TableSource
+) -> dict[str, str]:
+    """The output file's metadata: the run's settings and summary, for the report."""
+    settings = {
+        "provider": resolved.profile.name,
+        "base_url": options.base_url or resolved.profile.base_url or None,
+        "task_type": options.task_type,
+        "task_params": dict(options.task_params),
+        "rate": resolved.limits.rate,
+        "max_in_flight": resolved.limits.max_in_flight,
+        "max_attempts": resolved.limits.max_attempts,
+        "max_spend": resolved.limits.max_spend,
+        "price": resolved.price,
+        "cache": options.cache,
+        "app_id": options.app_id,
+    }
+
+    def text(value: float | None) -> str:
+        return "" if value is None else str(value)
+
+    path = table.path
+    return {
+        "capbatch.version": __version__,
+        "capbatch.provider": resolved.profile.name,
+        "capbatch.task_type": options.task_type,
+        "capbatch.started_at": summary.started_at,
+        "capbatch.finished_at": summary.finished_at,
+        "capbatch.spend_usd": f"{summary.spend_usd:.6f}",
+        "capbatch.balance_before": text(summary.balance_before),
+        "capbatch.balance_after": text(summary.balance_after),
+        "capbatch.settings": json.dumps(settings, sort_keys=True, default=str),
+        "capbatch.run": summary.to_json(),
+        # "false": an interrupted run; rows with status "pending" are not finished yet.
+        "capbatch.complete": "true" if summary.complete else "false",
+        # Where relative image paths point: the report's gallery finds images with it.
+        "capbatch.input": "" if path is None else str(Path(path).resolve()),
+    }
