@@ -24,15 +24,41 @@ import pyarrow.compute as pc
 _TS = pa.timestamp("ms", tz="UTC")
 
 #: "pending": an interrupted run did not finish the row; the same command resumes it.
-_STATUSES = frozenset({"solved", "failed", "pending"})
+STATUSES = frozenset({"solved", "failed", "pending"})
+
+
+#: How the journal merges a task's final write with what it already holds for the task:
+#: "set" replaces, "add" adds (money, polls), "keep" keeps the first value, "newer" takes
+#: the new value when there is one, "none" leaves the column to the journal's own
+#: bookkeeping (attempts, counted as each createTask is journaled).
+JOURNAL_MERGES = frozenset({"set", "add", "keep", "newer", "none"})
 
 
 def _column(
-    arrow: pa.DataType, *, nullable: bool = True, encode: Callable[[Any], Any] | None = None
+    arrow: pa.DataType,
+    *,
+    nullable: bool = True,
+    encode: Callable[[Any], Any] | None = None,
+    journal: str | None = "set",
+    journal_name: str | None = None,
+    payer_only: bool = False,
 ) -> dict[str, Any]:
-    """A result column's definition, kept on its ``RowResult`` field: the Arrow type, and
-    how a value is turned into one the Arrow type holds."""
-    return {"arrow": arrow, "nullable": nullable, "encode": encode}
+    """A result column's definition, kept on its ``RowResult`` field: the Arrow type; how
+    a value is turned into one the Arrow type holds; how the journal keeps it
+    (``journal``: a merge rule of ``JOURNAL_MERGES``, or None for a column the journal
+    does not keep; ``journal_name`` if its journal column is named otherwise); and
+    ``payer_only``: the value belongs to the row that paid for the task, and a row that
+    reuses the answer (an identical image, a cached answer) shows the default instead."""
+    if journal is not None and journal not in JOURNAL_MERGES:
+        raise ValueError(f"journal merge must be one of {sorted(JOURNAL_MERGES)}")
+    return {
+        "arrow": arrow,
+        "nullable": nullable,
+        "encode": encode,
+        "journal": journal,
+        "journal_name": journal_name,
+        "payer_only": payer_only,
+    }
 
 
 # One encoder made once: json.dumps with options builds a new encoder on every call, about
@@ -45,8 +71,8 @@ _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), defau
 class RowResult:
     """The outcome of one input row, one value per result column: THE definition of the
     result columns. ``RESULT_SCHEMA`` and ``results_to_arrays`` are derived from these
-    fields and their metadata, so a new column is one field here (plus, if a resumed row
-    must show it, its place in the journal).
+    fields and their metadata, and so are the journal's columns and its final write
+    (``JOURNAL_COLUMNS``): a new column is one field here.
 
     Times are unix seconds (``time.time()``); they are stored as UTC millisecond
     timestamps. ``solution`` is the provider's whole solution object, kept as JSON text.
@@ -59,23 +85,45 @@ class RowResult:
     )
     error_code: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
     error_message: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    task_id: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    provider: str | None = dataclasses.field(default=None, metadata=_column(pa.string()))
-    attempts: int = dataclasses.field(default=0, metadata=_column(pa.int32(), nullable=False))
-    polls: int = dataclasses.field(default=0, metadata=_column(pa.int32(), nullable=False))
-    submitted_at: float | None = dataclasses.field(default=None, metadata=_column(_TS))
-    finished_at: float | None = dataclasses.field(default=None, metadata=_column(_TS))
-    latency_ms: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
-    queue_ms: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
-    cost_usd: float = dataclasses.field(default=0.0, metadata=_column(pa.float64(), nullable=False))
+    task_id: str | None = dataclasses.field(
+        default=None, metadata=_column(pa.string(), journal="newer")
+    )
+    provider: str | None = dataclasses.field(
+        default=None, metadata=_column(pa.string(), journal="keep")
+    )
+    attempts: int = dataclasses.field(
+        default=0, metadata=_column(pa.int32(), nullable=False, journal="none", payer_only=True)
+    )
+    polls: int = dataclasses.field(
+        default=0, metadata=_column(pa.int32(), nullable=False, journal="add", payer_only=True)
+    )
+    submitted_at: float | None = dataclasses.field(
+        default=None, metadata=_column(_TS, journal="keep", payer_only=True)
+    )
+    finished_at: float | None = dataclasses.field(
+        default=None, metadata=_column(_TS, payer_only=True)
+    )
+    latency_ms: float | None = dataclasses.field(
+        default=None, metadata=_column(pa.float64(), payer_only=True)
+    )
+    queue_ms: float | None = dataclasses.field(
+        default=None, metadata=_column(pa.float64(), payer_only=True)
+    )
+    cost_usd: float = dataclasses.field(
+        default=0.0,
+        metadata=_column(
+            pa.float64(), nullable=False, journal="add", journal_name="cost", payer_only=True
+        ),
+    )
+    #: Not journaled: a row's answer is from the cache when another row paid for it.
     from_cache: bool = dataclasses.field(
-        default=False, metadata=_column(pa.bool_(), nullable=False)
+        default=False, metadata=_column(pa.bool_(), nullable=False, journal=None)
     )
 
     def __post_init__(self) -> None:
         # Fail where the bad value is made, not thousands of rows later in the writer.
-        if self.status not in _STATUSES:
-            raise ValueError(f"status must be one of {sorted(_STATUSES)}, not {self.status!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {sorted(STATUSES)}, not {self.status!r}")
 
 
 RESULT_SCHEMA: pa.Schema = pa.schema(
@@ -139,3 +187,51 @@ def results_to_arrays(results: Sequence[RowResult]) -> list[pa.Array[Any]]:
         _timestamps(values) if f.type == _TS else pa.array(values, type=f.type)
         for values, f in zip(columns, RESULT_SCHEMA, strict=True)
     ]
+
+
+def as_reused(result: RowResult) -> RowResult:
+    """``result`` as a row that did not pay for it shows it (an identical image solved
+    for another row, or an answer from the journal): the payer-only fields at their
+    defaults, ``from_cache`` set."""
+    return dataclasses.replace(result, **_REUSED)
+
+
+_REUSED: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(RowResult) if f.metadata["payer_only"]
+} | {"from_cache": True}
+
+
+@dataclass(frozen=True)
+class JournalColumn:
+    """One result field as the journal keeps it (derived from the field's ``_column``)."""
+
+    field: str
+    name: str
+    #: Its SQLite declaration: every result column may be empty until the task is done,
+    #: except counters, which start at 0.
+    sql: str
+    merge: str
+    #: Python value -> stored value (the solution object as JSON text), if not as is.
+    encode: Callable[[Any], Any] | None
+
+
+def _sql_type(arrow: pa.DataType, nullable: bool) -> str:
+    if pa.types.is_integer(arrow):
+        return "INTEGER" if nullable else "INTEGER NOT NULL DEFAULT 0"
+    if pa.types.is_floating(arrow) or pa.types.is_timestamp(arrow):
+        return "REAL"
+    return "TEXT"
+
+
+#: The journal's result columns, in ``RowResult`` order.
+JOURNAL_COLUMNS: tuple[JournalColumn, ...] = tuple(
+    JournalColumn(
+        field=f.name,
+        name=f.metadata["journal_name"] or f.name,
+        sql=_sql_type(f.metadata["arrow"], f.metadata["nullable"]),
+        merge=f.metadata["journal"],
+        encode=f.metadata["encode"],
+    )
+    for f in dataclasses.fields(RowResult)
+    if f.metadata["journal"] is not None
+)

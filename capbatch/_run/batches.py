@@ -276,9 +276,9 @@ class BatchRunner:
 
     def _keep(self, key: str, entry: JournalEntry) -> bool:
         """Whether a final journal entry stands as the row's result (else: solve again)."""
-        if entry.status == "solved" or key in self._retried:
+        if entry.result.status == "solved" or key in self._retried:
             return True  # answered, or already given its second chance in this run
-        if not self.retry_failed and failed_for_good(entry.error_code):
+        if not self.retry_failed and failed_for_good(entry.result.error_code):
             self.kept_failed += 1
             return True
         return False

@@ -27,160 +27,100 @@ import contextlib
 import functools
 import json
 import os
-import shutil
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from capbatch._exceptions import (
-    CapbatchError,
-    ConfigError,
-    InUseError,
-    JournalDamaged,
-    JournalError,
+from capbatch._exceptions import CapbatchError, ConfigError, InUseError, JournalDamaged
+from capbatch._io.record import JOURNAL_COLUMNS, STATUSES, RowResult
+from capbatch._run.journal_errors import (
+    DAMAGED_ADVICE,
+    MAX_PROBLEMS,
+    error_kind,
+    journal_error,
+    one_line,
 )
 
 SCHEMA_VERSION = "1"
 
-_SCHEMA = """
+#: The task's own bookkeeping, beside its result columns (``record.JOURNAL_COLUMNS``).
+_BOOKKEEPING = """
+    key           TEXT PRIMARY KEY,  -- content key (plus the row key with the cache off)
+    state         TEXT NOT NULL,     -- intent | lost | created | done
+    owner         TEXT,              -- row key of the row that paid for this task
+    created_at    REAL,              -- wall time the task id was received (task TTL)
+    uncertain     INTEGER NOT NULL DEFAULT 0  -- sends whose outcome is unknown
+"""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tasks (
-    key           TEXT PRIMARY KEY,  -- content key (plus the row key with the cache off)
-    state         TEXT NOT NULL,     -- intent | lost | created | done
-    owner         TEXT,              -- row key of the row that paid for this task
-    task_id       TEXT,
-    created_at    REAL,              -- wall time the task id was received (task TTL)
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    polls         INTEGER NOT NULL DEFAULT 0,
-    uncertain     INTEGER NOT NULL DEFAULT 0,  -- sends whose outcome is unknown
-    status        TEXT,
-    answer        TEXT,
-    solution      TEXT,
-    error_code    TEXT,
-    error_message TEXT,
-    cost          REAL,
-    provider      TEXT,
-    submitted_at  REAL,
-    finished_at   REAL,
-    latency_ms    REAL,
-    queue_ms      REAL
+CREATE TABLE IF NOT EXISTS tasks ({_BOOKKEEPING},
+    {", ".join(f"{c.name} {c.sql}" for c in JOURNAL_COLUMNS)}
 );
 """
+
+_COLUMNS = ", ".join(
+    ["key", "state", "owner", "created_at", "uncertain"] + [c.name for c in JOURNAL_COLUMNS]
+)
 
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One task's row in the journal."""
+    """One task's row in the journal: its bookkeeping, and what it holds of the result
+    (``result``: status "pending" until the task is done)."""
 
     key: str
     state: str
     owner: str | None
-    task_id: str | None
     created_at: float | None
-    attempts: int
-    polls: int
     uncertain: int
-    status: str | None
-    answer: str | None
-    solution: Mapping[str, Any] | None
-    error_code: str | None
-    error_message: str | None
-    cost: float | None
-    provider: str | None
-    submitted_at: float | None
-    finished_at: float | None
-    latency_ms: float | None
-    queue_ms: float | None
+    result: RowResult
 
     @property
     def done(self) -> bool:
         return self.state == "done"
 
 
-_COLUMNS = (
-    "key, state, owner, task_id, created_at, attempts, polls, uncertain, status, answer, "
-    "solution, error_code, error_message, cost, provider, submitted_at, finished_at, "
-    "latency_ms, queue_ms"
-)
-
-
 def _entry(row: tuple[Any, ...]) -> JournalEntry:
-    values = list(row)
-    solution = values[10]
-    values[10] = json.loads(solution) if solution else None
-    return JournalEntry(*values)
+    key, state, owner, created_at, uncertain = row[:5]
+    values: dict[str, Any] = {}
+    for column, value in zip(JOURNAL_COLUMNS, row[5:], strict=True):
+        if value is None:
+            continue  # the field's default (a count of 0, no cost yet)
+        values[column.field] = json.loads(value) if column.encode is not None else value
+    status = values.get("status") or ("failed" if state == "done" else "pending")
+    values["status"] = status if status in STATUSES else "failed"
+    return JournalEntry(key, state, owner, created_at, uncertain, RowResult(**values))
 
 
-#: Integrity problems quoted in the error (the check stops after this many).
-_MAX_PROBLEMS = 5
-
-#: What to do about a damaged journal: the only safe choices, and what each costs.
-_DAMAGED_ADVICE = (
-    "answered rows cannot be told apart from unanswered ones; move it aside to start "
-    "over (this pays again for every row), or restore it from a backup"
+#: Result columns the final write sets, and how each merges with what the row holds.
+_WRITTEN = [c for c in JOURNAL_COLUMNS if c.merge != "none"]
+_MERGE_SQL = {
+    "set": "{c} = excluded.{c}",
+    "add": "{c} = COALESCE({c}, 0) + excluded.{c}",
+    "keep": "{c} = COALESCE({c}, excluded.{c})",
+    "newer": "{c} = COALESCE(excluded.{c}, {c})",
+}
+_RECORD_RESULT = (
+    f"INSERT INTO tasks (key, state, owner, {', '.join(c.name for c in _WRITTEN)}) "  # noqa: S608
+    f"VALUES (?, 'done', ?, {', '.join('?' for _ in _WRITTEN)}) "
+    "ON CONFLICT(key) DO UPDATE SET state = 'done', owner = COALESCE(owner, excluded.owner), "
+    + ", ".join(_MERGE_SQL[c.merge].format(c=c.name) for c in _WRITTEN)
 )
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _error_name(exc: sqlite3.Error) -> str:
-    # sqlite_errorname is Python 3.11+; on 3.10 the message alone tells the cases apart.
-    return str(getattr(exc, "sqlite_errorname", "") or "")
-
-
-def _kind(exc: sqlite3.Error) -> str:
-    """``damaged``, ``busy``, ``full``, ``io`` or ``other``."""
-    name, text = _error_name(exc), str(exc)
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or any(
-        words in text for words in ("malformed", "not a database")
-    ):
-        return "damaged"
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-        return "busy"
-    if name.startswith("SQLITE_FULL") or "disk is full" in text:
-        return "full"
-    if name.startswith("SQLITE_IOERR") or "I/O error" in text:
-        return "io"
-    return "other"
-
-
-def _no_space_note(path: str) -> str:
-    """``; no space left on its disk`` when that is the cause behind an I/O error."""
-    try:
-        free = shutil.disk_usage(Path(path).parent).free
-    except OSError:
-        return ""
-    # SQLite reports ENOSPC on some writes as SQLITE_FULL, on others as an I/O error.
-    return "; no space left on its disk" if free < 64 * 1024 else ""
-
-
-def journal_error(path: str, exc: sqlite3.Error) -> JournalError:
-    """The capbatch error for a SQLite failure on the journal at ``path``: one line that
-    names the path, the problem (SQLite's words, and its error name) and what to do."""
-    kind, name = _kind(exc), _error_name(exc)
-    problem = _one_line(str(exc)) or type(exc).__name__
-    if name and name not in problem:
-        problem = f"{problem}, {name}"
-    if kind == "damaged":
-        return JournalDamaged(
-            f"the journal {path} is damaged ({problem}): {_DAMAGED_ADVICE}", path=path
-        )
-    if kind in ("full", "io"):
-        what = "written" if kind == "full" else "read or written"
-        return JournalError(
-            f"the journal {path} cannot be {what}: {problem}{_no_space_note(path)}; fix that "
-            "and run the same command (every step recorded so far is kept)",
-            path=path,
-        )
-    return JournalError(f"the journal {path} failed: {problem}", path=path)
+def _add_new_columns(db: sqlite3.Connection) -> None:
+    """A journal written before a result column existed gets it (empty for its tasks), so
+    adding a field to ``RowResult`` needs no migration of its own."""
+    have = {str(row[1]) for row in db.execute("PRAGMA table_info(tasks)")}
+    for column in JOURNAL_COLUMNS:
+        if column.name not in have:
+            db.execute(f"ALTER TABLE tasks ADD COLUMN {column.name} {column.sql}")
 
 
 _P = ParamSpec("_P")
@@ -243,6 +183,7 @@ class Journal:
             if self.path != ":memory:":
                 self._check_integrity(db)  # before the first write: never build on damage
             db.executescript(_SCHEMA)
+            _add_new_columns(db)
             self._db = db
             self._check_version()
         except BaseException as exc:
@@ -265,12 +206,12 @@ class Journal:
         0.43 s and 4.1 s. A run of that many rows takes hours: the full check is cheap
         insurance on every start.
         """
-        rows = db.execute(f"PRAGMA integrity_check({_MAX_PROBLEMS})").fetchall()
+        rows = db.execute(f"PRAGMA integrity_check({MAX_PROBLEMS})").fetchall()
         problems = [str(row[0]) for row in rows]
         if problems != ["ok"]:
             raise JournalDamaged(
-                f"the journal {self.path} is damaged ({_one_line('; '.join(problems))}): "
-                f"{_DAMAGED_ADVICE}",
+                f"the journal {self.path} is damaged ({one_line('; '.join(problems))}): "
+                f"{DAMAGED_ADVICE}",
                 path=self.path,
             )
 
@@ -286,7 +227,7 @@ class Journal:
 
     def _open_error(self, exc: sqlite3.Error) -> CapbatchError:
         """Opening failed: nothing was sent yet."""
-        kind = _kind(exc)
+        kind = error_kind(exc)
         if kind == "busy":
             return InUseError(
                 f"the journal {self.path} is in use by another capbatch run; wait for it to "
@@ -295,13 +236,13 @@ class Journal:
         if kind == "damaged":
             return JournalDamaged(
                 f"the journal {self.path} is damaged or not a capbatch journal "
-                f"({_one_line(str(exc))}): {_DAMAGED_ADVICE}",
+                f"({one_line(str(exc))}): {DAMAGED_ADVICE}",
                 path=self.path,
             )
         if kind in ("full", "io"):
             return journal_error(self.path, exc)
         # The path itself is the problem (a folder, no permission): a usage error.
-        return ConfigError(f"cannot open the journal {self.path}: {_one_line(str(exc))}")
+        return ConfigError(f"cannot open the journal {self.path}: {one_line(str(exc))}")
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -374,63 +315,14 @@ class Journal:
         )
 
     @_guarded
-    def record_result(
-        self,
-        key: str,
-        *,
-        status: str,
-        answer: str | None,
-        solution: Mapping[str, Any] | None,
-        error_code: str | None,
-        error_message: str | None,
-        cost: float,
-        task_id: str | None,
-        polls: int,
-        finished_at: float,
-        latency_ms: float | None,
-        queue_ms: float | None,
-        owner: str | None = None,
-        provider: str | None = None,
-        submitted_at: float | None = None,
-    ) -> None:
-        """The final result of ``key``. Also creates the row for keys never sent."""
-        solution_text = (
-            json.dumps(solution, ensure_ascii=False, separators=(",", ":"))
-            if solution is not None
-            else None
-        )
-        self._db.execute(
-            "INSERT INTO tasks (key, state, owner, provider, submitted_at, status, answer, "
-            "solution, error_code, error_message, cost, task_id, polls, finished_at, "
-            "latency_ms, queue_ms) VALUES (?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET state = 'done', status = excluded.status, "
-            "answer = excluded.answer, solution = excluded.solution, "
-            "error_code = excluded.error_code, error_message = excluded.error_message, "
-            "cost = COALESCE(cost, 0) + excluded.cost, "
-            "task_id = COALESCE(excluded.task_id, task_id), polls = polls + excluded.polls, "
-            "finished_at = excluded.finished_at, latency_ms = excluded.latency_ms, "
-            "queue_ms = excluded.queue_ms, "
-            "owner = COALESCE(owner, excluded.owner), "
-            "provider = COALESCE(provider, excluded.provider), "
-            "submitted_at = COALESCE(submitted_at, excluded.submitted_at)",
-            (
-                key,
-                owner,
-                provider,
-                submitted_at,
-                status,
-                answer,
-                solution_text,
-                error_code,
-                error_message,
-                cost,
-                task_id,
-                polls,
-                finished_at,
-                latency_ms,
-                queue_ms,
-            ),
-        )
+    def record_result(self, key: str, result: RowResult, *, owner: str | None = None) -> None:
+        """The final result of ``key`` (its ``cost_usd`` and ``polls`` are added to what
+        the task holds). Also creates the row for keys never sent."""
+        values = []
+        for column in _WRITTEN:
+            value = getattr(result, column.field)
+            values.append(column.encode(value) if column.encode and value is not None else value)
+        self._db.execute(_RECORD_RESULT, (key, owner, *values))
 
     @_guarded
     def record_spent(self, key: str, cost: float) -> None:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from capbatch._exceptions import APIError, CapbatchError, RowInputError
-from capbatch._io.record import RowResult
+from capbatch._io.record import RowResult, as_reused
 from capbatch._providers.profiles import ProviderProfile
 from capbatch._run.job import Job, JobState
 from capbatch._run.journal import Journal, JournalEntry
@@ -69,23 +69,10 @@ def journal_result(
     journal: Journal, job: Job, result: RowResult, *, cost: float, provider: str
 ) -> None:
     """Write ``result`` as the key's final entry; ``cost`` is added to its spend."""
-    journal.record_result(
-        job.key,
-        status=result.status,
-        answer=result.answer,
-        solution=result.solution,
-        error_code=result.error_code,
-        error_message=result.error_message,
-        cost=cost,
-        task_id=result.task_id,
-        polls=result.polls,
-        finished_at=result.finished_at or time.time(),
-        latency_ms=result.latency_ms,
-        queue_ms=result.queue_ms,
-        owner=job.row_key,
-        provider=provider,
-        submitted_at=result.submitted_at,
+    final = dataclasses.replace(
+        result, cost_usd=cost, provider=provider, finished_at=result.finished_at or time.time()
     )
+    journal.record_result(job.key, final, owner=job.row_key)
 
 
 # --- from the journal, and shared between rows ----------------------------------------
@@ -93,43 +80,14 @@ def journal_result(
 
 def from_journal(entry: JournalEntry, row_key: str) -> RowResult:
     """A row answered by an earlier run (or by another row with the same image)."""
-    own = entry.owner == row_key
-    return RowResult(
-        status=entry.status or "failed",
-        answer=entry.answer,
-        solution=entry.solution,
-        error_code=entry.error_code,
-        error_message=entry.error_message,
-        task_id=entry.task_id,
-        provider=entry.provider,
-        attempts=entry.attempts if own else 0,
-        polls=entry.polls if own else 0,
-        submitted_at=entry.submitted_at if own else None,
-        finished_at=entry.finished_at if own else None,
-        latency_ms=entry.latency_ms if own else None,
-        queue_ms=entry.queue_ms if own else None,
-        cost_usd=(entry.cost or 0.0) if own else 0.0,
-        from_cache=not own,
-    )
+    return entry.result if entry.owner == row_key else as_reused(entry.result)
 
 
 def shared_result(result: RowResult, row_key: str, owner: str) -> RowResult:
     """The result of an identical image solved for another row in this run."""
-    if row_key == owner:
+    if row_key == owner or result.error_code == SPEND_CAP_REACHED:
         return result
-    if result.error_code == SPEND_CAP_REACHED:
-        return result
-    return dataclasses.replace(
-        result,
-        attempts=0,
-        polls=0,
-        submitted_at=None,
-        finished_at=None,
-        latency_ms=None,
-        queue_ms=None,
-        cost_usd=0.0,
-        from_cache=True,
-    )
+    return as_reused(result)
 
 
 # --- rows no provider answered --------------------------------------------------------

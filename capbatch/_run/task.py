@@ -152,17 +152,17 @@ class TaskSolver:
         entry = job.resumed
         if entry is None:
             return
-        state.calls = entry.attempts
-        state.submitted_at = entry.submitted_at
-        state.cost = entry.cost or 0.0
+        state.calls = entry.result.attempts
+        state.submitted_at = entry.result.submitted_at
+        state.cost = entry.result.cost_usd
         age = time.time() - (entry.created_at or 0.0)
         usable = (
             entry.state == "created"
-            and entry.task_id is not None
+            and entry.result.task_id is not None
             and age < self.profile.poll.task_ttl - self.policy.ttl_margin
         )
         if usable:
-            state.task_id = entry.task_id
+            state.task_id = entry.result.task_id
             state.created_wall = entry.created_at
             state.created_mono = self.clock.now() - age
             # Re-reserve its price: it is committed money until its outcome is known.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import math
 import os
 import random
@@ -27,7 +28,7 @@ from capbatch._io.image_column import (
     resolve_column,
 )
 from capbatch._io.images import image_format, resolve_image
-from capbatch._io.keys import image_hash, task_key, task_key_from_hash
+from capbatch._io.keys import KeyScope, image_hash, task_key, task_key_from_hash
 from capbatch._providers.profiles import ANTICAPTCHA, CAPMONSTER
 
 
@@ -421,3 +422,28 @@ def test_guess_image_column_and_types(png: bytes) -> None:
     assert guess_image_column(batch.select(["n", "label"])) is None
     assert is_image_type(pa.dictionary(pa.int8(), pa.string()))
     assert not is_image_type(pa.int64())
+
+
+def test_who_answers_is_part_of_the_key_exactly_as_journals_before_key_scope_hold_it(
+    png: bytes,
+) -> None:
+    """Journals written before ``KeyScope`` keyed tasks by parameters with ``_provider``
+    (and ``_base_url`` off the default URL) mixed in: their answers must still be found."""
+    params = {"module": "common"}
+
+    def old_key(extra: dict[str, str]) -> str:
+        canonical = json.dumps(
+            {**params, **extra}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        material = f"capbatch-task-v1\n{image_hash(png)}\nImageToTextTask\n{canonical}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    default = KeyScope("capsolver")
+    emulator = KeyScope("capsolver", "http://127.0.0.1:8080")
+    assert task_key(png, "ImageToTextTask", params, default) == old_key({"_provider": "capsolver"})
+    assert task_key(png, "ImageToTextTask", params, emulator) == old_key(
+        {"_provider": "capsolver", "_base_url": "http://127.0.0.1:8080"}
+    )
+    assert task_key(png, "ImageToTextTask", params, KeyScope("anticaptcha")) != task_key(
+        png, "ImageToTextTask", params, default
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -9,21 +10,22 @@ import re
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from capbatch._exceptions import ConfigError, InUseError, JournalDamaged, JournalError
+from capbatch._io.record import JOURNAL_COLUMNS, RowResult
 from capbatch._run.journal import Journal, JournalEntry
 
 
-def result_kwargs(**overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {
+def final(**overrides: Any) -> RowResult:
+    """A task's final result as the solver journals it."""
+    base: dict[str, Any] = {
         "status": "solved",
         "answer": "ab12",
         "solution": {"text": "ab12"},
-        "error_code": None,
-        "error_message": None,
-        "cost": 0.0004,
+        "cost_usd": 0.0004,
         "task_id": "t-1",
         "polls": 2,
         "finished_at": 2000.0,
@@ -31,7 +33,7 @@ def result_kwargs(**overrides: object) -> dict[str, object]:
         "queue_ms": 3.0,
     }
     base.update(overrides)
-    return base
+    return RowResult(**base)
 
 
 def entry_of(journal: Journal, key: str) -> JournalEntry | None:
@@ -43,15 +45,15 @@ def test_intent_created_done_lifecycle(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     journal.record_intent("k1", owner="0", provider="capsolver", submitted_at=1000.0)
     entry = entry_of(journal, "k1")
-    assert entry is not None and entry.state == "intent" and entry.attempts == 1
+    assert entry is not None and entry.state == "intent" and entry.result.attempts == 1
     journal.record_created("k1", "t-1", created_at=1000.5)
     entry = entry_of(journal, "k1")
-    assert entry is not None and entry.state == "created" and entry.task_id == "t-1"
-    journal.record_result("k1", **result_kwargs())  # type: ignore[arg-type]
+    assert entry is not None and entry.state == "created" and entry.result.task_id == "t-1"
+    journal.record_result("k1", final())
     entry = entry_of(journal, "k1")
     assert entry is not None and entry.done
-    assert entry.answer == "ab12" and entry.solution == {"text": "ab12"}
-    assert entry.owner == "0" and entry.submitted_at == 1000.0 and entry.polls == 2
+    assert entry.result.answer == "ab12" and entry.result.solution == {"text": "ab12"}
+    assert entry.owner == "0" and entry.result.submitted_at == 1000.0 and entry.result.polls == 2
     assert journal.counts() == {"done": 1}
     journal.close()
 
@@ -63,17 +65,17 @@ def test_retry_keeps_first_submit_time_and_counts_attempts(tmp_path: Path) -> No
     journal.record_intent("k", owner="3", provider="p", submitted_at=20.0)
     entry = entry_of(journal, "k")
     assert entry is not None
-    assert entry.attempts == 2 and entry.submitted_at == 10.0
-    assert entry.task_id is None and entry.state == "intent"
+    assert entry.result.attempts == 2 and entry.result.submitted_at == 10.0
+    assert entry.result.task_id is None and entry.state == "intent"
 
 
 def test_spent_money_adds_up_with_the_final_cost(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     journal.record_intent("k", owner="0", provider="p", submitted_at=1.0)
     journal.record_spent("k", 0.0007)  # a charged unsolvable attempt
-    journal.record_result("k", **result_kwargs(cost=0.0007))  # type: ignore[arg-type]
+    journal.record_result("k", final(cost_usd=0.0007))
     entry = entry_of(journal, "k")
-    assert entry is not None and entry.cost == pytest.approx(0.0014)
+    assert entry is not None and entry.result.cost_usd == pytest.approx(0.0014)
     assert journal.total_spent() == pytest.approx(0.0014)
 
 
@@ -81,12 +83,13 @@ def test_result_for_a_key_never_sent(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     journal.record_result(
         "k",
-        **result_kwargs(status="failed", answer=None, solution=None, error_code="X", cost=0.0),  # type: ignore[arg-type]
+        final(status="failed", answer=None, solution=None, error_code="X", cost_usd=0.0,
+              provider="capsolver"),
         owner="7",
-        provider="capsolver",
     )
     entry = entry_of(journal, "k")
-    assert entry is not None and entry.done and entry.owner == "7" and entry.error_code == "X"
+    assert entry is not None and entry.done and entry.owner == "7"
+    assert entry.result.error_code == "X"
 
 
 def test_get_many_and_counts(tmp_path: Path) -> None:
@@ -94,7 +97,7 @@ def test_get_many_and_counts(tmp_path: Path) -> None:
     for i in range(1200):  # more than one SQLite parameter chunk
         journal.record_intent(f"k{i}", owner=str(i), provider="p", submitted_at=1.0)
     journal.record_created("k5", "t5", created_at=2.0)
-    journal.record_result("k6", **result_kwargs())  # type: ignore[arg-type]
+    journal.record_result("k6", final())
     found = journal.get_many([f"k{i}" for i in range(1200)] + ["missing"])
     assert len(found) == 1200 and "missing" not in found
     assert found["k5"].state == "created" and found["k6"].done
@@ -137,7 +140,7 @@ def _answered_journal(path: Path, rows: int = 240) -> list[str]:
     keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)]
     for i, key in enumerate(keys):
         journal.record_intent(key, owner=str(i), provider="capsolver", submitted_at=1.0)
-        journal.record_result(key, **result_kwargs(task_id=f"t-{i}"))  # type: ignore[arg-type]
+        journal.record_result(key, final(task_id=f"t-{i}"))
     journal.close()
     return keys
 
@@ -213,13 +216,13 @@ def test_a_healthy_journal_reopens_with_its_answers(tmp_path: Path) -> None:
 def test_disk_full_is_a_journal_error_and_keeps_what_was_recorded(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     journal = Journal(path)
-    journal.record_result("first", **result_kwargs())  # type: ignore[arg-type]
+    journal.record_result("first", final())
     # SQLite's own size cap gives the very error a full disk gives: SQLITE_FULL.
     pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
     journal._db.execute(f"PRAGMA max_page_count = {pages}")
     with pytest.raises(JournalError) as caught:
         for i in range(10_000):  # bounded: the cap is hit within a few pages
-            journal.record_result(f"k{i}", **result_kwargs(error_message="x" * 500))  # type: ignore[arg-type]
+            journal.record_result(f"k{i}", final(error_message="x" * 500))
     message = str(caught.value)
     assert str(path) in message and "database or disk is full" in message
     assert caught.value.path == str(path) and not isinstance(caught.value, ConfigError)
@@ -243,7 +246,7 @@ def test_every_method_raises_journal_error_not_sqlite_error(tmp_path: Path) -> N
         ("record_intent", ("k",), {"owner": "0", "provider": "p", "submitted_at": 1.0}),
         ("record_uncertain", ("k",), {}),
         ("record_created", ("k", "t"), {"created_at": 1.0}),
-        ("record_result", ("k",), result_kwargs()),
+        ("record_result", ("k", final()), {}),
         ("record_spent", ("k", 0.1), {}),
         ("total_uncertain", (), {}),
         ("total_spent", (), {}),
@@ -274,7 +277,7 @@ def test_committed_steps_survive_kill_9(tmp_path: Path) -> None:
     proc.join(timeout=30)
     assert proc.exitcode == -signal.SIGKILL
     entry = entry_of(Journal(path), "k")
-    assert entry is not None and entry.state == "created" and entry.task_id == "task-42"
+    assert entry is not None and entry.state == "created" and entry.result.task_id == "task-42"
 
 
 def test_a_second_run_cannot_open_a_journal_in_use(
@@ -292,3 +295,70 @@ def test_a_second_run_cannot_open_a_journal_in_use(
     )
     first.close()
     Journal(path).close()  # free again once the first run is done
+
+
+# --- the journal's columns are the result record's ---------------------------------
+
+
+def every_field_set() -> RowResult:
+    """A result with every journaled field away from its default, whatever the fields
+    are: a field added to ``RowResult`` is covered without editing this test."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(RowResult):
+        kind = str(field.type)
+        if field.name == "status":
+            values[field.name] = "failed"
+        elif field.name == "solution":
+            values[field.name] = {"text": "q7", "n": [1, 2]}
+        elif kind.startswith("bool"):
+            continue  # from_cache: not journaled, said by who paid
+        elif kind.startswith("int"):
+            values[field.name] = 3
+        elif kind.startswith("float"):
+            values[field.name] = 1234.5
+        else:
+            values[field.name] = f"{field.name}-value"
+    return RowResult(**values)
+
+
+def test_a_final_result_comes_back_whole_for_the_row_that_paid(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record_intent("k", owner="0", provider="ignored", submitted_at=1.0)
+    written = every_field_set()
+    journal.record_result("k", written, owner="0")
+    entry = entry_of(journal, "k")
+    assert entry is not None and entry.done
+    # attempts is the journal's own count (one createTask journaled), not the write's.
+    assert entry.result == dataclasses.replace(
+        written, attempts=1, provider="ignored", submitted_at=1.0
+    )
+
+
+def test_the_table_has_a_column_for_every_journaled_field(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.close()
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    names = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    db.close()
+    journaled = {f.name for f in dataclasses.fields(RowResult)} - {"from_cache"}
+    assert {c.field for c in JOURNAL_COLUMNS} == journaled
+    assert {c.name for c in JOURNAL_COLUMNS} <= names
+    assert "cost" in names and "cost_usd" not in names  # the journal's older name
+
+
+def test_a_journal_from_before_a_column_existed_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    newest = JOURNAL_COLUMNS[-1]
+    journal = Journal(path)
+    journal.record_result("old", final())
+    journal.close()
+    db = sqlite3.connect(path)  # the file as an older capbatch wrote it
+    db.execute(f"ALTER TABLE tasks DROP COLUMN {newest.name}")
+    db.close()
+    journal = Journal(path)
+    entry = entry_of(journal, "old")
+    assert entry is not None and entry.done and entry.result.answer == "ab12"
+    journal.record_result("new", final())
+    entry = entry_of(journal, "new")
+    assert entry is not None
+    assert getattr(entry.result, newest.field) == getattr(final(), newest.field)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from capbatch._io.record import RowResult
 from capbatch._providers.client import ProviderClient
 from capbatch._providers.profiles import ANTICAPTCHA, CAPSOLVER, ProviderProfile
 from capbatch._run.gate import RunStopped
@@ -110,7 +111,7 @@ async def test_synchronous_answer_is_recorded_at_once() -> None:
     assert result.cost_usd == pytest.approx(PRICE)
     assert provider.count("getTaskResult") == 0
     entry = journal.get_many([JOB.key]).get(JOB.key)
-    assert entry is not None and entry.done and entry.answer == "xy9z"
+    assert entry is not None and entry.done and entry.result.answer == "xy9z"
     assert solver.spend.spent == pytest.approx(PRICE) and solver.spend.reserved == 0
 
 
@@ -209,7 +210,7 @@ async def test_unsolvable_is_retried_a_bounded_number_of_times(
     assert provider.count("createTask") == 3
     expected = 3 * PRICE if charged else 0.0
     assert result.cost_usd == pytest.approx(expected)
-    assert journal.get_many([JOB.key])[JOB.key].cost == pytest.approx(expected)
+    assert journal.get_many([JOB.key])[JOB.key].result.cost_usd == pytest.approx(expected)
 
 
 async def test_unsolvable_then_solved_on_a_new_task() -> None:
@@ -282,29 +283,23 @@ async def test_spend_cap_counts_money_in_flight() -> None:
 
 
 def entry(state: str, created_ago: float, **kw: Any) -> JournalEntry:
-    base: dict[str, Any] = {
-        "key": JOB.key,
-        "state": state,
-        "owner": "0",
+    """An unfinished task an earlier run left in the journal."""
+    result: dict[str, Any] = {
+        "status": "pending",
         "task_id": "t-old",
-        "created_at": time.time() - created_ago,
         "attempts": 1,
-        "polls": 0,
-        "uncertain": 0,
-        "status": None,
-        "answer": None,
-        "solution": None,
-        "error_code": None,
-        "error_message": None,
-        "cost": None,
         "provider": "capsolver",
         "submitted_at": time.time() - created_ago,
-        "finished_at": None,
-        "latency_ms": None,
-        "queue_ms": None,
     }
-    base.update(kw)
-    return JournalEntry(**base)
+    result.update(kw)
+    return JournalEntry(
+        key=JOB.key,
+        state=state,
+        owner="0",
+        created_at=time.time() - created_ago,
+        uncertain=0,
+        result=RowResult(**result),
+    )
 
 
 async def test_resume_polls_a_journaled_task_instead_of_creating_it_again() -> None:
