@@ -22,7 +22,7 @@ from PIL import Image
 
 from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io import images as _images
-from capbatch._io import inputs as _inputs
+from capbatch._io import readers as _readers
 from capbatch._io.image_column import resolve_column
 from capbatch._io.inputs import TableSource
 
@@ -141,7 +141,7 @@ def test_csv_quotes_newlines_unicode_and_nulls(tmp_path: Path) -> None:
 
 
 def test_csv_many_blocks_keep_one_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_inputs, "_CSV_BLOCK", 1024)
+    monkeypatch.setattr(_readers, "_CSV_BLOCK", 1024)
     # The "value" column is numeric for hundreds of rows, then text: per-block type
     # inference would change its type between blocks.
     rows = [[str(i), f"{i}.png", str(i) if i < 800 else f"text {i}"] for i in range(1000)]
@@ -154,7 +154,7 @@ def test_csv_many_blocks_keep_one_schema(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_csv_row_longer_than_a_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_inputs, "_CSV_BLOCK", 2048)
+    monkeypatch.setattr(_readers, "_CSV_BLOCK", 2048)
     big = base64.b64encode(make_png(size=(200, 80))).decode()
     assert len(big) > 4 * 2048
     rows = [[str(i), big if i == 700 else f"{i}.png"] for i in range(1000)]
@@ -181,6 +181,7 @@ def peak_memory_while_streaming(path: Path) -> tuple[int, int, int]:
     """
     script = textwrap.dedent(f"""
         import tracemalloc, pyarrow as pa
+        import pandas  # pyarrow loads it on its first list conversion: not streaming memory
         from capbatch._io.inputs import TableSource
         tracemalloc.start()
         source = TableSource({str(path)!r}, image_column="image", batch_rows=1000)
@@ -229,7 +230,7 @@ def test_parquet_reading_memory_is_bounded(tmp_path: Path) -> None:
 def test_csv_bad_row_mid_file_is_a_table_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_inputs, "_CSV_BLOCK", 1024)
+    monkeypatch.setattr(_readers, "_CSV_BLOCK", 1024)
     path = tmp_path / "t.csv"
     good = "".join(f"{i},{i}.png\n" for i in range(1000))
     path.write_text("id,image\n" + good + "x,y,z," + "A" * 500 + "\n")
@@ -287,14 +288,14 @@ def test_csv_separator_is_found_from_the_header(tmp_path: Path, sep: str) -> Non
 def test_sniff_delimiter_rules(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "t.csv"
     path.write_text(text, encoding="utf-8")
-    assert _inputs.sniff_delimiter(path) == expected
+    assert _readers.sniff_delimiter(path) == expected
 
 
 def test_sniff_delimiter_reads_a_bounded_head(tmp_path: Path) -> None:
     # The first row holds a big image: the cut-off last line is not counted against ";".
     path = tmp_path / "t.csv"
     path.write_text("id;image\n1;" + "A" * 200_000 + "\n2;b.png\n", encoding="utf-8")
-    assert _inputs.sniff_delimiter(path) == ";"
+    assert _readers.sniff_delimiter(path) == ";"
     assert TableSource(path).count_rows() == 2
 
 
