@@ -2,7 +2,8 @@
 
 Every error capbatch raises derives from ``CapbatchError``. Provider error codes and
 HTTP statuses are turned into these classes in exactly one place,
-``capbatch._providers.protocol.error_from_reply``; nothing else inspects ``errorCode`` strings.
+``capbatch._providers.errors.error_from_reply``; nothing else inspects ``errorCode``
+strings.
 
 ```
 CapbatchError
@@ -178,7 +179,7 @@ class MalformedReply(TransportError):
 
 
 class ReplyTooLarge(MalformedReply):
-    """The reply body passed the client's size cap (``_transport.MAX_REPLY_BYTES``); it
+    """The reply body passed the client's size cap (``_providers.transport.MAX_REPLY_BYTES``); it
     was dropped unread. Like every malformed reply, the request may have been acted on."""
 
     error_code = "REPLY_TOO_LARGE"
@@ -288,6 +289,6 @@ class RunInterrupted(CapbatchError):
 
 class ProviderOutage(CapbatchError):
     """The provider did not answer for longer than the run's outage bound (see
-    ``_outage``): the run stops with no row marked failed."""
+    ``_run.outage``): the run stops with no row marked failed."""
 
     error_code = "PROVIDER_OUTAGE"

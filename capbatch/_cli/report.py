@@ -2,7 +2,7 @@
 
 Each command parses its flags, makes one library call (``report`` or ``compare``), prints
 a summary table (or JSON with ``--json``) to stdout and writes the HTML page; what stops
-it becomes one clean line on stderr and an exit status through ``cli.command_errors``
+it becomes one clean line on stderr and an exit status through ``errors.command_errors``
 (2 for unreadable input, bad options or a page that cannot be written, as for every
 command). pandas, rapidfuzz and the report machinery are imported when a command runs,
 not when ``capbatch`` starts.

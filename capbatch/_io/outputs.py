@@ -151,7 +151,7 @@ class ResultWriter:
         self._buffer_rows = 0
         self._buffer_bytes = 0
         if self.path.is_dir():
-            # Caught up front by the run (_workspace); here for direct callers.
+            # Caught up front by the run (_run.workspace); here for direct callers.
             raise OutputError(f"the output {self.path} is a directory; give a file path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,16 @@
 """The HTML report: one self-contained page, plus a compact version for notebooks.
 
-The markup is in Jinja2 templates (``capbatch/templates/``, one per page and notebook view,
-with shared macros and the base layout). They are rendered with autoescaping always on and
-``StrictUndefined``, so every value a template prints is HTML-escaped, in text and in
-attributes alike, and a misspelt name fails instead of printing nothing. This module only
-prepares the data: numbers formatted, untrusted text made visible with ``shown`` (control
-characters escaped, long text cut), rows turned into ``Cell`` tuples, charts and images
-turned into ``data:`` URIs. It never builds markup, and never marks anything as safe:
-every value handed to a template is a plain ``str`` (so no ``__html__`` method of a
-user's object can bypass the escaping). Charts (``_report_charts``) and images are
-embedded as ``data:`` URIs, so the page needs no network. A strict Content-Security-Policy
-forbids scripts and remote content as defence in depth.
+The markup is in Jinja2 templates (``capbatch/_reports/templates/``, one per page and
+notebook view, with shared macros and the base layout). They are rendered with
+autoescaping always on and ``StrictUndefined``, so every value a template prints is
+HTML-escaped, in text and in attributes alike, and a misspelt name fails instead of
+printing nothing. This module only prepares the data: numbers formatted, untrusted text
+made visible with ``shown`` (control characters escaped, long text cut), rows turned
+into ``Cell`` tuples, charts and images turned into ``data:`` URIs. It never builds
+markup, and never marks anything as safe: every value handed to a template is a plain
+``str`` (so no ``__html__`` method of a user's object can bypass the escaping). Charts
+(``charts.py``) and images are embedded as ``data:`` URIs, so the page needs no network.
+A strict Content-Security-Policy forbids scripts and remote content as defence in depth.
 """
 
 from __future__ import annotations

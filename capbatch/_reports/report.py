@@ -145,7 +145,7 @@ class Shown:
 class Report(Shown):
     """Accuracy, latency and cost of one results table (made by ``capbatch.report``).
 
-    Attributes: ``summary`` (one row, ``all``, of ``_metrics.SUMMARY_COLUMNS``),
+    Attributes: ``summary`` (one row, ``all``, of ``metrics.SUMMARY_COLUMNS``),
     ``groups`` (column -> one row per value), ``errors``, ``confusions``, ``notes``,
     ``partial`` (the run stopped part-way), ``run`` (provider, settings and the run's
     own summary from the file's metadata), ``results`` (the table as read) and

@@ -7,7 +7,7 @@ before the request it guards is sent; in WAL mode a commit is a ``write()`` to t
 log, so it survives ``kill -9`` (though not a power cut: ``synchronous=NORMAL`` is the
 documented trade-off for WAL, and the worst case is one more possible double payment).
 
-Tasks are keyed by content (``_inputs.task_key``): re-running after a crash, or with
+Tasks are keyed by content (``_io.keys.task_key``): re-running after a crash, or with
 rows appended, finds answered keys and never sends them again; a key left ``created``
 is polled, not re-created, while the provider still keeps it; a key left at ``intent``
 was in flight at the crash and may have been paid: the run counts it.

@@ -246,7 +246,7 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         """No request leaves for ``seconds`` from now (temporary blocks, Retry-After),
         at most ``MAX_PAUSE``: a server's ``Retry-After: inf`` must not stop a run for
-        good (a long pause is the outage gate's business, see ``_outage``)."""
+        good (a long pause is the outage gate's business, see ``outage.py``)."""
         if math.isnan(seconds):
             seconds = 0.0
         seconds = min(max(0.0, seconds), self.MAX_PAUSE)

@@ -69,7 +69,7 @@ class RunOptions:
     handle_signals: bool = False
     #: Seconds a stopped run waits for replies to requests in flight.
     drain_timeout: float = 30.0
-    #: Seconds the provider may stay unreachable before the run stops (see ``_outage``).
+    #: Seconds the provider may stay unreachable before the run stops (see ``outage.py``).
     outage_timeout: float = DEFAULT_MAX_OUTAGE
     #: Send again rows that failed for good in earlier runs (unsolvable, refused).
     retry_failed: bool = False
@@ -159,7 +159,7 @@ def default_output(source: object) -> Path | None:
 
 def default_journal(output: Path | None, table: TableSource | None = None) -> str:
     """``<output stem>.journal.sqlite`` beside the output; without an output, a journal
-    in the user cache folder named by the table's content (``_workspace.memory_journal``)
+    in the user cache folder named by the table's content (``workspace.memory_journal``)
     so that a crashed ``run(df)`` resumes; ``:memory:`` only when no table is given."""
     if output is None:
         return ":memory:" if table is None else str(memory_journal(table))

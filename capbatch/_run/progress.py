@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from capbatch._io.record import RowResult
 from capbatch._run.tally import Tally
 
-#: What every progress display reads: the run's one tally (see ``_tally``).
+#: What every progress display reads: the run's one tally (see ``tally.py``).
 RunCounters = Tally
 
 

@@ -2,8 +2,8 @@
 
 The command parses flags into one ``EmulatorConfig`` and makes one library call,
 ``serve(config)``. Bad options, a bad labels file or a port that cannot be used become
-one clean error line and exit 2, through ``capbatch.cli.command_errors`` like every
-command. The api key is read from ``--api-key`` or ``CAPBATCH_EMULATOR_KEY`` and never
+one clean error line and exit 2, through ``capbatch._cli.errors.command_errors`` like
+every command. The api key is read from ``--api-key`` or ``CAPBATCH_EMULATOR_KEY`` and never
 printed. ``capbatch`` imports this module only when ``serve`` is used: it pulls in
 the emulator (aiohttp).
 """

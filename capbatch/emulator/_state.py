@@ -2,7 +2,7 @@
 
 Everything here runs on the server's event loop thread and never awaits, so no lock is
 needed: each method is atomic with respect to other requests. Other threads read the
-state only through ``snapshot()`` scheduled onto that loop (see ``_runner.py``).
+state only through ``snapshot()`` scheduled onto that loop (see ``_server.py``).
 
 Money is kept in integer nano-dollars so ``charged_total`` is exactly the sum of the
 prices charged, with no floating-point drift over millions of tasks.
