@@ -1,4 +1,8 @@
-"""The HTTP side of the emulator: CapSolver's endpoints, fault injection and callbacks.
+"""The HTTP side of the emulator: one provider's endpoints, fault injection, callbacks.
+
+The provider is the config's ``dialect`` (``_dialects.py``): its endpoints, ids, reply
+fields, codes, limits, retention, reports and bans are read from that one description,
+so the handlers here are the same for all four. Reports are handled in ``_feedback.py``.
 
 Per-request work is kept small because clients push thousands of requests a second at
 it: no logging, stdlib ``json``, one dict lookup per task, and image checks cached by
@@ -6,10 +10,11 @@ content hash. Every random decision is drawn from the state's seeded RNG in a fi
 number per request (see ``FaultRolls``/``TaskRolls``), so a sequential client sees the
 same run twice with the same seed.
 
-Order of checks for createTask and getTaskResult: rate limit, added latency, injected
-faults (5xx, ``ERROR_SERVICE_UNAVALIABLE``, malformed body, dropped connection), then
-the request itself. A faulted createTask creates and charges nothing, except a drop
-with ``drop_after_create``: the task is made and charged, and only the reply is lost.
+Order of checks for createTask and getTaskResult: rate limit, a ban in force, added
+latency, injected faults (5xx, the dialect's "unavailable" code, malformed body, dropped
+connection), then the request itself. A faulted createTask creates and charges nothing,
+except a drop with ``drop_after_create``: the task is made and charged, and only the
+reply is lost.
 
 The test controls ``POST /_control`` and ``POST /_reset_stats`` change the server, so
 they take the api key as ``clientKey`` in a JSON body, like the API endpoints, and
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -36,11 +42,14 @@ from aiohttp import web
 
 from capbatch._exceptions import ConfigError
 from capbatch.emulator._config import EmulatorConfig
+from capbatch.emulator._controls import add_controls
+from capbatch.emulator._dialects import Role
+from capbatch.emulator._feedback import handle_report
 from capbatch.emulator._replies import (
-    OK,
     ImageChecker,
     callback_allowed,
     drop_connection,
+    error_payload,
     html_5xx_reply,
     json_reply,
     malformed_reply,
@@ -50,23 +59,24 @@ from capbatch.emulator._requests import (
     NewTask,
     Refused,
     check_new_task,
-    control_options,
+    developer_id,
     json_object,
 )
-from capbatch.emulator._solvers import LabelsFileError, Solver, corrupt, make_solver, solver_key
+from capbatch.emulator._solvers import Solver, corrupt, make_solver, solver_key
 from capbatch.emulator._state import EmulatorState, FaultRolls, Task, TaskRolls, to_usd
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Emulator:
-    """One emulator: its state, solver, callback session and the aiohttp handlers."""
+    """One emulator: its state, dialect, solver, callback session and the handlers."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.state = EmulatorState(config)
+        self.dialect = self.state.dialect
         self.solver: Solver = make_solver(config)
         self._solver_key = solver_key(config)
-        self._is_image = ImageChecker()
+        self._image_size = ImageChecker()
         # Fixed for the server's life (``callback_allow`` cannot be changed at run time).
         self._callback_targets = config.callback_targets()
         self._session: aiohttp.ClientSession | None = None
@@ -75,46 +85,56 @@ class Emulator:
 
     # --- plumbing ---------------------------------------------------------------------
 
-    def _error(
-        self,
-        status: int,
-        code: str,
-        description: str,
-        *,
-        headers: Mapping[str, str] | None = None,
+    def error(
+        self, role: Role, description: str, *, headers: Mapping[str, str] | None = None
     ) -> web.Response:
+        """The dialect's error reply for ``role``: its code, errorId and HTTP status."""
+        code = self.dialect.code(role)
         self.state.count_error(code)
-        payload = {"errorId": 1, "errorCode": code, "errorDescription": description}
-        response = json_reply(payload, status)
+        response = json_reply(
+            error_payload(self.dialect, code, description), self.dialect.status(code)
+        )
         if headers:
             response.headers.update(headers)
         return response
 
     def api(self, handler: Handler) -> Handler:
-        """Wrap an API endpoint: request counters, in-flight peak and the rate limit."""
+        """Wrap an API endpoint: request counters, in-flight peak, the rate limit and
+        a ban in force."""
         state = self.state
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             state.enter()
             try:
                 if not state.arrive(time.monotonic()):
-                    return self._error(
-                        429,
-                        "ERROR_RATE_LIMIT",
-                        "Too many requests, slow down",
-                        headers={"Retry-After": "1"},
+                    return self.error(
+                        "rate_limit", "Too many requests, slow down", headers={"Retry-After": "1"}
                     )
+                banned = state.bans.active(state.now())
+                if banned is not None:
+                    role: Role = "banned_key" if banned == "KeyDoesntExist" else "banned"
+                    return self.error(role, f"Blocked for repeated bad requests ({banned})")
                 return await handler(request)
             finally:
                 state.leave()
 
         return endpoint
 
-    def _key_ok(self, body: Mapping[str, Any]) -> bool:
-        return body.get("clientKey") == self.state.config.api_key
+    async def authorised(
+        self, request: web.Request, bad_body: Role
+    ) -> dict[str, Any] | web.Response:
+        """The request's JSON object if it carries the api key; the error reply if not
+        (a wrong key is an offence where the dialect bans for it)."""
+        body = await json_object(request)
+        if body is None:
+            return self.error(bad_body, "Request body must be a JSON object")
+        if body.get("clientKey") != self.state.config.api_key:
+            return self._denied()
+        return body
 
     def _denied(self) -> web.Response:
-        return self._error(401, "ERROR_KEY_DENIED_ACCESS", "clientKey is missing or wrong")
+        self.state.bans.offend("KeyDoesntExist", self.state.now())
+        return self.error("bad_key", "clientKey is missing or wrong")
 
     async def _faults(self, rolls: FaultRolls) -> web.Response | None:
         """Apply latency, then the first fault whose roll fires (drop is left to the
@@ -129,9 +149,7 @@ class Emulator:
             return html_5xx_reply(status)
         if rolls.unavailable < cfg.unavailable_rate:
             self.state.count_fault("unavailable")
-            return self._error(
-                400, "ERROR_SERVICE_UNAVALIABLE", "Service is unavailable, try again later"
-            )
+            return self.error("unavailable", "Service is unavailable, try again later")
         if rolls.malformed < cfg.malformed_rate:
             self.state.count_fault("malformed")
             return malformed_reply()
@@ -141,6 +159,11 @@ class Emulator:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def reply_of(self, task: Task) -> tuple[dict[str, Any], int]:
+        """``task``'s getTaskResult reply now, in the dialect's shape."""
+        state = self.state
+        return task_reply(self.dialect, task, state.now(), state.unix_time)
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -155,11 +178,13 @@ class Emulator:
         if answer is not None and rolls.unsolvable >= cfg.unsolvable_rate:
             if rolls.error < cfg.error_rate:
                 answer = corrupt(answer, rolls.error_position, rolls.error_char)
+                task.corrupted = True
             task.answer = answer
         task.resolved = True
+        task.done_at = self.state.now()
         self.state.settle(task, solved=task.answer is not None)
         if task.callback_url is not None:
-            payload, _ = task_reply(task, 0.0)
+            payload, _ = self.reply_of(task)
             self._spawn(self._callback(task.callback_url, payload))
 
     async def _solve(self, image: bytes, digest: str) -> str | None:
@@ -174,7 +199,7 @@ class Emulator:
             # Whatever broke, the task must still resolve, or its reserved price
             # would be held for ever; the client sees it as unsolvable.
             answer = None
-        delay = task.ready_at - time.monotonic()
+        delay = task.ready_at - self.state.now()
         if delay > 0:
             await asyncio.sleep(delay)
         self._resolve(task, answer)
@@ -214,32 +239,35 @@ class Emulator:
 
     async def _create(self, request: web.Request) -> tuple[web.Response, bool]:
         """Validate and run one createTask; the reply and whether a task was made."""
-        body = await json_object(request)
-        if body is None:
-            return self._error(
-                400, "ERROR_INVALID_TASK_DATA", "Request body must be a JSON object"
-            ), False
-        if not self._key_ok(body):
-            return self._denied(), False
-        new = check_new_task(body, self._is_image)
+        body = await self.authorised(request, "bad_json")
+        if isinstance(body, web.Response):
+            return body, False
+        new = check_new_task(body, self._image_size, self.dialect)
         if isinstance(new, Refused):
-            return self._error(400, new.code, new.description), False
+            return self.error(new.role, new.description), False
         reserved = self.state.reserve()
         if reserved is None:
-            return self._error(400, "ERROR_ZERO_BALANCE", "Insufficient account balance"), False
-        return await self._start(new, reserved)
+            self.state.bans.offend("ZeroBalance", self.state.now())
+            return self.error("zero_balance", "Insufficient account balance"), False
+        sent, dev_id = developer_id(body, self.dialect)
+        if sent:
+            self.state.record_developer_id(dev_id)
+        return await self._start(new, reserved, request.remote)
 
-    async def _start(self, new: NewTask, reserved: int) -> tuple[web.Response, bool]:
+    async def _start(
+        self, new: NewTask, reserved: int, ip: str | None
+    ) -> tuple[web.Response, bool]:
         """Make the task of a checked, paid-for createTask: deferred (the reply is its
-        id, the answer comes later) or solved before the reply, as its roll says."""
+        id, the answer comes later) or solved before the reply, as the dialect and the
+        task's roll say."""
         state = self.state
         callback = new.callback
         if callback and not callback_allowed(callback, self._callback_targets):
             state.counters.callbacks_refused += 1
             callback = None
-        now = time.monotonic()
+        now = state.now()
         rolls = state.task_rolls()
-        deferred = rolls.deferred < state.config.deferred
+        deferred = rolls.deferred < state.config.deferred or not self.dialect.answers_in_create
         record = state.new_task(
             new.digest,
             now,
@@ -248,17 +276,19 @@ class Emulator:
             reserved=reserved,
             callback_url=callback or None,
         )
+        record.ip = ip
         if deferred:
             return self._defer(record, new, now, rolls)
         answer = await self._solve(new.image, new.digest)
         if rolls.sync_latency > 0:
             await asyncio.sleep(rolls.sync_latency)
         self._resolve(record, answer)
-        payload, status = task_reply(record, now)
+        payload, status = self.reply_of(record)
         if record.answer is None:
             # An unsolvable synchronous task leaves nothing to query.
-            self.state.count_error("ERROR_CAPTCHA_UNSOLVABLE")
-            del payload["status"], payload["taskId"]
+            self.state.count_error(payload["errorCode"])
+            payload.pop("status", None)
+            payload.pop("taskId", None)
             return json_reply(payload, status), False
         state.store(record)
         return json_reply(payload, status), True
@@ -267,7 +297,7 @@ class Emulator:
         self, record: Task, new: NewTask, now: float, rolls: TaskRolls
     ) -> tuple[web.Response, bool]:
         """Store a deferred task, have it resolve at its ready time, and reply with its
-        id (and ``"status":"idle"`` when the configured reply style says so)."""
+        id (CapSolver: and ``"status":"idle"`` when the configured reply style says so)."""
         self.state.store(record)
         if self.solver.immediate:
             answer = self.solver.answer(new.image, new.digest)
@@ -276,10 +306,14 @@ class Emulator:
             )
         else:
             self._spawn(self._resolve_later(record, new.image, new.digest))
+        dialect = self.dialect
+        reply = {**dialect.ok, "taskId": dialect.wire_id(record.task_id)}
         mode = self.state.config.deferred_reply_status
-        if mode == "idle" or (mode == "mixed" and rolls.reply_status < 0.5):
-            return json_reply({**OK, "status": "idle", "taskId": record.task_id}), True
-        return json_reply({**OK, "taskId": record.task_id}), True
+        if dialect.idle_status and (
+            mode == "idle" or (mode == "mixed" and rolls.reply_status < 0.5)
+        ):
+            reply = {**dialect.ok, "status": "idle", "taskId": reply["taskId"]}
+        return json_reply(reply), True
 
     async def get_task_result(self, request: web.Request) -> web.StreamResponse:
         state = self.state
@@ -291,88 +325,53 @@ class Emulator:
         if rolls.drop < state.config.drop_rate:
             state.count_fault("drop")
             return drop_connection(request)
-        body = await json_object(request)
-        if body is None:
-            return self._error(400, "ERROR_BAD_REQUEST", "Request body must be a JSON object")
-        if not self._key_ok(body):
-            return self._denied()
-        task_id = body.get("taskId")
-        now = time.monotonic()
-        task = state.lookup(task_id, now) if isinstance(task_id, str) else None
+        body = await self.authorised(request, "bad_request")
+        if isinstance(body, web.Response):
+            return body
+        now = state.now()
+        task = state.lookup(self.dialect.read_id(body.get("taskId")), now)
         if task is None:
-            return self._error(400, "ERROR_TASKID_INVALID", "Task not found or expired")
+            state.bans.offend("WrongTaskId", now)
+            return self.error("unknown_task", "Task not found or expired")
+        return self._poll(task, now)
+
+    def _poll(self, task: Task, now: float) -> web.Response:
+        """One getTaskResult of a live task: the per-task poll limit and interval where
+        the dialect has them, then the task's reply."""
+        state, dialect = self.state, self.dialect
         task.polls += 1
         state.counters.max_polls_per_task = max(state.counters.max_polls_per_task, task.polls)
-        if task.polls > state.config.max_polls:
+        if dialect.poll_limit and task.polls > state.config.max_polls:
             state.forget(task)
-            return self._error(400, "ERROR_TASKID_INVALID", "Task result queried too often")
-        payload, status = task_reply(task, now)
-        if status != 200:
+            state.bans.offend("WrongTaskId", now)
+            return self.error("task_gone", "Task result queried too often")
+        gap = dialect.min_poll_interval
+        if gap is not None and task.last_poll is not None and now - task.last_poll < gap:
+            return self.error("poll_too_soon", f"Ask for a task at most once every {gap:g} s")
+        task.last_poll = now
+        payload, status = self.reply_of(task)
+        if payload.get("errorId"):
             state.count_error(payload["errorCode"])
         return json_reply(payload, status)
 
     async def get_balance(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         state.counters.balance_calls += 1
-        body = await json_object(request)
-        if body is None:
-            return self._error(400, "ERROR_BAD_REQUEST", "Request body must be a JSON object")
-        if not self._key_ok(body):
-            return self._denied()
-        return json_reply({**OK, "balance": to_usd(state.balance), "packages": []})
-
-    async def feedback_task(self, request: web.Request) -> web.StreamResponse:
-        state = self.state
-        body = await json_object(request)
-        if body is None:
-            return self._error(400, "ERROR_BAD_REQUEST", "Request body must be a JSON object")
-        if not self._key_ok(body):
-            return self._denied()
-        task_id = body.get("taskId")
-        task = state.lookup(task_id, time.monotonic()) if isinstance(task_id, str) else None
-        if task is None:
-            return self._error(400, "ERROR_TASKID_INVALID", "Task not found or expired")
-        result = body.get("result")
-        if not isinstance(result, dict):
-            return self._error(400, "ERROR_INVALID_TASK_DATA", "result is missing")
-        state.counters.feedbacks += 1
-        if result.get("invalid"):
-            state.counters.feedbacks_invalid += 1
-        return json_reply({**OK, "message": "ok"})
-
-    # --- test controls (not rate limited, not counted) --------------------------------
-
-    async def stats(self, request: web.Request) -> web.StreamResponse:
-        return json_reply(self.state.snapshot())
-
-    async def reset_stats(self, request: web.Request) -> web.StreamResponse:
-        body = await control_options(request, self.state.config.api_key)
+        body = await self.authorised(request, "bad_request")
         if isinstance(body, web.Response):
             return body
-        if body:
-            return json_reply({"error": "/_reset_stats takes no options"}, 400)
-        self.state.reset_counters()
-        return json_reply(self.state.snapshot())
+        dialect = self.dialect
+        return json_reply({**dialect.ok, "balance": to_usd(state.balance), **dialect.balance_extra})
 
-    async def control(self, request: web.Request) -> web.StreamResponse:
-        changes = await control_options(request, self.state.config.api_key)
-        if isinstance(changes, web.Response):
-            return changes
-        try:
-            self.reconfigure(changes)
-        except LabelsFileError:
-            # The same words for a missing, unreadable, special or bad file: the reply
-            # must not tell a client which paths exist on this machine.
-            return json_reply({"error": LabelsFileError.PUBLIC_MESSAGE}, 400)
-        except ConfigError as exc:
-            return json_reply({"error": str(exc)}, 400)
-        return json_reply(self.public_config())
+    # --- test controls (their HTTP side is in ``_controls.py``) -----------------------
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
         """Apply option changes at run time, all or nothing: the new config is built
         and validated, and a new solver made (reading any labels file), before anything
         is swapped in; raises ``ConfigError`` with the server unchanged."""
         new = self.state.config.merged(changes)
+        if new.clock_offset < self.state.config.clock_offset:
+            raise ConfigError("clock_offset can only move forward")
         key = solver_key(new)
         solver = make_solver(new) if key != self._solver_key else None
         self.state.apply(new, set(changes))
@@ -410,7 +409,8 @@ STATE_KEY: web.AppKey[EmulatorState] = web.AppKey("capbatch_emulator_state", Emu
 
 
 def build_app(config: EmulatorConfig | None = None) -> web.Application:
-    """The emulator as an ``aiohttp.web.Application`` (the caller runs it)."""
+    """The emulator as an ``aiohttp.web.Application`` (the caller runs it), with the
+    endpoints of the config's dialect."""
     emulator = Emulator(config or EmulatorConfig())
     # 2 MB: room for any captcha as base64 plus JSON, and a bound on memory per request.
     app = web.Application(client_max_size=2 * 1024 * 1024)
@@ -419,10 +419,9 @@ def build_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_post("/createTask", emulator.api(emulator.create_task))
     app.router.add_post("/getTaskResult", emulator.api(emulator.get_task_result))
     app.router.add_post("/getBalance", emulator.api(emulator.get_balance))
-    app.router.add_post("/feedbackTask", emulator.api(emulator.feedback_task))
-    app.router.add_get("/_stats", emulator.stats)
-    app.router.add_post("/_control", emulator.control)
-    app.router.add_post("/_reset_stats", emulator.reset_stats)
+    for path, kind in emulator.dialect.reports.items():
+        app.router.add_post(path, emulator.api(partial(handle_report, emulator, kind=kind)))
+    add_controls(app, emulator)
     app.on_startup.append(emulator.on_startup)
     app.on_cleanup.append(emulator.on_cleanup)
     return app

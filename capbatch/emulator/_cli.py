@@ -24,6 +24,7 @@ from capbatch.emulator._config import (
     EmulatorConfig,
     is_loopback_host,
 )
+from capbatch.emulator._dialects import DIALECT_NAMES
 from capbatch.emulator._server import serve as run_server
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
@@ -88,6 +89,14 @@ def _default_solver() -> str:
     "use your own with --allow-remote [default: test-key].",
 )
 @click.option(
+    "--dialect",
+    type=click.Choice(DIALECT_NAMES),
+    default="capsolver",
+    show_default=True,
+    help="Which provider's API v2 JSON protocol to speak: endpoints, task ids, "
+    "statuses, reply fields, error codes, limits, retention, reports and bans.",
+)
+@click.option(
     "--solver",
     type=click.Choice(SOLVERS),
     default=None,
@@ -127,7 +136,8 @@ def _default_solver() -> str:
     type=RATE,
     default=0.0,
     show_default=True,
-    help="Fraction of tasks answered later via getTaskResult.",
+    help="Fraction of tasks answered later via getTaskResult (capsolver; the other "
+    "dialects answer every task there).",
 )
 @click.option(
     "--deferred-reply-status",
@@ -217,7 +227,7 @@ def _default_solver() -> str:
     type=click.IntRange(min=1),
     default=120,
     show_default=True,
-    help="getTaskResult queries allowed per task.",
+    help="getTaskResult queries allowed per task (capsolver, capmonster).",
 )
 @click.option(
     "--seed",
@@ -237,14 +247,18 @@ def _default_solver() -> str:
 )
 @command_errors()
 def serve(allow_remote: bool, solver: str | None, **options: Any) -> None:
-    """Run a CapSolver-compatible emulator (for tests, demos and benchmarks).
+    """Run an emulator of a recognition service (for tests, demos and benchmarks):
+    CapSolver's protocol by default, or Anti-Captcha's, CapMonster Cloud's or
+    2Captcha's with --dialect.
 
     Test controls: GET /_stats reads the counters (open: no key, no paths, no
     images in it). POST /_control changes options while running and POST
     /_reset_stats zeroes the counters; both need Content-Type: application/json and
     the api key in the body, e.g. {"clientKey": "KEY", "http_5xx_rate": 0}, and
-    refuse browser requests (an Origin header). A --labels file must be a regular
-    file of at most 64 MB.
+    refuse browser requests (an Origin header). {"clientKey": "KEY",
+    "clock_offset": 61} moves the emulator's clock (task lifetimes, retention,
+    report windows, bans) 61 s ahead of real time; it never moves back. A --labels
+    file must be a regular file of at most 64 MB.
     """
     if not allow_remote and not is_loopback_host(options["host"]):
         raise click.UsageError(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from capbatch._exceptions import ConfigError
+from capbatch.emulator._dialects import DIALECT_NAMES, DialectName
 
 SolverName = Literal["local", "oracle", "constant"]
 DeferredReplyStatus = Literal["idle", "none", "mixed"]
@@ -29,10 +30,10 @@ Range = tuple[float, float]
 SOLVERS: tuple[str, ...] = get_args(SolverName)
 DEFERRED_REPLY_STATUSES: tuple[str, ...] = get_args(DeferredReplyStatus)
 
-#: Options fixed for the life of a server: the socket is already bound, and the
-#: callback allow-list is the operator's boundary, which a client holding the key (with
-#: ``--allow-remote``, a remote one) must not widen.
-FIXED_FIELDS = frozenset({"host", "port", "callback_allow"})
+#: Options fixed for the life of a server: the socket is already bound, the routes are
+#: the dialect's, and the callback allow-list is the operator's boundary, which a client
+#: holding the key (with ``--allow-remote``, a remote one) must not widen.
+FIXED_FIELDS = frozenset({"host", "port", "callback_allow", "dialect"})
 
 #: Longest delay a range option may ask for (seconds): long enough for any test, short
 #: enough that a typo cannot park every request for hours.
@@ -43,6 +44,8 @@ MAX_TASK_TTL = 86_400.0
 MAX_USD = 1e9
 #: Longest ``answer``, ``api_key`` and ``labels`` path accepted.
 MAX_TEXT = 4096
+#: Furthest the emulator's clock may be moved ahead (seconds): a year.
+MAX_CLOCK_OFFSET = 366 * 86_400.0
 
 _RATE_FIELDS = (
     "deferred",
@@ -68,6 +71,8 @@ class EmulatorConfig:
     api_key: str = dataclasses.field(default="test-key", repr=False)
     #: Seed of the one RNG behind every random decision, so runs repeat.
     seed: int = 0
+    #: Which provider's protocol to speak (``_dialects.py``). Fixed while running.
+    dialect: DialectName = "capsolver"
 
     # --- solving ----------------------------------------------------------------------
     #: ``constant`` by default: deterministic and free of the ddddocr import.
@@ -99,8 +104,13 @@ class EmulatorConfig:
     latency: Range = (0.0, 0.0)
     #: Seconds after creation during which a task can be queried.
     task_ttl: float = 300.0
-    #: getTaskResult queries allowed per task; the next one finds the task gone.
+    #: getTaskResult queries allowed per task; the next one finds the task gone (in the
+    #: dialects that document such a limit: CapSolver, CapMonster).
     max_polls: int = 120
+    #: Seconds added to the emulator's clock, which task lifetimes, retention, report
+    #: windows, poll intervals and bans are measured on. A test moves time forward
+    #: with ``/_control`` instead of sleeping; it can never move back.
+    clock_offset: float = 0.0
 
     # --- limits and faults ------------------------------------------------------------
     #: Requests per second (sliding 1 s window) over the API endpoints; None = off.
@@ -151,7 +161,12 @@ class EmulatorConfig:
                     f"{name} must be a range (min, max) of seconds with "
                     f"0 <= min <= max <= {MAX_DELAY:g}"
                 )
-        for name, top in (("balance", MAX_USD), ("price", MAX_USD), ("task_ttl", MAX_TASK_TTL)):
+        for name, top in (
+            ("balance", MAX_USD),
+            ("price", MAX_USD),
+            ("task_ttl", MAX_TASK_TTL),
+            ("clock_offset", MAX_CLOCK_OFFSET),
+        ):
             value = getattr(self, name)
             if not _in_range(value, 0.0, top):
                 raise ConfigError(f"{name} must be a number in [0, {top:g}], got {value!r}")
@@ -169,6 +184,8 @@ class EmulatorConfig:
     def _validate_choices(self) -> None:
         if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}")
+        if not isinstance(self.dialect, str) or self.dialect not in DIALECT_NAMES:
+            raise ConfigError(f"dialect must be one of {', '.join(DIALECT_NAMES)}")
         if self.labels is not None and not (
             isinstance(self.labels, Path)
             or (isinstance(self.labels, str) and len(self.labels) <= MAX_TEXT)

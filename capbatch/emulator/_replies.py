@@ -1,15 +1,17 @@
 """Reply bodies and request checks of the emulator, as plain functions.
 
-Kept apart from the handlers so ``_app.py`` reads as the protocol's control flow. The
-JSON encoder is created once with compact separators: encoding is a measurable part of
-each request at thousands of requests a second.
+Kept apart from the handlers so ``_app.py`` reads as the protocol's control flow. Each
+reply's shape (the fields of a success, an error's ``errorId`` and HTTP status, what a
+getTaskResult carries) comes from the ``Dialect``. The JSON encoder is created once with
+compact separators: encoding is a measurable part of each request at thousands of
+requests a second.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,12 +19,11 @@ from aiohttp import web
 from PIL import Image
 
 from capbatch.emulator._config import is_loopback_host, normalize_host
-from capbatch.emulator._state import Task
+from capbatch.emulator._dialects import Dialect
+from capbatch.emulator._state import Task, to_usd
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-#: The three fields every CapSolver reply starts with, for a success.
-OK: Mapping[str, Any] = {"errorId": 0, "errorCode": "", "errorDescription": ""}
 
 _HTML_5XX = (
     "<html><head><title>{status} {reason}</title></head><body><center><h1>{status} "
@@ -61,29 +62,38 @@ def drop_connection(request: web.Request) -> web.Response:
     return web.Response(status=499)
 
 
-def task_reply(task: Task, now: float) -> tuple[dict[str, Any], int]:
-    """The getTaskResult reply (and HTTP status) for ``task`` at monotonic time ``now``.
+def error_payload(dialect: Dialect, code: str, description: str) -> dict[str, Any]:
+    return {"errorId": dialect.error_id(code), "errorCode": code, "errorDescription": description}
 
-    Pending tasks say ``idle`` for the first fifth of their solve time, then
-    ``processing``. An unsolvable task also says ``"status":"failed"``, which SDKs
-    (python3-capsolver) need to stop polling."""
+
+def task_reply(
+    dialect: Dialect, task: Task, now: float, unix_time: Callable[[float], int]
+) -> tuple[dict[str, Any], int]:
+    """The getTaskResult reply (and HTTP status) for ``task`` at emulator time ``now``.
+
+    Pending tasks say ``processing`` (CapSolver: ``idle`` for the first fifth of their
+    solve time first). An unsolvable task is the dialect's error reply; CapSolver's also
+    says ``"status":"failed"``, which SDKs (python3-capsolver) need to stop polling. A
+    ready one carries the dialect's extra fields (``unix_time`` turns emulator times
+    into ``createTime``/``endTime``)."""
+    echo = {"taskId": dialect.wire_id(task.task_id)} if dialect.echo_task_id else {}
     if not task.resolved:
-        status = "idle" if now < task.idle_until else "processing"
-        return {**OK, "status": status, "taskId": task.task_id}, 200
+        status = "idle" if dialect.idle_status and now < task.idle_until else "processing"
+        return {**dialect.ok, **dialect.pending_extra, "status": status, **echo}, 200
     if task.answer is None:
-        return {
-            "errorId": 1,
-            "errorCode": "ERROR_CAPTCHA_UNSOLVABLE",
-            "errorDescription": "Captcha could not be solved",
-            "status": "failed",
-            "taskId": task.task_id,
-        }, 400
-    return {
-        **OK,
-        "status": "ready",
-        "solution": {"text": task.answer},
-        "taskId": task.task_id,
-    }, 200
+        code = dialect.code("unsolvable")
+        payload = error_payload(dialect, code, "Captcha could not be solved")
+        if dialect.failed_status is not None:
+            payload["status"] = dialect.failed_status
+        return {**payload, **echo}, dialect.status(code)
+    payload = {**dialect.ok, "status": "ready", "solution": {"text": task.answer}, **echo}
+    if dialect.result_extras:
+        payload["cost"] = f"{to_usd(task.charged):.{dialect.cost_decimals}f}"
+        payload["ip"] = task.ip or ""
+        payload["createTime"] = unix_time(task.created)
+        payload["endTime"] = unix_time(task.done_at)
+        payload["solveCount"] = "1" if dialect.solve_count_as_text else 1
+    return payload, 200
 
 
 def callback_allowed(url: str, targets: frozenset[tuple[str | None, int]]) -> bool:
@@ -105,22 +115,26 @@ def callback_allowed(url: str, targets: frozenset[tuple[str | None, int]]) -> bo
 
 
 class ImageChecker:
-    """Whether bytes are an image Pillow can read, cached by content hash."""
+    """The size in pixels of bytes that are an image Pillow can read (None for any
+    other bytes), cached by content hash."""
 
     def __init__(self) -> None:
-        self._known: set[str] = set()
+        self._known: dict[str, tuple[int, int]] = {}
 
-    def __call__(self, data: bytes, digest: str) -> bool:
-        if digest in self._known:
-            return True
+    def __call__(self, data: bytes, digest: str) -> tuple[int, int] | None:
+        size = self._known.get(digest)
+        if size is not None:
+            return size
         try:
             # verify() checks the structure (and PNG chunk CRCs, so truncated files
             # fail) without decoding pixels: cheap for captcha-sized images.
             with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
                 image.verify()
         except Exception:  # Pillow raises many kinds for bad data
-            return False
+            return None
         if len(self._known) >= _IMAGE_CACHE_SIZE:
             self._known.clear()
-        self._known.add(digest)
-        return True
+        size = (int(width), int(height))
+        self._known[digest] = size
+        return size

@@ -2,8 +2,9 @@
 
 Kept apart from the handlers (``_app.py``) so they read as the protocol's control flow:
 a request body as a JSON object, a createTask's ``task`` and ``callbackUrl`` checked in
-the order CapSolver checks them, and a test-control request checked before it may change
-the server (why these checks: ``_app``'s module docstring).
+one order for every dialect (which names each failure with its own code and sets the
+image limits), its developer id read, and a test-control request checked before it may
+change the server (why these checks: ``_app``'s module docstring).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from capbatch.emulator._dialects import Dialect, Role
 from capbatch.emulator._replies import json_reply
 
 SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
@@ -37,9 +39,10 @@ class NewTask:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Why a createTask was refused: the error code and description of a 400 reply."""
+    """Why a createTask was refused: the situation (the dialect names its code) and a
+    description."""
 
-    code: str
+    role: Role
     description: str
 
 
@@ -57,32 +60,63 @@ async def json_object(request: web.Request) -> dict[str, Any] | None:
 
 
 def check_new_task(
-    body: Mapping[str, Any], is_image: Callable[[bytes, str], bool]
+    body: Mapping[str, Any],
+    image_size: Callable[[bytes, str], tuple[int, int] | None],
+    dialect: Dialect,
 ) -> NewTask | Refused:
     """The task a createTask body asks for, or the first check it fails (the key is
-    checked before, the balance after)."""
+    checked before, the balance after). ``image_size`` gives an image's pixel size, None
+    for bytes that are not an image."""
     task = body.get("task")
     if not isinstance(task, dict):
-        return Refused("ERROR_INVALID_TASK_DATA", "task is missing")
+        return Refused("no_task", "task is missing")
     task_type = task.get("type")
     if not isinstance(task_type, str) or not task_type:
-        return Refused("ERROR_INVALID_TASK_DATA", "task.type is missing")
+        return Refused("no_type", "task.type is missing")
     if task_type not in SUPPORTED_TASK_TYPES:
-        return Refused("ERROR_TASK_NOT_SUPPORTED", f"Task type {task_type[:64]} is not supported")
+        return Refused("unsupported", f"Task type {task_type[:64]} is not supported")
     encoded = task.get("body")
     if not isinstance(encoded, str) or not encoded:
-        return Refused("ERROR_INVALID_TASK_DATA", "task.body is missing")
+        return Refused("no_body", "task.body is missing")
     try:
         image = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        return Refused("ERROR_INVALID_IMAGE", "task.body is not base64")
+        return Refused("bad_image", "task.body is not base64")
+    refused = _size_refusal(len(image), dialect)
+    if refused is not None:
+        return refused
     digest = hashlib.sha256(image).hexdigest()
-    if not is_image(image, digest):
-        return Refused("ERROR_INVALID_IMAGE", "task.body is not an image")
+    size = image_size(image, digest)
+    if size is None:
+        return Refused("bad_image", "task.body is not an image")
+    side = dialect.max_image_side
+    if side is not None and max(size) > side:
+        return Refused("too_big", f"Image is larger than {side} px on a side")
     callback = body.get("callbackUrl")  # python3-capsolver sends null
     if callback is not None and not isinstance(callback, str):
-        return Refused("ERROR_INVALID_TASK_DATA", "callbackUrl must be a string")
+        return Refused("bad_field", "callbackUrl must be a string")
     return NewTask(image, digest, callback)
+
+
+def _size_refusal(size: int, dialect: Dialect) -> Refused | None:
+    low, high = dialect.min_image_bytes, dialect.max_image_bytes
+    if low is not None and size < low:
+        return Refused("too_small", f"Image is smaller than {low} bytes")
+    if high is not None and size > high:
+        return Refused("too_big", f"Image is larger than {high} bytes")
+    return None
+
+
+def developer_id(body: Mapping[str, Any], dialect: Dialect) -> tuple[bool, str | None]:
+    """Whether a createTask body carries a developer id, and the dialect's one as text
+    (None when it is absent, of the wrong JSON type, or another dialect's field)."""
+    others = {"appId", "softId"} - {dialect.developer_id}
+    value = body.get(dialect.developer_id)
+    sent = value is not None or any(body.get(name) is not None for name in others)
+    kind = dialect.developer_id_type
+    if value is None or isinstance(value, bool) or not isinstance(value, kind):
+        return sent, None
+    return True, str(value)[:64]
 
 
 async def control_options(request: web.Request, api_key: str) -> dict[str, Any] | web.Response:

@@ -5,24 +5,36 @@ needed: each method is atomic with respect to other requests. Other threads read
 state only through ``snapshot()`` scheduled onto that loop (see ``_server.py``).
 
 Money is kept in integer nano-dollars so ``charged_total`` is exactly the sum of the
-prices charged, with no floating-point drift over millions of tasks.
+prices charged less the refunds, with no floating-point drift over millions of tasks.
+
+Times are the emulator's clock, ``now()``: the monotonic clock plus the ``clock_offset``
+option, so a test moves retention, report windows and bans on without sleeping. What
+differs between providers (ids, retention, unsolvable money, bans) comes from the
+config's ``Dialect``.
 """
 
 from __future__ import annotations
 
 import random
-import uuid
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from capbatch.emulator._bans import Bans
 from capbatch.emulator._config import EmulatorConfig
+from capbatch.emulator._dialects import DIALECTS, ReportKind
 
 #: Most tasks kept for getTaskResult at once (about 400 bytes each).
 MAX_LIVE_TASKS = 1_000_000
 
 #: Money unit: 1e-9 USD.
 NANO = 1_000_000_000
+
+#: Tasks whose reports ``/_stats`` lists one by one, and reports listed per task; the
+#: totals count every report.
+MAX_REPORTED_TASKS = 10_000
+MAX_REPORTS_LISTED = 20
 
 
 def to_nano(usd: float) -> int:
@@ -63,6 +75,7 @@ class TaskRolls:
 class Task:
     """One task; kept small (a benchmark can hold hundreds of thousands for the TTL)."""
 
+    #: The id as a string (an integer's digits for the integer-id dialects).
     task_id: str
     created: float
     #: Until then getTaskResult says ``idle``, after it ``processing``.
@@ -77,6 +90,17 @@ class Task:
     #: The answer given (after any corruption); None while pending or if unsolvable.
     answer: str | None = None
     polls: int = 0
+    #: When it resolved (emulator clock), and its last accepted poll.
+    done_at: float = 0.0
+    last_poll: float | None = None
+    #: The answer given was deliberately made wrong (``error_rate``): what a provider's
+    #: moderators would confirm on a report.
+    corrupted: bool = False
+    #: Nano-dollars charged for it and not refunded.
+    charged: int = 0
+    #: The address the createTask came from (the ``ip`` of a getTaskResult reply).
+    ip: str | None = None
+    reports: int = 0
 
 
 @dataclass
@@ -98,6 +122,12 @@ class Counters:
     dropped_after_create: int = 0
     feedbacks: int = 0
     feedbacks_invalid: int = 0
+    reports: int = 0
+    reports_refused: int = 0
+    reports_by_task: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refunds: dict[str, int] = field(default_factory=dict)
+    developer_ids: dict[str, int] = field(default_factory=dict)
+    developer_id_ignored: int = 0
     callbacks_sent: int = 0
     callbacks_failed: int = 0
     callbacks_refused: int = 0
@@ -110,6 +140,11 @@ class EmulatorState:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
+        self.dialect = DIALECTS[config.dialect]
+        self.bans = Bans(self.dialect.ban)
+        # Wall-clock seconds at monotonic 0, for createTime/endTime.
+        self._epoch = time.time() - time.monotonic()
+        self._serial = 0
         self.rng = random.Random(config.seed)
         self.tasks: dict[str, Task] = {}
         # Tasks in creation order, to forget expired ones in O(1) each.
@@ -117,6 +152,7 @@ class EmulatorState:
         self.balance = to_nano(config.balance)
         self.reserved = 0
         self.charged = 0
+        self.refunded = 0
         self.counters = Counters()
         self.in_flight = 0
         # Arrival times of API requests in the last second (for max_requests_per_second)
@@ -135,6 +171,16 @@ class EmulatorState:
         self.balance = balance
         if "seed" in changed:
             self.rng.seed(config.seed)
+
+    # --- the clock --------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The emulator's clock: monotonic seconds plus ``clock_offset``."""
+        return time.monotonic() + self.config.clock_offset
+
+    def unix_time(self, at: float) -> int:
+        """Emulator-clock time ``at`` as a UNIX timestamp (``createTime``, ``endTime``)."""
+        return int(self._epoch + at)
 
     # --- traffic ----------------------------------------------------------------------
 
@@ -209,15 +255,34 @@ class EmulatorState:
         return price
 
     def settle(self, task: Task, solved: bool) -> None:
-        """Charge the held price for a solved task, release it otherwise."""
+        """Charge the held price for a solved task. An unsolvable one is free, charged
+        or charged and refunded at once, as the dialect says."""
         self.reserved -= task.reserved
-        if solved:
+        policy = self.dialect.unsolvable
+        if solved or policy != "free":
             self.balance -= task.reserved
             self.charged += task.reserved
+            task.charged = task.reserved
+        if solved:
             self.counters.solved += 1
         else:
             self.counters.unsolvable += 1
+            if policy == "refunded":
+                self.refund(task, "unsolvable")
         task.reserved = 0
+
+    def refund(self, task: Task, reason: str) -> bool:
+        """Give back what ``task`` was charged; False when nothing is left to refund."""
+        amount = task.charged
+        if amount <= 0:
+            return False
+        task.charged = 0
+        self.balance += amount
+        self.charged -= amount
+        self.refunded += amount
+        refunds = self.counters.refunds
+        refunds[reason] = refunds.get(reason, 0) + 1
+        return True
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -238,8 +303,9 @@ class EmulatorState:
         if deferred:
             c.deferred_created += 1
         solve_time = rolls.solve_time if deferred else 0.0
+        serial, self._serial = self._serial, self._serial + 1
         return Task(
-            task_id=str(uuid.uuid4()),
+            task_id=self.dialect.new_id(serial),
             created=now,
             idle_until=now + 0.2 * solve_time,
             ready_at=now + solve_time,
@@ -256,13 +322,17 @@ class EmulatorState:
             # A memory bound for long benchmarks: the oldest result is lost early.
             self.tasks.pop(self._by_age.popleft().task_id, None)
 
-    def lookup(self, task_id: str, now: float) -> Task | None:
-        """The live task ``task_id``; None if unknown, expired or already forgotten."""
-        task = self.tasks.get(task_id)
+    def lookup(self, task_id: str | None, now: float) -> Task | None:
+        """The live task ``task_id``; None if unknown, expired (``task_ttl`` after its
+        creation, or the dialect's ``done_ttl`` after it finished) or forgotten."""
+        task = self.tasks.get(task_id) if task_id is not None else None
         if task is None:
             return None
-        if now - task.created > self.config.task_ttl:
-            del self.tasks[task_id]
+        done_ttl = self.dialect.done_ttl
+        if now - task.created > self.config.task_ttl or (
+            done_ttl is not None and task.resolved and now - task.done_at > done_ttl
+        ):
+            del self.tasks[task.task_id]
             return None
         return task
 
@@ -275,18 +345,48 @@ class EmulatorState:
         while by_age and by_age[0].created < cutoff:
             self.tasks.pop(by_age.popleft().task_id, None)
 
+    # --- what clients sent -----------------------------------------------------------
+
+    def record_report(self, task_id: str | None, kind: ReportKind, outcome: dict[str, Any]) -> None:
+        """Count one report of ``task_id`` (``outcome``: accepted, refunded or error); an
+        id of the wrong type (None) is counted, not listed."""
+        c = self.counters
+        if outcome.get("accepted"):
+            c.reports += 1
+        else:
+            c.reports_refused += 1
+        if task_id is None:
+            return
+        listed = c.reports_by_task.get(task_id)
+        if listed is None and len(c.reports_by_task) < MAX_REPORTED_TASKS:
+            listed = c.reports_by_task[task_id] = []
+        if listed is not None and len(listed) < MAX_REPORTS_LISTED:
+            listed.append({"kind": kind, **outcome})
+
+    def record_developer_id(self, value: str | None) -> None:
+        """Count a createTask's developer id (None: sent in a form the dialect ignores)."""
+        c = self.counters
+        if value is None:
+            c.developer_id_ignored += 1
+        else:
+            c.developer_ids[value] = c.developer_ids.get(value, 0) + 1
+
     # --- reporting --------------------------------------------------------------------
 
     def reset_counters(self) -> None:
-        """Zero every counter and ``charged_total``; tasks and balance stay."""
+        """Zero every counter, ``charged_total`` and ``refunded_total``; tasks, balance
+        and a ban in force stay."""
         self.counters = Counters()
         self.charged = 0
+        self.refunded = 0
+        self.bans.reset_counts()
         self._arrivals.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter as JSON-ready values (copies, safe to keep)."""
         c = self.counters
         return {
+            "dialect": self.dialect.name,
             "requests_total": c.requests_total,
             "create_calls": c.create_calls,
             "create_accepted": c.create_accepted,
@@ -305,6 +405,14 @@ class EmulatorState:
             "dropped_after_create": c.dropped_after_create,
             "feedbacks": c.feedbacks,
             "feedbacks_invalid": c.feedbacks_invalid,
+            "reports": c.reports,
+            "reports_refused": c.reports_refused,
+            "reports_by_task": {k: [dict(r) for r in v] for k, v in c.reports_by_task.items()},
+            "refunds": dict(c.refunds),
+            "refunded_total": to_usd(self.refunded),
+            "developer_ids": dict(c.developer_ids),
+            "developer_id_ignored": c.developer_id_ignored,
+            **self.bans.snapshot(self.now()),
             "callbacks_sent": c.callbacks_sent,
             "callbacks_failed": c.callbacks_failed,
             "callbacks_refused": c.callbacks_refused,
