@@ -55,7 +55,12 @@ if TYPE_CHECKING:
 @click.option("--max-attempts", type=int, default=5, show_default=True)
 @click.option("--max-spend", type=float, help="Spend cap in USD, never exceeded.")
 @click.option("--price", type=float, help="USD per task [default: the provider's table price].")
-@click.option("--app-id", help="Sent as appId (developer revenue share).")
+@click.option(
+    "--app-id",
+    metavar="ID",
+    help="Developer id (revenue share): sent as appId to CapSolver, as softId (a whole "
+    "number) to Anti-Captcha, CapMonster Cloud and 2Captcha.",
+)
 @click.option("--journal", type=click.Path(path_type=Path), help="Journal path.")
 @click.option("--no-cache", is_flag=True, help="Solve identical images separately.")
 @click.option(

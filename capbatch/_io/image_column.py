@@ -32,12 +32,14 @@ def resolve_column(
     max_bytes: int | None = None,
     first_row: int = 0,
     base64_column: bool | None = None,
+    max_side: int | None = None,
 ) -> list[bytes | RowInputError]:
     """``resolve_image`` for every cell of ``column``: bytes, or the row's error.
 
     Errors are returned, not raised, with ``row`` set to the global 0-based row index
     (``first_row`` + position in the batch). ``base64_column`` None means
-    ``is_base64_column`` decides from the column's name and this batch's values.
+    ``is_base64_column`` decides from the column's name and this batch's values. The
+    limits (``min_bytes``, ``max_bytes``, ``max_side``) are the provider's.
     """
     values = batch.column(column).to_pylist()
     if base64_column is None:
@@ -52,6 +54,7 @@ def resolve_column(
                     min_bytes=min_bytes,
                     max_bytes=max_bytes,
                     base64_column=base64_column,
+                    max_side=max_side,
                 )
             )
         except RowInputError as exc:

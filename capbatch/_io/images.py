@@ -21,6 +21,8 @@ How a text cell is read, in order:
    (``INPUT_FILE_NOT_FOUND``); the rest is invalid base64, or base64 of something that is
    not an image.
 
+A provider's limits are checked here too: ``min_bytes``..``max_bytes`` and, where it
+has one, ``max_side`` pixels on a side (``INPUT_TOO_SMALL``, ``INPUT_TOO_LARGE``).
 Base64 text too long to decode within ``max_bytes`` is refused before decoding. Pillow's
 decompression-bomb check is an error on the row (``INPUT_TOO_LARGE``, with the pixel
 count), and Pillow's other warnings about a damaged file are not printed: the row's
@@ -48,6 +50,7 @@ import threading
 import urllib.parse
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -104,6 +107,15 @@ _BUFFER_REPR: Final = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 # warnings.catch_warnings swaps process-wide state: two threads inside it at once can
 # leave the other's filters installed for good, so our own uses take turns.
 _WARNINGS_LOCK: Final = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one provider accepts: bytes (inclusive) and the longest side in pixels."""
+
+    min_bytes: int
+    max_bytes: int | None
+    max_side: int | None
 
 
 def image_format(data: bytes | bytearray | memoryview) -> str | None:
@@ -165,25 +177,28 @@ def resolve_image(
     min_bytes: int = 1,
     max_bytes: int | None = None,
     base64_column: bool = False,
+    max_side: int | None = None,
 ) -> bytes:
     """The validated image bytes that ``value`` stands for.
 
     ``value`` is a path (absolute, ``~``-prefixed, or relative to ``base_dir``), a
     base64 string (standard or urlsafe, padding and line breaks optional), a ``data:``
     URI, or raw bytes. The bytes must carry an image signature (PNG, JPEG, GIF, BMP,
-    WEBP, TIFF, ICO), pass Pillow's integrity check, and be within
-    ``min_bytes..max_bytes`` (inclusive). ``base64_column`` says the value comes from a
-    column of base64 images, which decides the error for text that is neither a file nor
-    base64 (see the module docstring). Raises ``RowInputError`` with an ``INPUT_*``
-    error code otherwise; ``row`` is left None for the caller to fill in.
+    WEBP, TIFF, ICO), pass Pillow's integrity check, be within ``min_bytes..max_bytes``
+    (inclusive) and at most ``max_side`` pixels on either side. ``base64_column`` says
+    the value comes from a column of base64 images, which decides the error for text
+    that is neither a file nor base64 (see the module docstring). Raises
+    ``RowInputError`` with an ``INPUT_*`` error code otherwise; ``row`` is left None for
+    the caller to fill in.
     """
+    limits = _Limits(min_bytes, max_bytes, max_side)
     if isinstance(value, pa.Scalar):
         value = value.as_py()
     if _is_null(value):
         raise _fail(INPUT_NULL, "image value is null")
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
-        return _validate(data, f"image bytes ({len(data)} bytes)", min_bytes, max_bytes)
+        return _validate(data, f"image bytes ({len(data)} bytes)", limits)
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
@@ -196,13 +211,11 @@ def resolve_image(
     if not text:
         raise _fail(INPUT_NULL, "image value is an empty string")
     if text[:5].lower() == "data:":
-        return _from_data_uri(text, min_bytes, max_bytes)
-    return _from_text(text, base_dir, min_bytes, max_bytes, base64_column)
+        return _from_data_uri(text, limits)
+    return _from_text(text, base_dir, limits, base64_column)
 
 
-def _from_text(
-    text: str, base_dir: Path, min_bytes: int, max_bytes: int | None, base64_column: bool
-) -> bytes:
+def _from_text(text: str, base_dir: Path, limits: _Limits, base64_column: bool) -> bytes:
     # 1. An existing file or folder wins: a file name can look like base64, but a file
     #    that is there is what the user meant.
     path = _candidate_path(text, base_dir)
@@ -217,15 +230,15 @@ def _from_text(
         except OSError:  # ENAMETOOLONG, ELOOP...: not a usable path, try base64
             st = None
         if st is not None:
-            return _from_file(path, st, text, min_bytes, max_bytes)
+            return _from_file(path, st, text, limits)
 
     # 2. Base64 of something with an image signature is base64, whatever it looks like
     #    (base64 can contain "/" and so resemble a path). Text too long for the limit is
     #    refused first: decoding would cost several copies of a payload that must fail.
-    _check_encoded_size(text, f"image value ({len(text)} chars)", max_bytes)
+    _check_encoded_size(text, f"image value ({len(text)} chars)", limits.max_bytes)
     decoded = _decode_base64(text)
     if decoded is not None and image_format(decoded) is not None:
-        return _validate(decoded, f"base64 image ({len(text)} chars)", min_bytes, max_bytes)
+        return _validate(decoded, f"base64 image ({len(text)} chars)", limits)
     if decoded is None and _base64_image_prefix(text):
         # Starts like base64 of an image (iVBORw0KGgo..., /9j/...) but does not decode:
         # a damaged payload, not a file name, whatever "/" it contains.
@@ -320,7 +333,7 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-def _from_data_uri(text: str, min_bytes: int, max_bytes: int | None) -> bytes:
+def _from_data_uri(text: str, limits: _Limits) -> bytes:
     header, comma, payload = text[5:].partition(",")
     if not comma:
         raise _fail(INPUT_INVALID_BASE64, f"malformed data URI ({len(text)} chars): no comma")
@@ -329,19 +342,17 @@ def _from_data_uri(text: str, min_bytes: int, max_bytes: int | None) -> bytes:
     what = f"data URI ({media_type}, {len(text)} chars)"
     if params[-1] == "base64":
         payload = urllib.parse.unquote(payload)
-        _check_encoded_size(payload, what, max_bytes)
+        _check_encoded_size(payload, what, limits.max_bytes)
         data = _decode_base64(payload)
         if data is None:
             raise _fail(INPUT_INVALID_BASE64, f"{what} has invalid base64")
     else:
         data = urllib.parse.unquote_to_bytes(payload)
-    return _validate(data, what, min_bytes, max_bytes)
+    return _validate(data, what, limits)
 
 
-def _from_file(
-    path: Path, st: os.stat_result, text: str, min_bytes: int, max_bytes: int | None
-) -> bytes:
-    shown = _quote_path(text)
+def _from_file(path: Path, st: os.stat_result, text: str, limits: _Limits) -> bytes:
+    shown, max_bytes = _quote_path(text), limits.max_bytes
     if stat.S_ISDIR(st.st_mode):
         raise _fail(INPUT_IS_DIRECTORY, f"image path is a directory: {shown}")
     if not stat.S_ISREG(st.st_mode):
@@ -365,7 +376,7 @@ def _from_file(
             INPUT_TOO_LARGE,
             f"image file {shown} grew past the limit of {max_bytes} bytes while being read",
         )
-    return _validate(data, f"image file {shown}", min_bytes, max_bytes)
+    return _validate(data, f"image file {shown}", limits)
 
 
 def _read_regular(path: Path, limit: int | None) -> bytes | None:
@@ -381,28 +392,33 @@ def _read_regular(path: Path, limit: int | None) -> bytes | None:
         return fh.read() if limit is None else fh.read(limit + 1)
 
 
-def _validate(data: bytes, what: str, min_bytes: int, max_bytes: int | None) -> bytes:
+def _validate(data: bytes, what: str, limits: _Limits) -> bytes:
     # Order: emptiness, then the size ceiling (cheap, and no point decoding a huge
-    # payload), then "is it an image at all", then integrity, then the provider's floor
-    # last, so a text file is reported as "not an image" rather than as "too small".
-    size = len(data)
+    # payload), then "is it an image at all", then integrity and the pixel limit, then
+    # the provider's floor last, so a text file is "not an image" rather than "too small".
+    size, top, side = len(data), limits.max_bytes, limits.max_side
     if size == 0:
         raise _fail(INPUT_EMPTY, f"{what} is empty (0 bytes)")
-    if max_bytes is not None and size > max_bytes:
-        raise _fail(INPUT_TOO_LARGE, f"{what} is {size} bytes, over the limit of {max_bytes} bytes")
+    if top is not None and size > top:
+        raise _fail(INPUT_TOO_LARGE, f"{what} is {size} bytes, over the limit of {top} bytes")
     fmt = image_format(data)
     if fmt is None:
         raise _fail(INPUT_NOT_AN_IMAGE, f"{what} is not an image (no known image signature)")
-    _check_integrity(data, fmt, what)
-    if size < min_bytes:
+    width, height = _check_integrity(data, fmt, what)
+    if side is not None and max(width, height) > side:
+        size_px = f"{width}x{height} pixels"
+        raise _fail(INPUT_TOO_LARGE, f"{what} is {size_px}, over the limit of {side} a side")
+    if size < limits.min_bytes:
         raise _fail(
-            INPUT_TOO_SMALL, f"{what} is {size} bytes, under the minimum of {min_bytes} bytes"
+            INPUT_TOO_SMALL,
+            f"{what} is {size} bytes, under the minimum of {limits.min_bytes} bytes",
         )
     return data
 
 
-def _check_integrity(data: bytes, fmt: str, what: str) -> None:
-    """Raise INPUT_TRUNCATED_IMAGE unless Pillow can read ``data`` as a ``fmt`` image.
+def _check_integrity(data: bytes, fmt: str, what: str) -> tuple[int, int]:
+    """The image's width and height; INPUT_TRUNCATED_IMAGE unless Pillow can read
+    ``data`` as a ``fmt`` image.
 
     PNG: ``verify()`` checks every chunk's CRC (measured: 11 us for a 10 KB PNG).
     Other formats: Pillow's ``verify()`` checks nothing, so decode small images with
@@ -414,6 +430,7 @@ def _check_integrity(data: bytes, fmt: str, what: str) -> None:
                 im.verify()
             elif im.width * im.height <= _MAX_DECODE_PIXELS:
                 im.load()
+            return (int(im.width), int(im.height))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _fail(INPUT_TOO_LARGE, f"{what} has too many pixels: {pixel_error(exc)}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ...

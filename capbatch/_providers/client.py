@@ -129,7 +129,7 @@ class ProviderClient:
         *,
         base_url: str | None = None,
         http_client: httpx.AsyncClient | None = None,
-        app_id: str | None = None,
+        app_id: str | int | None = None,
         max_connections: int = 100,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         deadline: float | None = None,
@@ -137,7 +137,8 @@ class ProviderClient:
     ) -> None:
         """``deadline`` (seconds a request may take in all) and ``retry_after_cap``
         default to their environment variables, else ``DEFAULT_DEADLINE`` and
-        ``protocol.RETRY_AFTER_CAP`` (see the module docstring)."""
+        ``protocol.RETRY_AFTER_CAP`` (see the module docstring). ``app_id`` is the
+        developer id, checked here for the profile's field (``protocol.developer_id``)."""
         if profile.is_local:
             raise ConfigError("the local provider has no HTTP client; use LocalService")
         key = as_secret(api_key)
@@ -149,6 +150,7 @@ class ProviderClient:
         self.retry_after_cap = _env_seconds(
             RETRY_AFTER_CAP_ENV, retry_after_cap, protocol.RETRY_AFTER_CAP
         )
+        protocol.developer_id(profile, app_id)  # a ConfigError now, not on every row
         self.app_id = app_id
         if base_url:
             self._urls: list[str] = [base_url.rstrip("/")]
@@ -282,7 +284,7 @@ class ProviderClient:
         self, task: Mapping[str, Any], *, callback_url: str | None = None
     ) -> protocol.TaskReply:
         body = protocol.create_task_body(
-            self._key.reveal(), task, app_id=self.app_id, callback_url=callback_url
+            self.profile, self._key.reveal(), task, app_id=self.app_id, callback_url=callback_url
         )
         return await self._call(
             "/createTask",
@@ -314,7 +316,7 @@ class ProviderClient:
             "/getBalance",
             protocol.get_balance_body(self._key.reveal()),
             lambda status, content, retry_after: protocol.parse_balance(
-                status, content, retry_after=retry_after, mask=self._mask
+                status, content, retry_after=retry_after, mask=self._mask, profile=self.profile
             ),
         )
 
@@ -329,7 +331,12 @@ class ProviderClient:
             self.profile.report_endpoint,
             body,
             lambda status, content, retry_after: protocol.parse_report(
-                status, content, task_id, retry_after=retry_after, mask=self._mask
+                status,
+                content,
+                task_id,
+                retry_after=retry_after,
+                mask=self._mask,
+                profile=self.profile,
             ),
         )
 

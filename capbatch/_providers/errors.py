@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capbatch._exceptions import (
     APIError,
@@ -38,6 +38,9 @@ from capbatch._exceptions import (
 )
 from capbatch._providers.text import Mask, clean_text
 
+if TYPE_CHECKING:
+    from capbatch._providers.profiles import ProviderProfile
+
 #: Longest provider error description kept (after masking), in characters.
 MAX_DESCRIPTION_CHARS = 500
 #: Longest error code kept; real codes are under 40 characters.
@@ -45,6 +48,8 @@ MAX_CODE_CHARS = 80
 
 #: Provider ``errorCode`` -> exception class. Each code, its source and its status are
 #: listed in docs/providers.md, section "Error codes"; HTTP_STATUSES in "HTTP statuses".
+#: A code one provider means differently is overridden in that provider's profile
+#: (``ProviderProfile.error_classes``), never guessed here.
 ERROR_CODES: Mapping[str, type[APIError]] = {
     # bad or missing key
     "ERROR_KEY_DENIED_ACCESS": AuthError,
@@ -65,9 +70,11 @@ ERROR_CODES: Mapping[str, type[APIError]] = {
     # load
     "ERROR_RATE_LIMIT": RateLimited,
     "ERROR_TOO_MUCH_REQUESTS": RateLimited,
+    # No free worker or server (Anti-Captcha, CapMonster, 2Captcha): capacity, so the
+    # whole run slows down; the row keeps its attempts.
+    "ERROR_NO_SLOT_AVAILABLE": RateLimited,
     "ERROR_SERVICE_UNAVALIABLE": ServiceUnavailable,
     "ERROR_SERVICE_UNAVAILABLE": ServiceUnavailable,
-    "ERROR_NO_SLOT_AVAILABLE": ServiceUnavailable,
     "ERROR_INTERNAL_SERVER_ERROR": ServiceUnavailable,
     # the captcha itself
     "ERROR_CAPTCHA_UNSOLVABLE": Unsolvable,
@@ -78,9 +85,11 @@ ERROR_CODES: Mapping[str, type[APIError]] = {
     "ERROR_NO_SUCH_CAPCHA_ID": TaskExpired,
     "ERROR_WRONG_CAPTCHA_ID": TaskExpired,
     "WRONG_CAPTCHA_ID": TaskExpired,
-    "ERROR_TASK_ABSENT": TaskExpired,
     "ERROR_MAXIMUM_TIME_EXCEED": TaskExpired,
     # the request or image was refused
+    # createTask without its ``task`` (or invalid JSON): the request is wrong, not the
+    # task id; recreating cannot fix it.
+    "ERROR_TASK_ABSENT": InvalidTask,
     "ERROR_INVALID_TASK_DATA": InvalidTask,
     "ERROR_BAD_REQUEST": InvalidTask,
     "ERROR_INVALID_IMAGE": InvalidTask,
@@ -173,11 +182,20 @@ def _classes_by_code() -> dict[str, type[CapbatchError]]:
 _CLASSES_BY_CODE = _classes_by_code()
 
 
-def action_for_code(error_code: str) -> Action | None:
+def class_for_code(code: str, profile: ProviderProfile | None = None) -> type[APIError] | None:
+    """The class of a provider ``errorCode``: the profile's own meaning first, then the
+    one table; None for a code neither names."""
+    if profile is not None and code in profile.error_classes:
+        return profile.error_classes[code]
+    return ERROR_CODES.get(code)
+
+
+def action_for_code(error_code: str, profile: ProviderProfile | None = None) -> Action | None:
     """The action for an error known only by its code, as a row's ``error_code`` in the
-    journal or an output keeps it: a provider code from ``ERROR_CODES``, ``HTTP_5xx``, or
-    the code of one of capbatch's classes. None for a code nothing names."""
-    cls: type[CapbatchError] | None = ERROR_CODES.get(error_code)
+    journal or an output keeps it: a provider code (``class_for_code``, with the
+    profile's own meanings), ``HTTP_5xx``, or the code of one of capbatch's classes.
+    None for a code nothing names."""
+    cls: type[CapbatchError] | None = class_for_code(error_code, profile)
     if cls is None and error_code.startswith("HTTP_5"):
         cls = ServiceUnavailable
     if cls is None:
@@ -198,16 +216,21 @@ def error_from_reply(
     retry_after: float | None = None,
     task_id: str | None = None,
     mask: Mask | None = None,
+    profile: ProviderProfile | None = None,
 ) -> APIError:
     """The one place a provider error (``errorCode`` first, HTTP status second) becomes
     an exception. The message holds the code and the provider's description only,
-    both cleaned (``clean_text``) with ``mask``."""
+    both cleaned (``clean_text``) with ``mask``. With a ``profile``, its own meanings
+    of codes come first, and a code it documents a wait for waits that long when the
+    reply gives no ``Retry-After``."""
     code = ""
     description = ""
     if payload is not None:
         code = _text_field(payload, "errorCode", mask, MAX_CODE_CHARS)
         description = _text_field(payload, "errorDescription", mask, MAX_DESCRIPTION_CHARS)
-    cls: type[APIError] | None = ERROR_CODES.get(code)
+    cls = class_for_code(code, profile)
+    if retry_after is None and profile is not None:
+        retry_after = profile.error_waits.get(code)
     if cls is None:
         # No known code: fall back on the HTTP status.
         cls = ServiceUnavailable if http_status >= 500 else HTTP_STATUSES.get(http_status, APIError)

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from capbatch._exceptions import ConfigError
+from capbatch._exceptions import APIError, ConfigError
 
 TaskIdType = Literal["str", "int"]
 ReportStyle = Literal["feedback", "incorrect_image", "none"]
+#: The createTask field that carries the developer id (``--app-id``).
+DeveloperIdField = Literal["appId", "softId"]
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,39 @@ class PollSchedule:
     The first poll comes ``first_delay`` seconds after ``createTask`` returned; later
     polls every ``interval`` seconds, never more than ``max_polls`` per task and never
     after ``task_ttl`` seconds from creation (the provider forgets the task then).
+    ``min_interval`` is the provider's floor between two polls of one task, whatever
+    the path to the next poll (an error, a retry). ``result_ttl``, when the provider
+    forgets a task some seconds after it *finished* (Anti-Captcha: 60 s), bounds the
+    gaps between polls (``max_gap``) and how old a task a resumed run may still poll
+    (``retention``).
     """
 
     first_delay: float
     interval: float
     max_polls: int = 120
     task_ttl: float = 300.0
+    min_interval: float = 0.0
+    result_ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.interval < self.min_interval:
+            raise ValueError("a poll schedule's interval is under its own floor")
+
+    @property
+    def retention(self) -> float:
+        """Seconds from creation during which a task is surely still there: its lifetime,
+        or, when a finished task is kept only ``result_ttl``, that much (a task may have
+        finished at once)."""
+        if self.result_ttl is None:
+            return self.task_ttl
+        return min(self.task_ttl, self.result_ttl)
+
+    @property
+    def max_gap(self) -> float:
+        """The longest a task may wait between two polls (or before its first) so that a
+        finished task is never forgotten before it is polled: a quarter of what the
+        provider keeps, never under the floor or the interval."""
+        return max(self.interval, self.min_interval, self.retention / 4)
 
 
 @dataclass(frozen=True)
@@ -57,9 +86,25 @@ class ProviderProfile:
     cost_in_reply: bool = False
     #: Whether an ``ERROR_CAPTCHA_UNSOLVABLE`` outcome is charged.
     unsolvable_charged: bool = False
+    #: The createTask field carrying the developer id: CapSolver's ``appId`` (a string),
+    #: the others' ``softId`` (an integer); None: not sent. ``protocol.developer_id``.
+    developer_id_field: DeveloperIdField | None = None
+    #: This provider's own meaning of an error code, where it differs from the one
+    #: table (``errors.ERROR_CODES``); each entry and its source in docs/providers.md.
+    error_classes: Mapping[str, type[APIError]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    #: Seconds to hold every request back after an error code the provider documents a
+    #: wait for, when its reply carries no ``Retry-After`` (2Captcha: 5 s after no slot).
+    error_waits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: Accepted largest side of an image in pixels; None: not checked.
+    max_image_side: int | None = None
     #: Endpoint and body style for reporting a wrong answer.
     report_endpoint: str | None = None
     report_style: ReportStyle = "none"
+    #: Seconds after a task finished during which a report is accepted; None: no window
+    #: documented (the report is sent, and a late one is refused by the provider).
+    report_window: float | None = None
     has_balance: bool = True
     #: A conservative default request rate (requests/s) and in-flight cap.
     default_rate: float = 10.0
@@ -103,6 +148,7 @@ CAPSOLVER = ProviderProfile(
     # Image size limit: *unconfirmed*; 500 kB matches the strictest peer that states one
     # and comfortably covers captcha images.
     max_image_bytes=500_000,
+    developer_id_field="appId",  # CS-create, a string
     # Price per ImageToText task: *unconfirmed* (CapSolver lists about $0.4 per 1000).
     prices=_prices(ImageToTextTask=0.0004, VisionEngine=0.0004, **{"*": 0.0008}),
     cost_in_reply=False,
@@ -120,9 +166,15 @@ ANTICAPTCHA = ProviderProfile(
     key_env_var="ANTICAPTCHA_API_KEY",
     task_id_type="int",
     pending_statuses=frozenset({"processing", "idle"}),
-    poll=PollSchedule(first_delay=1.0, interval=2.0, max_polls=120, task_ttl=300.0),
+    # A finished task is removed 60 s after the worker completes it (AC7, AC-errors row 16):
+    # polls stay under a quarter of that apart, a resumed run polls only younger tasks.
+    poll=PollSchedule(
+        first_delay=1.0, interval=2.0, max_polls=120, task_ttl=300.0, result_ttl=60.0
+    ),
+    # 100 to 500,000 bytes (AC8, AC-errors rows 3 and 4).
     min_image_bytes=100,
     max_image_bytes=500_000,
+    developer_id_field="softId",  # AC-create, an integer
     # docs/providers.md, "Anti-Captcha" (AC12): the docs' example cost of an image task is
     # "0.000700"; the price itself is *unconfirmed*.
     prices=_prices(ImageToTextTask=0.0007, **{"*": 0.002}),
@@ -130,6 +182,8 @@ ANTICAPTCHA = ProviderProfile(
     unsolvable_charged=True,
     report_endpoint="/reportIncorrectImageCaptcha",
     report_style="incorrect_image",
+    # AC13, AC-report: "Reports must be sent within 60 seconds of task completion".
+    report_window=60.0,
 )
 
 CAPMONSTER = ProviderProfile(
@@ -138,9 +192,15 @@ CAPMONSTER = ProviderProfile(
     key_env_var="CAPMONSTER_API_KEY",
     task_id_type="int",
     pending_statuses=frozenset({"processing", "idle"}),
-    # First poll after about 0.3 s; at most one poll per 2 s per task; 120 per task.
-    poll=PollSchedule(first_delay=0.3, interval=2.0, max_polls=120, task_ttl=300.0),
+    # First poll after about 0.3 s; at most one poll per 2 s per task, a floor no path to
+    # the next poll goes under (CM6, CM-errors); 120 per task.
+    poll=PollSchedule(
+        first_delay=0.3, interval=2.0, max_polls=120, task_ttl=300.0, min_interval=2.0
+    ),
+    # 100 bytes to 50 KB (CM9, CM10, CM-errors "ZERO IMAGE SIZE", "BIG IMAGE SIZE").
+    min_image_bytes=100,
     max_image_bytes=50_000,
+    developer_id_field="softId",  # CM-threshold's example body; SDK-cm, an integer
     # Price: *unconfirmed* (about $0.3 per 1000 image tasks).
     prices=_prices(ImageToTextTask=0.0003, **{"*": 0.0016}),
     cost_in_reply=False,
@@ -157,7 +217,13 @@ TWOCAPTCHA = ProviderProfile(
     pending_statuses=frozenset({"processing", "idle"}),
     # First poll after 5 s, then every 5-10 s.
     poll=PollSchedule(first_delay=5.0, interval=5.0, max_polls=120, task_ttl=300.0),
+    # 100 bytes to 100 kB, at most 1000 px on a side (TC7-TC9, TC-image, TC-errors row 3).
+    min_image_bytes=100,
     max_image_bytes=100_000,
+    max_image_side=1000,
+    developer_id_field="softId",  # TC-create, an integer
+    # Wait 5 s after "no slot" (TC15, TC-limits).
+    error_waits=MappingProxyType({"ERROR_NO_SLOT_AVAILABLE": 5.0}),
     # Price: *unconfirmed* (about $1 per 1000 normal captchas).
     prices=_prices(ImageToTextTask=0.001, **{"*": 0.003}),
     cost_in_reply=True,

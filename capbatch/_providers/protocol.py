@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-from capbatch._exceptions import MalformedReply, ServiceUnavailable, Unsolvable
+from capbatch._exceptions import ConfigError, MalformedReply, ServiceUnavailable, Unsolvable
 from capbatch._providers.errors import HTTP_STATUSES, error_from_reply
 from capbatch._providers.profiles import ProviderProfile
 from capbatch._providers.text import Mask, clean_text, reply_excerpt, sanitize_text
@@ -50,6 +50,8 @@ MAX_REPORTED_COST = 10.0
 RETRY_AFTER_CAP = 300.0
 #: Pieces of the key this long or longer are masked in task ids (see the docstring).
 TASK_ID_MIN_FRAGMENT = 12
+#: The largest ``softId`` sent: a JSON integer every provider's parser can hold (int64).
+MAX_SOFT_ID = 2**63 - 1
 
 # --- the Retry-After header -----------------------------------------------------------
 
@@ -86,16 +88,39 @@ def retry_after_is_long(seconds: float | None, *, cap: float = RETRY_AFTER_CAP) 
 # --- requests -------------------------------------------------------------------------
 
 
+def developer_id(profile: ProviderProfile, app_id: str | int | None) -> dict[str, str | int]:
+    """The developer id (``--app-id``) as the profile's createTask field: CapSolver's
+    ``appId`` a string, the others' ``softId`` an integer; nothing when none is set or
+    the provider takes none. A value a ``softId`` cannot hold is a ``ConfigError``
+    naming the flag, raised before anything is sent."""
+    field_name = profile.developer_id_field
+    if isinstance(app_id, bool):  # True is an int to Python, not an id to anyone
+        raise ConfigError("--app-id must be an id, not a true/false value")
+    text = str(app_id).strip() if app_id is not None else ""
+    if field_name is None or not text:
+        return {}
+    if field_name == "appId":
+        return {"appId": text}
+    soft_id = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= soft_id <= MAX_SOFT_ID:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ConfigError(
+            f"--app-id must be a whole number for {profile.name} (it is sent as "
+            f"{field_name}, an integer), not {shown!r}"
+        )
+    return {field_name: soft_id}
+
+
 def create_task_body(
+    profile: ProviderProfile,
     client_key: str,
     task: Mapping[str, Any],
     *,
-    app_id: str | None = None,
+    app_id: str | int | None = None,
     callback_url: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"clientKey": client_key, "task": dict(task)}
-    if app_id:
-        body["appId"] = app_id
+    body.update(developer_id(profile, app_id))
     if callback_url:
         body["callbackUrl"] = callback_url
     return body
@@ -114,18 +139,18 @@ def report_incorrect_body(
     client_key: str,
     task_id: str,
     *,
-    app_id: str | None = None,
+    app_id: str | int | None = None,
     message: str | None = None,
 ) -> dict[str, Any]:
-    """Body of the report-a-wrong-answer call in the profile's style."""
+    """Body of the report-a-wrong-answer call in the profile's style (only CapSolver's
+    feedback documents a developer id: CS-feedback)."""
     tid = profile.task_id_for_request(task_id)
     if profile.report_style == "feedback":
         result: dict[str, Any] = {"invalid": True}
         if message:
             result["message"] = message
         body: dict[str, Any] = {"clientKey": client_key, "taskId": tid, "result": result}
-        if app_id:
-            body["appId"] = app_id
+        body.update(developer_id(profile, app_id))
         return body
     return {"clientKey": client_key, "taskId": tid}
 
@@ -212,11 +237,17 @@ def _raise_for_error(
     retry_after: float | None,
     task_id: str | None,
     mask: Mask | None,
+    profile: ProviderProfile | None = None,
 ) -> None:
     error_id = payload.get("errorId", 0)
     if error_id not in (0, "0", None, False) or http_status >= 400:
         raise error_from_reply(
-            http_status, payload, retry_after=retry_after, task_id=task_id, mask=mask
+            http_status,
+            payload,
+            retry_after=retry_after,
+            task_id=task_id,
+            mask=mask,
+            profile=profile,
         )
 
 
@@ -318,7 +349,9 @@ def parse_create_task(
     ``mask`` cleans every string; ``task_id_mask`` (default: ``mask``) checks the task
     id, which is refused rather than changed if it holds the key."""
     payload = decode_json(http_status, content, retry_after=retry_after, mask=mask)
-    _raise_for_error(http_status, payload, retry_after=retry_after, task_id=None, mask=mask)
+    _raise_for_error(
+        http_status, payload, retry_after=retry_after, task_id=None, mask=mask, profile=profile
+    )
     task_id = _task_id_of(payload.get("taskId"), task_id_mask or mask)
     reply = _task_reply(profile, payload, task_id, mask)
     if not reply.ready and task_id is None:
@@ -338,7 +371,9 @@ def parse_task_result(
     """A getTaskResult reply: pending (idle/processing), ready, or an error. ``task_id``
     is ours (sent in the request), not the reply's."""
     payload = decode_json(http_status, content, retry_after=retry_after, mask=mask)
-    _raise_for_error(http_status, payload, retry_after=retry_after, task_id=task_id, mask=mask)
+    _raise_for_error(
+        http_status, payload, retry_after=retry_after, task_id=task_id, mask=mask, profile=profile
+    )
     return _task_reply(profile, payload, task_id, mask)
 
 
@@ -348,9 +383,12 @@ def parse_balance(
     *,
     retry_after: float | None = None,
     mask: Mask | None = None,
+    profile: ProviderProfile | None = None,
 ) -> float:
     payload = decode_json(http_status, content, retry_after=retry_after, mask=mask)
-    _raise_for_error(http_status, payload, retry_after=retry_after, task_id=None, mask=mask)
+    _raise_for_error(
+        http_status, payload, retry_after=retry_after, task_id=None, mask=mask, profile=profile
+    )
     raw = payload.get("balance")
     try:
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
@@ -371,9 +409,12 @@ def parse_report(
     *,
     retry_after: float | None = None,
     mask: Mask | None = None,
+    profile: ProviderProfile | None = None,
 ) -> bool:
     """True when the provider accepted the report of a wrong answer."""
     payload = decode_json(http_status, content, retry_after=retry_after, mask=mask)
-    _raise_for_error(http_status, payload, retry_after=retry_after, task_id=task_id, mask=mask)
+    _raise_for_error(
+        http_status, payload, retry_after=retry_after, task_id=task_id, mask=mask, profile=profile
+    )
     status = payload.get("status")
     return status in (None, "success", "ok", "ready") or bool(payload.get("message") is not None)

@@ -16,6 +16,7 @@ from capbatch._io.inputs import TableSource
 from capbatch._io.record import RowResult
 from capbatch._providers.client import TaskService
 from capbatch._providers.profiles import CAPSOLVER, ProviderProfile, check_base_url, get_profile
+from capbatch._providers.protocol import developer_id
 from capbatch._providers.secrets import Secret, as_secret, load_key
 from capbatch._run.control import RunControl
 from capbatch._run.limits import Limits
@@ -50,7 +51,8 @@ class RunOptions:
     max_attempts: int = 5
     max_spend: float | None = None
     price: float | None = None
-    app_id: str | None = None
+    #: The developer id: CapSolver's ``appId`` (text), the others' ``softId`` (a number).
+    app_id: str | int | None = None
     cache: bool = True
     dry_run: bool = False
     quiet: bool = False
@@ -134,6 +136,7 @@ def resolve(options: RunOptions) -> ResolvedRun:
         )
     if options.base_url is not None:
         check_base_url(options.base_url)
+    developer_id(profile, options.app_id)  # a softId that is not a number: refused here
     if not options.outage_timeout > 0 or not math.isfinite(options.outage_timeout):
         raise ConfigError(
             f"--outage-timeout must be a number of seconds above 0, not {options.outage_timeout}"

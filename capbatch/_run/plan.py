@@ -61,6 +61,7 @@ def plan_batch(
         base_dir=source.base_dir,
         min_bytes=profile.min_image_bytes,
         max_bytes=profile.max_image_bytes,
+        max_side=profile.max_image_side,
         first_row=first_row,
     )
     # Row keys are positions: stable when rows are appended, and unique even when an id

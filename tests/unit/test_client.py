@@ -90,7 +90,7 @@ def make(
     profile: ProviderProfile = CAPSOLVER,
     *,
     base_url: str | None = BASE,
-    app_id: str | None = None,
+    app_id: str | int | None = None,
     key: str | Secret = KEY,
 ) -> ProviderClient:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
@@ -160,6 +160,26 @@ async def test_create_task_body_with_app_id_and_callback() -> None:
         "appId": "app-42",
         "callbackUrl": "https://cb.example/x",
     }
+
+
+@pytest.mark.parametrize("profile", [ANTICAPTCHA, CAPMONSTER, TWOCAPTCHA], ids=lambda p: p.name)
+async def test_other_providers_get_the_developer_id_as_an_integer_soft_id(
+    profile: ProviderProfile,
+) -> None:
+    rec = Recorder(ok({"taskId": 7654321}))
+    await make(rec, profile, app_id="4580").create_task(TASK)
+    assert rec.body == {"clientKey": KEY, "task": TASK, "softId": 4580}
+    assert b'"softId":4580' in rec.requests[0].content  # a JSON number, not "4580"
+
+
+@pytest.mark.parametrize("profile", [ANTICAPTCHA, CAPMONSTER, TWOCAPTCHA], ids=lambda p: p.name)
+async def test_a_soft_id_that_is_not_a_number_is_refused_before_any_request(
+    profile: ProviderProfile,
+) -> None:
+    rec = Recorder(ok({"taskId": 1}))
+    with pytest.raises(ConfigError, match="--app-id"):
+        make(rec, profile, app_id="my-app")
+    assert rec.requests == []
 
 
 async def test_secret_key_is_revealed_only_in_the_body() -> None:

@@ -28,8 +28,16 @@ from capbatch._io.image_column import (
     resolve_column,
 )
 from capbatch._io.images import image_format, resolve_image
+from capbatch._io.inputs import TableSource
 from capbatch._io.keys import KeyScope, image_hash, task_key, task_key_from_hash
-from capbatch._providers.profiles import ANTICAPTCHA, CAPMONSTER
+from capbatch._providers.profiles import (
+    ANTICAPTCHA,
+    CAPMONSTER,
+    CAPSOLVER,
+    TWOCAPTCHA,
+    ProviderProfile,
+)
+from capbatch._run.plan import TaskKeys, plan_batch
 
 
 def make_image(fmt: str = "PNG", size: tuple[int, int] = (120, 40), seed: int = 0) -> bytes:
@@ -251,6 +259,58 @@ def test_too_small_against_provider_limit() -> None:
     assert err.error_code == "INPUT_TOO_SMALL"
     assert str(len(tiny)) in err.message and "100" in err.message
     assert resolve(tiny) == tiny  # the default floor is one byte
+
+
+def test_too_many_pixels_on_a_side_against_provider_limit(tmp_path: Path) -> None:
+    # 2Captcha: at most 1000 px on any side (TC-image); checked on the decoded size.
+    side = TWOCAPTCHA.max_image_side
+    assert side == 1000
+    for fmt in ("PNG", "JPEG", "GIF"):
+        wide, tall = make_image(fmt, size=(side + 1, 20)), make_image(fmt, size=(20, side + 1))
+        for data in (wide, tall):
+            err = error_of(data, max_side=side)
+            assert err.error_code == "INPUT_TOO_LARGE", fmt
+            assert "1000" in err.message and "pixels" in err.message
+        assert resolve(make_image(fmt, size=(side, side // 10)), max_side=side)
+        assert resolve(wide) == wide  # no limit: no check
+    (tmp_path / "wide.png").write_bytes(make_image(size=(side + 1, 20)))
+    encoded = base64.b64encode(make_image(size=(side + 1, 20))).decode()
+    for value in ("wide.png", encoded, "data:image/png;base64," + encoded):
+        assert error_of(value, tmp_path, max_side=side).error_code == "INPUT_TOO_LARGE"
+
+
+def _tiny_gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "GIF")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("profile", "tiny", "wide", "heavy"),
+    [
+        # (profile, a 35-byte GIF, 1001 px wide, 60 KB): the outcome of each, None = sent
+        (CAPSOLVER, None, None, None),
+        (ANTICAPTCHA, "INPUT_TOO_SMALL", None, None),
+        (CAPMONSTER, "INPUT_TOO_SMALL", None, "INPUT_TOO_LARGE"),
+        (TWOCAPTCHA, "INPUT_TOO_SMALL", "INPUT_TOO_LARGE", None),
+    ],
+    ids=lambda v: getattr(v, "name", repr(v)),
+)
+def test_each_providers_image_limits_fail_the_row_before_anything_is_sent(
+    profile: ProviderProfile, tiny: str | None, wide: str | None, heavy: str | None
+) -> None:
+    heavy_image = make_image(size=(400, 200), seed=3)
+    assert 50_000 < len(heavy_image) < 100_000
+    frame = pd.DataFrame(
+        {"image": [_tiny_gif(), make_image(size=(1001, 24)), heavy_image, make_image()]}
+    )
+    source = TableSource(frame, image_column="image")
+    batch = next(iter(source.batches()))
+    keys = TaskKeys("ImageToTextTask", {}, KeyScope(profile.name))
+    plan = plan_batch(batch, 0, source, profile, keys)
+    outcomes = [plan.errors[i].error_code if i in plan.errors else None for i in range(4)]
+    assert outcomes == [tiny, wide, heavy, None]
+    assert [k is None for k in plan.keys] == [o is not None for o in outcomes]
 
 
 def test_messages_never_carry_payloads(png: bytes) -> None:

@@ -217,6 +217,66 @@ def test_every_error_code_maps_to_its_class(code: str) -> None:
     assert classify(error) is EXPECTED_ACTIONS[ERROR_CODES[code]]
 
 
+@pytest.mark.parametrize(
+    ("code", "cls", "action"),
+    [
+        # createTask without its task property (CM-errors, TC-errors row 22): the request
+        # is wrong; recreating the task cannot fix it (it was TaskExpired, gap G1).
+        ("ERROR_TASK_ABSENT", InvalidTask, Action.RECORD),
+        # The id is gone (AC-errors row 16, CM-errors, TC-errors row 16): a new task.
+        ("ERROR_NO_SUCH_CAPCHA_ID", TaskExpired, Action.RECREATE),
+        # No free worker or server (AC row 2, CM "NO FREE SERVERS", TC row 2): capacity,
+        # the whole run slows down instead of a row failing.
+        ("ERROR_NO_SLOT_AVAILABLE", RateLimited, Action.SLOW_DOWN),
+    ],
+)
+@pytest.mark.parametrize("profile", [ANTICAPTCHA, CAPMONSTER, TWOCAPTCHA], ids=lambda p: p.name)
+def test_codes_mean_what_each_provider_documents(
+    code: str, cls: type[APIError], action: Action, profile: ProviderProfile
+) -> None:
+    error = error_from_reply(200, {"errorId": 1, "errorCode": code}, profile=profile)
+    assert type(error) is cls and classify(error) is action
+    assert action_for_code(code, profile) is action
+
+
+def test_two_captcha_waits_five_seconds_after_no_slot_unless_told_otherwise() -> None:
+    body = _json({"errorId": 2, "errorCode": "ERROR_NO_SLOT_AVAILABLE"})
+    with pytest.raises(RateLimited) as info:
+        parse_create_task(TWOCAPTCHA, 200, body)
+    assert info.value.retry_after == 5.0  # TC-limits
+    with pytest.raises(RateLimited) as told:
+        parse_create_task(TWOCAPTCHA, 200, body, retry_after=12.0)
+    assert told.value.retry_after == 12.0  # the reply's own Retry-After wins
+    for profile in (ANTICAPTCHA, CAPMONSTER):  # no documented wait: the limiter's own
+        with pytest.raises(RateLimited) as other:
+            parse_create_task(profile, 200, body)
+        assert other.value.retry_after is None
+
+
+def test_a_profile_overrides_the_meaning_of_a_code_for_its_provider_only() -> None:
+    import dataclasses
+    from types import MappingProxyType
+
+    odd = dataclasses.replace(
+        ANTICAPTCHA, error_classes=MappingProxyType({"ERROR_NO_SUCH_CAPCHA_ID": InvalidTask})
+    )
+    body = _json({"errorId": 16, "errorCode": "ERROR_NO_SUCH_CAPCHA_ID"})
+    with pytest.raises(InvalidTask):
+        parse_task_result(odd, 200, body, "1")
+    with pytest.raises(TaskExpired):
+        parse_task_result(ANTICAPTCHA, 200, body, "1")
+    assert action_for_code("ERROR_NO_SUCH_CAPCHA_ID", odd) is Action.RECORD
+    assert action_for_code("ERROR_NO_SUCH_CAPCHA_ID") is Action.RECREATE
+    assert action_for_code("ERROR_RATE_LIMIT", odd) is Action.SLOW_DOWN  # the rest: the table
+
+
+def test_no_profile_overrides_a_code_today() -> None:
+    # docs/providers.md, "Error codes": every code the four providers document means the
+    # same action for each; an override needs a source saying otherwise.
+    for profile in (CAPSOLVER, ANTICAPTCHA, CAPMONSTER, TWOCAPTCHA):
+        assert dict(profile.error_classes) == {}
+
+
 STATUSES = [200, 400, 401, 402, 403, 409, 418, 429, 500, 502, 503]
 
 
@@ -352,14 +412,54 @@ def test_malformed_reply_snippet_is_short_and_single_line() -> None:
 
 def test_create_task_body_minimal_and_full() -> None:
     task = {"type": "ImageToTextTask", "body": "aGk="}
-    assert create_task_body("k", task) == {"clientKey": "k", "task": task}
-    full = create_task_body("k", task, app_id="app", callback_url="https://cb")
+    assert create_task_body(CAPSOLVER, "k", task) == {"clientKey": "k", "task": task}
+    full = create_task_body(CAPSOLVER, "k", task, app_id="app", callback_url="https://cb")
     assert full == {"clientKey": "k", "task": task, "appId": "app", "callbackUrl": "https://cb"}
+
+
+@pytest.mark.parametrize(
+    ("profile", "app_id", "field"),
+    [
+        (CAPSOLVER, "0D9A5E7C-app", {"appId": "0D9A5E7C-app"}),
+        (CAPSOLVER, 1234, {"appId": "1234"}),
+        (ANTICAPTCHA, "1234", {"softId": 1234}),
+        (CAPMONSTER, " 55 ", {"softId": 55}),
+        (TWOCAPTCHA, 4580, {"softId": 4580}),
+        (TWOCAPTCHA, None, {}),
+        (ANTICAPTCHA, "", {}),
+    ],
+    ids=lambda v: getattr(v, "name", repr(v)),
+)
+def test_the_developer_id_takes_each_providers_field_and_type(
+    profile: ProviderProfile, app_id: str | int | None, field: dict[str, str | int]
+) -> None:
+    task = {"type": "ImageToTextTask", "body": "aGk="}
+    body = create_task_body(profile, "k", task, app_id=app_id)
+    assert body == {"clientKey": "k", "task": task, **field}
+    # The JSON type is the provider's: a softId is a number, an appId a string.
+    assert json.loads(json.dumps(body)) == body
+    assert _protocol.developer_id(profile, app_id) == field
+
+
+@pytest.mark.parametrize("app_id", ["abc", "12a", "-5", "1.5", "٣", str(2**63), True])
+@pytest.mark.parametrize("profile", [ANTICAPTCHA, CAPMONSTER, TWOCAPTCHA], ids=lambda p: p.name)
+def test_a_soft_id_that_is_not_a_whole_number_is_a_config_error_naming_the_flag(
+    profile: ProviderProfile, app_id: str | bool
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_task_body(profile, "k", {"type": "ImageToTextTask"}, app_id=app_id)
+    assert "--app-id" in str(info.value)
+
+
+def test_the_local_solver_takes_no_developer_id() -> None:
+    from capbatch._providers.profiles import LOCAL
+
+    assert _protocol.developer_id(LOCAL, "anything") == {}
 
 
 def test_create_task_body_copies_the_task() -> None:
     task = {"type": "ImageToTextTask", "body": "aGk="}
-    body = create_task_body("k", task)
+    body = create_task_body(CAPSOLVER, "k", task)
     body["task"]["body"] = "changed"
     assert task["body"] == "aGk="
 
@@ -372,6 +472,9 @@ def test_create_task_body_copies_the_task() -> None:
 def test_task_id_type_in_bodies(profile: ProviderProfile, expected: str | int) -> None:
     assert get_task_result_body(profile, "k", "123") == {"clientKey": "k", "taskId": expected}
     assert report_incorrect_body(profile, "k", "123")["taskId"] == expected
+    # Only CapSolver's feedback call documents a developer id (CS-feedback).
+    report = report_incorrect_body(profile, "k", "123", app_id="77")
+    assert ("appId" in report) is (profile is CAPSOLVER) and "softId" not in report
 
 
 def test_balance_body() -> None:

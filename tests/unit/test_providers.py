@@ -72,12 +72,36 @@ def test_task_id_types() -> None:
 
 
 def test_image_limits() -> None:
+    # docs/providers.md: AC8, CM9, CM10, TC7-TC9 (CS18 unconfirmed).
     assert (ANTICAPTCHA.min_image_bytes, ANTICAPTCHA.max_image_bytes) == (100, 500_000)
-    assert CAPMONSTER.max_image_bytes == 50_000
-    assert TWOCAPTCHA.max_image_bytes == 100_000
+    assert (CAPMONSTER.min_image_bytes, CAPMONSTER.max_image_bytes) == (100, 50_000)
+    assert (TWOCAPTCHA.min_image_bytes, TWOCAPTCHA.max_image_bytes) == (100, 100_000)
+    assert TWOCAPTCHA.max_image_side == 1000
     assert CAPSOLVER.max_image_bytes == 500_000  # unconfirmed (docs/providers.md)
+    for profile in (CAPSOLVER, ANTICAPTCHA, CAPMONSTER, LOCAL):
+        assert profile.max_image_side is None
     for profile in PROVIDERS.values():
         assert 0 < profile.min_image_bytes < profile.max_image_bytes
+
+
+def test_developer_id_fields() -> None:
+    assert CAPSOLVER.developer_id_field == "appId"
+    for profile in (ANTICAPTCHA, CAPMONSTER, TWOCAPTCHA):
+        assert profile.developer_id_field == "softId"
+    assert LOCAL.developer_id_field is None
+
+
+@pytest.mark.parametrize("app_id", ["my-app", "12.5", "-1"])
+@pytest.mark.parametrize("provider", ["anticaptcha", "capmonster", "twocaptcha"])
+def test_a_soft_id_that_is_not_a_whole_number_stops_the_run_before_it_starts(
+    provider: str, app_id: str
+) -> None:
+    from capbatch._run.options import RunOptions, resolve
+
+    with pytest.raises(ConfigError, match="--app-id"):
+        resolve(RunOptions(provider=provider, api_key="k-123456", app_id=app_id))
+    assert resolve(RunOptions(provider=provider, api_key="k-123456", app_id="42"))
+    assert resolve(RunOptions(provider="capsolver", api_key="k-123456", app_id=app_id))
 
 
 def test_cost_and_charging() -> None:
@@ -106,8 +130,14 @@ def test_statuses_and_polling() -> None:
         assert profile.poll.max_polls == 120
         assert profile.poll.task_ttl == 300.0
         assert 1.0 <= profile.poll.interval <= 10.0
+        assert profile.poll.max_gap <= profile.poll.retention / 4 + profile.poll.interval
     assert CAPMONSTER.poll.first_delay == pytest.approx(0.3)
-    assert CAPMONSTER.poll.interval >= 2.0  # at most one poll per 2 s per task
+    # At most one poll per 2 s per task: a floor every path to the next poll keeps.
+    assert CAPMONSTER.poll.interval >= CAPMONSTER.poll.min_interval == 2.0
+    # Anti-Captcha forgets a finished task after 60 s: resume and poll gaps follow it.
+    assert ANTICAPTCHA.poll.result_ttl == 60.0 and ANTICAPTCHA.poll.retention == 60.0
+    assert ANTICAPTCHA.poll.max_gap == 15.0
+    assert CAPSOLVER.poll.retention == 300.0 and CAPSOLVER.poll.result_ttl is None
     assert TWOCAPTCHA.poll.first_delay == 5.0
     assert 5.0 <= TWOCAPTCHA.poll.interval <= 10.0
 

@@ -14,7 +14,12 @@ import pytest
 
 from capbatch._io.record import RowResult
 from capbatch._providers.client import ProviderClient
-from capbatch._providers.profiles import ANTICAPTCHA, CAPSOLVER, ProviderProfile
+from capbatch._providers.profiles import (
+    ANTICAPTCHA,
+    CAPSOLVER,
+    TWOCAPTCHA,
+    ProviderProfile,
+)
 from capbatch._run.gate import RunStopped
 from capbatch._run.job import Job
 from capbatch._run.journal import Journal, JournalEntry
@@ -171,8 +176,43 @@ async def test_rate_limit_slows_the_run_honours_retry_after_and_costs_no_attempt
     assert sum(1 for s in clock.sleeps if s == pytest.approx(2.0, abs=0.05)) >= 3
 
 
+async def test_no_slot_slows_the_whole_run_down_and_costs_the_row_no_attempt() -> None:
+    # 2Captcha: "no slot" is capacity; wait 5 s (TC-limits), then go on. The row keeps
+    # its attempts (max_attempts=1) and the run's rate comes down.
+    provider = FakeProvider(
+        createTask=[error("ERROR_NO_SLOT_AVAILABLE", 200)] * 3
+        + [(200, {"errorId": 0, "taskId": 5}, {})],
+        getTaskResult=[ok_ready("n0sl0t", "5")],
+    )
+    solver, _, clock = make_solver(provider, profile=TWOCAPTCHA, max_attempts=1)
+    result = await solve_job(solver, JOB)
+    assert result.status == "solved" and result.answer == "n0sl0t"
+    assert solver.tally.rate_limited == 3 and solver.limiter.rate < 100
+    assert sum(1 for s in clock.sleeps if s == pytest.approx(5.0, abs=0.05)) >= 3
+
+
+@pytest.mark.parametrize(("profile", "raw"), [(ANTICAPTCHA, "0.000700"), (TWOCAPTCHA, "0.00299")])
+async def test_a_cost_reported_as_a_string_is_the_rows_cost(
+    profile: ProviderProfile, raw: str
+) -> None:
+    ready = {"errorId": 0, "status": "ready", "solution": {"text": "c0st"}, "cost": raw}
+    provider = FakeProvider(createTask=[deferred("77")], getTaskResult=[(200, ready, {})])
+    solver, journal, _ = make_solver(provider, profile=profile)
+    result = await solve_job(solver, JOB)
+    assert result.cost_usd == pytest.approx(float(raw)) and solver.bad_costs == 0
+    assert solver.spend.spent == pytest.approx(float(raw))
+    assert journal.get_many([JOB.key])[JOB.key].result.cost_usd == pytest.approx(float(raw))
+
+
 @pytest.mark.parametrize(
-    "code", ["ERROR_INVALID_IMAGE", "ERROR_INVALID_TASK_DATA", "ERROR_TASK_NOT_SUPPORTED"]
+    "code",
+    [
+        "ERROR_INVALID_IMAGE",
+        "ERROR_INVALID_TASK_DATA",
+        "ERROR_TASK_NOT_SUPPORTED",
+        # createTask without its task (gap G1): not an expired id to create again.
+        "ERROR_TASK_ABSENT",
+    ],
 )
 async def test_request_errors_fail_the_row_once_without_retry(code: str) -> None:
     provider = FakeProvider(createTask=[error(code)])
