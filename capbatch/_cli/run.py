@@ -89,7 +89,8 @@ def run_command(input_path: Path, **flags: Any) -> None:
     With no provider and no key, the local solver (ddddocr) answers offline.
     Re-running the same command resumes: answered rows are never paid for twice.
     Failed rows are recorded in the output; a run-fatal error (bad key, no
-    balance, IP ban, every first row failing the same way) stops the run.
+    balance, IP ban, 20 different images in a row refused the same way) stops
+    the run.
 
     The first Ctrl-C or SIGTERM stops new sends, waits for requests in flight
     and writes the output with the unfinished rows as "pending"; a second stops

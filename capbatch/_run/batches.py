@@ -40,8 +40,13 @@ from capbatch._run.retry import failed_for_good
 from capbatch._run.tally import SPEND_CAP_REACHED, Tally
 from capbatch._run.task import SpendCapReached, TaskSolver, solve_job
 
-#: How many first final results must agree before a systematic failure stops the run.
-SYSTEMATIC_WINDOW = 20
+#: How many different images in a row, at any point of a run, must fail with the same
+#: error that no retry can fix (a refused task type, parameters or method) before the
+#: run stops: a setup problem fails every row alike, and each further row would be one
+#: more refused request. 20 refusals cost nothing (refused tasks are not charged) and
+#: are far below the error rates providers ban for; a run of 20 identical refusals of
+#: different images by chance is implausible. README, "Promises"; docs/reliability.md.
+SYSTEMATIC_RUN = 20
 #: Journal meta key: rows with a final result in input order so far (for progress).
 ROWS_FINAL = "rows_final"
 #: Row codes of rows that did not finish: a later run of the same command does them.
@@ -55,7 +60,8 @@ class ResultSink(Protocol):
 
 
 class RunAborted(CapbatchError):
-    """The run stopped itself: every first result failed the same way."""
+    """The run stopped itself: ``SYSTEMATIC_RUN`` different images in a row failed with
+    the same error that no retry can fix."""
 
     error_code = "RUN_ABORTED"
 
@@ -72,6 +78,10 @@ class _Pending:
 
 class BatchRunner:
     """Drives one run over a ``TableSource`` into a ``ResultSink``."""
+
+    #: The current run of identical non-retryable failures: its code (its different
+    #: images are ``_streak_images``); see ``_check_systematic``.
+    _streak_code: str | None = None
 
     def __init__(
         self,
@@ -111,7 +121,7 @@ class BatchRunner:
         self._settled = asyncio.Event()
         # key -> rows waiting on the job already solving that key (the in-run cache)
         self._waiting: dict[str, list[tuple[_Pending, int, str]]] = {}
-        self._first_results: list[RowResult] = []
+        self._streak_images: set[str] = set()  # see _streak_code
         self.failure: CapbatchError | None = None
         #: True after ``interrupt``: the output is still written, unfinished rows pending.
         self.interrupted = False
@@ -278,7 +288,7 @@ class BatchRunner:
         """Whether a final journal entry stands as the row's result (else: solve again)."""
         if entry.result.status == "solved" or key in self._retried:
             return True  # answered, or already given its second chance in this run
-        if not self.retry_failed and failed_for_good(entry.result.error_code):
+        if not self.retry_failed and failed_for_good(entry.result.error_code, self.profile):
             self.kept_failed += 1
             return True
         return False
@@ -309,7 +319,7 @@ class BatchRunner:
             self._deliver(pending, index, result)
             for other, j, row_key in self._waiting.pop(job.key, []):
                 self._deliver(other, j, shared_result(result, row_key, job.row_key))
-            self._check_systematic(result)
+            self._check_systematic(job, result)
             self._flush()
         except CapbatchError as error:
             self._fail_run(error)
@@ -328,26 +338,34 @@ class BatchRunner:
         self._room.set()
         self._settled.set()
 
-    def _check_systematic(self, result: RowResult) -> None:
-        """Stop when the first results all fail with one error that retries cannot fix."""
-        if len(self._first_results) >= SYSTEMATIC_WINDOW or result.from_cache:
+    def _check_systematic(self, job: Job, result: RowResult) -> None:
+        """Stop when ``SYSTEMATIC_RUN`` different images in a row fail with the same
+        error that no retry can fix (RECORD), at any point of the run. An answer, or
+        any other outcome, in between starts the count again; answers reused from the
+        journal say nothing about the provider now and count for nothing."""
+        if result.from_cache:
             return
-        self._first_results.append(result)
-        if len(self._first_results) < SYSTEMATIC_WINDOW:
+        code = result.error_code
+        if (
+            result.status != "failed"
+            or code is None
+            or action_for_code(code, self.profile) is not Action.RECORD
+        ):
+            self._streak_code, self._streak_images = None, set()
             return
-        codes = {r.error_code for r in self._first_results}
-        if len(codes) != 1 or None in codes:
+        if code != self._streak_code:
+            self._streak_code, self._streak_images = code, set()
+        # With --no-cache one image can be several jobs: the image is the key's head.
+        self._streak_images.add(job.key.split(":", 1)[0])
+        if len(self._streak_images) < SYSTEMATIC_RUN:
             return
-        if any(r.status != "failed" for r in self._first_results):
-            return
-        code = next(iter(codes))
-        if code is None or action_for_code(code) is not Action.RECORD:
-            return
-        message = self._first_results[-1].error_message or code
+        message = result.error_message or code
         self._fail_run(
             RunAborted(
-                f"the first {SYSTEMATIC_WINDOW} rows all failed with {code} ({message}); "
-                "stopping instead of sending the rest of the table"
+                f"{SYSTEMATIC_RUN} different images in a row failed the same way ({message}): "
+                "a setup problem (task type, parameters, provider or account), not the "
+                "images; stopped instead of sending the rest of the table (once it is "
+                "fixed, --retry-failed sends these rows again)"
             )
         )
 

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 from capbatch._providers.errors import Action, action_for_code
+from capbatch._providers.profiles import ProviderProfile
 from capbatch._run.results import MAX_ATTEMPTS, POLL_LIMIT
 
 
@@ -29,15 +30,15 @@ class RetryPolicy:
         return max(delay, retry_after or 0.0)
 
 
-def failed_for_good(error_code: str | None) -> bool:
+def failed_for_good(error_code: str | None, profile: ProviderProfile | None = None) -> bool:
     """True when a row that failed with ``error_code`` would fail the same way again
     (unsolvable after its retries, a refused image or task); False for passing causes
     (network, HTTP 5xx, rate limits, an unavailable service, an outage, attempts or
-    polls used up). Unknown codes are kept: re-sending blindly could pay again for
-    nothing."""
+    polls used up), by the ``profile``'s meaning of the code. Unknown codes are kept:
+    re-sending blindly could pay again for nothing."""
     if error_code is None:
         return True
     if error_code in (MAX_ATTEMPTS, POLL_LIMIT):
         return False
-    action = action_for_code(error_code)
+    action = action_for_code(error_code, profile)
     return action is None or action in (Action.RECORD, Action.RETRY_BOUNDED)

@@ -8,12 +8,15 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from capbatch._run.batches import SYSTEMATIC_RUN
 from capbatch.emulator import EmulatorHandle
+from tests.e2e.relay import relay
 from tests.e2e.runner_helpers import (
     KEY,
     PRICE,
@@ -126,10 +129,49 @@ def test_non_retryable_errors_fail_once_and_a_systematic_failure_stops_the_run(
         *run_args(server, table, out, "--task-type", "NoSuchTask", "--max-in-flight", "1")
     )
     assert done.returncode == 1
-    assert "ERROR_TASK_NOT_SUPPORTED" in done.stderr and "first 20 rows" in done.stderr
+    assert "ERROR_TASK_NOT_SUPPORTED" in done.stderr
+    assert f"{SYSTEMATIC_RUN} different images in a row" in done.stderr
     stats = server.stats()
-    assert stats["create_calls"] <= 25  # stopped instead of burning through 60 rows
+    assert stats["create_calls"] == SYSTEMATIC_RUN  # stopped instead of burning through 60
     assert stats["errors_by_code"]["ERROR_TASK_NOT_SUPPORTED"] == stats["create_calls"]
+
+
+def test_a_setup_error_in_mid_run_stops_the_run_with_one_line_and_resumes_once_fixed(
+    tmp_path: Path, emulator: Start
+) -> None:
+    # 30 rows are answered, then every createTask asks for a task type the emulator
+    # does not support (as if it were withdrawn in mid-run): the run stops after 20
+    # refusals of different images, not after the first 20 rows nor at the table's end.
+    server = oracle(emulator)
+    broken = {"on": True}
+
+    def withdraw_the_task_type(endpoint: str, body: dict[str, Any], n: int) -> dict[str, Any]:
+        if endpoint == "createTask" and n >= 30 and broken["on"]:
+            body["task"]["type"] = "WithdrawnTask"
+        return body
+
+    table = write_table(sample_frame(100), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    with relay(server.url, withdraw_the_task_type) as front:
+        args = ["run", table, "-o", out, "--base-url", front.url, "--quiet"]
+        done = run_cli(*args, "--max-in-flight", "1")
+        assert done.returncode == 1, done.output
+        errors = [line for line in done.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and errors[0].startswith("capbatch: error: 20 different images")
+        assert "ERROR_TASK_NOT_SUPPORTED" in errors[0] and "Traceback" not in done.output
+        assert "the journal is intact" in done.stderr
+        stats = server.stats()
+        assert stats["create_calls"] == 30 + SYSTEMATIC_RUN
+        assert stats["errors_by_code"]["ERROR_TASK_NOT_SUPPORTED"] == SYSTEMATIC_RUN
+        assert not out.exists()  # nothing published as complete
+
+        # Fixed (the task type is back): the same command, with --retry-failed for the
+        # refused rows, pays for none of the 30 answers again and finishes the table.
+        broken["on"] = False
+        again = run_cli(*args, "--max-in-flight", "1", "--retry-failed")
+        assert again.returncode == 0, again.output
+    assert_all_solved_right(pd.read_parquet(out))
+    assert server.stats()["solved"] == 100
 
 
 def test_bad_key_stops_at_once_with_one_line(tmp_path: Path, emulator: Start) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
 from collections.abc import Callable
@@ -10,8 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
+from PIL import Image
 
+import capbatch
 from capbatch._io.record import RowResult
 from capbatch._providers.client import ProviderClient
 from capbatch._providers.profiles import (
@@ -20,12 +25,13 @@ from capbatch._providers.profiles import (
     TWOCAPTCHA,
     ProviderProfile,
 )
+from capbatch._run.batches import SYSTEMATIC_RUN, RunAborted
 from capbatch._run.gate import RunStopped
 from capbatch._run.job import Job
 from capbatch._run.journal import Journal, JournalEntry
 from capbatch._run.limits import Limits, RateLimiter
 from capbatch._run.results import POLL_LIMIT
-from capbatch._run.retry import RetryPolicy
+from capbatch._run.retry import RetryPolicy, failed_for_good
 from capbatch._run.spend import SpendGuard
 from capbatch._run.task import SpendCapReached, TaskSolver, solve_job
 from tests.fakes import FakeClock, SteppedClock
@@ -415,3 +421,159 @@ async def test_a_poll_goes_ahead_of_queued_new_tasks_and_teaches_the_pacer() -> 
     assert results[0].answer == "late" and results[0].latency_ms is not None
     # One first poll, and it found the task ready.
     assert solver.pacer.first_polls == 1 and provider.count("getTaskResult") == 1
+
+
+# --- a run of identical refusals stops the run, at any point (BatchRunner) ------------
+
+
+def _distinct_images(count: int) -> list[bytes]:
+    """``count`` small PNGs, each different."""
+    images = []
+    for i in range(count):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 16), (i % 256, i // 256, 99)).save(buf, "PNG")
+        images.append(buf.getvalue())
+    return images
+
+
+Script = Callable[[int], Reply]
+
+
+class RowProvider:
+    """A provider answering each createTask by the row its image came from."""
+
+    def __init__(self, images: list[bytes], script: Script) -> None:
+        self.rows = {base64.b64encode(image).decode(): i for i, image in enumerate(images)}
+        self.script = script
+        self.created: list[int] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        endpoint = request.url.path.strip("/")
+        if endpoint == "getBalance":
+            return httpx.Response(200, json={"errorId": 0, "balance": 100.0})
+        assert endpoint == "createTask", endpoint
+        row = self.rows[body["task"]["body"]]
+        self.created.append(row)
+        status, payload, headers = self.script(row)
+        return httpx.Response(status, json=payload, headers=headers)
+
+
+async def run_rows(
+    script: Script, rows: int, *, images: list[bytes] | None = None, **options: Any
+) -> tuple[pd.DataFrame, RowProvider]:
+    """Every row through the real engine (one request at a time, so results come in
+    row order) against ``script``; the results frame, and what the provider saw."""
+    distinct = _distinct_images(rows)
+    table = images if images is not None else distinct
+    provider = RowProvider(distinct if images is None else list(dict.fromkeys(table)), script)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(provider.handler))
+    frame = pd.DataFrame({"image": table, "id": [f"r{i}" for i in range(len(table))]})
+    settings: dict[str, Any] = {
+        "provider": "capsolver",
+        "api_key": KEY,
+        "base_url": "http://127.0.0.1:9",
+        "http_client": http,
+        "journal": ":memory:",
+        "quiet": True,
+        "max_in_flight": 1,
+        "rate": 100_000,
+        "max_attempts": 2,
+        "retry": RetryPolicy(backoff_base=0.001, backoff_cap=0.001),
+        **options,
+    }
+    result = await capbatch.arun(frame, **settings)
+    return result, provider
+
+
+def refused(code: str) -> Reply:
+    return 400, {"errorId": 1, "errorCode": code, "errorDescription": "nope"}, {}
+
+
+async def test_identical_refusals_after_answers_stop_the_run_at_once() -> None:
+    # 30 answers, then the provider refuses the task type for every image: the old
+    # check looked at the first 20 results only and sent all 90 rows.
+    def script(row: int) -> Reply:
+        return ok_ready(f"a{row}") if row < 30 else refused("ERROR_TASK_NOT_SUPPORTED")
+
+    with pytest.raises(RunAborted) as info:
+        await run_rows(script, 90)
+    message = str(info.value)
+    assert f"{SYSTEMATIC_RUN} different images in a row" in message
+    assert "ERROR_TASK_NOT_SUPPORTED" in message and "\n" not in message
+    assert SYSTEMATIC_RUN == 20
+
+
+async def test_the_stop_comes_after_exactly_n_refusals() -> None:
+    created: list[int] = []
+
+    def script(row: int) -> Reply:
+        created.append(row)
+        return ok_ready() if row < 45 else refused("ERROR_INVALID_TASK_DATA")
+
+    with pytest.raises(RunAborted):
+        await run_rows(script, 200)
+    assert created == list(range(45 + SYSTEMATIC_RUN))  # 20 refusals, then nothing more
+
+
+@pytest.mark.parametrize(
+    "between",
+    [
+        ok_ready("fine"),  # an answer in between
+        refused("ERROR_INVALID_IMAGE"),  # a different refusal
+        error("ERROR_CAPTCHA_UNSOLVABLE"),  # a failure a retry may fix
+    ],
+    ids=["answer", "other-refusal", "unsolvable"],
+)
+async def test_anything_else_in_between_starts_the_count_again(between: Reply) -> None:
+    # 19 refusals, one other outcome, 19 refusals, ...: never 20 in a row. (One attempt
+    # a row: a retry's back-off would let later rows finish first, and "in a row" is the
+    # order results come in.)
+    def script(row: int) -> Reply:
+        return between if row % 20 == 19 else refused("ERROR_TASK_NOT_SUPPORTED")
+
+    result, provider = await run_rows(script, 80, max_attempts=1)
+    assert len(result) == 80 and len(set(provider.created)) == 80
+    assert (result["error_code"] == "ERROR_TASK_NOT_SUPPORTED").sum() == 4 * 19
+
+
+async def test_failures_a_retry_may_fix_never_stop_the_run() -> None:
+    result, _ = await run_rows(lambda row: error("ERROR_CAPTCHA_UNSOLVABLE"), 30)
+    assert (result["error_code"] == "ERROR_CAPTCHA_UNSOLVABLE").all()
+
+
+async def test_one_image_refused_many_times_is_not_a_run_of_different_images() -> None:
+    # --no-cache: 25 rows of one image are 25 tasks, but one image; its refusal may be
+    # about the image. Another image refused 20 times in a row would stop the run.
+    image = _distinct_images(1)
+    result, provider = await run_rows(
+        lambda row: refused("ERROR_INVALID_IMAGE"), 1, images=image * 25, cache=False
+    )
+    assert len(result) == 25 and len(provider.created) == 25
+
+
+@pytest.mark.parametrize(
+    ("code", "kept"),
+    [
+        ("ERROR_TASK_ABSENT", True),  # a malformed request: the same again next run
+        ("ERROR_NO_SLOT_AVAILABLE", False),  # capacity: the next run sends it again
+        ("ERROR_NO_SUCH_CAPCHA_ID", False),  # the task was gone: a new one may answer
+        ("ERROR_TASK_NOT_SUPPORTED", True),
+    ],
+)
+def test_which_failures_the_next_run_keeps(code: str, kept: bool) -> None:
+    for profile in (ANTICAPTCHA, TWOCAPTCHA):
+        assert failed_for_good(code, profile) is kept
+
+
+def test_the_next_run_reads_a_stored_code_by_the_providers_own_meaning() -> None:
+    from types import MappingProxyType
+
+    from capbatch._exceptions import ServiceUnavailable
+
+    odd = replace(
+        ANTICAPTCHA,
+        error_classes=MappingProxyType({"ERROR_TASK_NOT_SUPPORTED": ServiceUnavailable}),
+    )
+    assert failed_for_good("ERROR_TASK_NOT_SUPPORTED", ANTICAPTCHA)
+    assert not failed_for_good("ERROR_TASK_NOT_SUPPORTED", odd)
