@@ -40,6 +40,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "compare",
         "Compare two or more runs over the same rows, side by side.",
     ),
+    "feedback": (
+        "capbatch._cli.feedback",
+        "feedback",
+        "Report the rows whose answer does not match the label to the provider.",
+    ),
     "report": (
         "capbatch._cli.report",
         "report",

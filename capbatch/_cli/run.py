@@ -78,6 +78,13 @@ if TYPE_CHECKING:
     help="How long the provider may stay unreachable (connect errors, 5xx, unavailable) "
     "before the run stops with the journal intact; meanwhile it pauses and probes.",
 )
+@click.option("--label-column", help="Column holding the true answers (for --report-wrong).")
+@click.option(
+    "--report-wrong",
+    is_flag=True,
+    help="Report each answer that does not match --label-column to the provider as it "
+    "arrives, once per task (needed for Anti-Captcha's 60 s window); see capbatch feedback.",
+)
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)

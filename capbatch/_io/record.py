@@ -26,6 +26,13 @@ _TS = pa.timestamp("ms", tz="UTC")
 #: "pending": an interrupted run did not finish the row; the same command resumes it.
 STATUSES = frozenset({"solved", "failed", "pending"})
 
+#: The ``reported`` column's values: the provider accepted the report ("reported"), or
+#: answered it with an error ("refused"); it may have reached the provider without a
+#: reply ("uncertain"); it was not sent: outside the provider's window, no report call,
+#: no task id ("not_reportable"), or the connection failed before anything was sent
+#: ("unsent", tried again by the next ``capbatch feedback``).
+REPORT_OUTCOMES = frozenset({"reported", "refused", "uncertain", "not_reportable", "unsent"})
+
 
 #: How the journal merges a task's final write with what it already holds for the task:
 #: "set" replaces, "add" adds (money, polls), "keep" keeps the first value, "newer" takes
@@ -118,6 +125,12 @@ class RowResult:
     #: Not journaled: a row's answer is from the cache when another row paid for it.
     from_cache: bool = dataclasses.field(
         default=False, metadata=_column(pa.bool_(), nullable=False, journal=None)
+    )
+    #: What became of reporting this row's answer as wrong (``capbatch feedback``, ``run
+    #: --report-wrong``): ``REPORT_OUTCOMES``; empty when it was not reported. Kept by the
+    #: journal ("newer": a run's final write, which has none, keeps a report's outcome).
+    reported: str | None = dataclasses.field(
+        default=None, metadata=_column(pa.string(), journal="newer")
     )
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from capbatch._run.workspace import Workspace, memory_journal_notice
 
 if TYPE_CHECKING:
     import pandas as pd  # only a results frame asked for by run()/arun() needs pandas
+
+    from capbatch._run.live_reports import LiveReports
 
 
 @dataclass
@@ -236,6 +239,7 @@ class _Run:
 
     async def solve(self, want_frame: bool) -> RunOutcome:
         setup, summary = self.setup, self.summary
+        live = await self._live_reports() if setup.options.report_wrong else None
         summary.balance_before = await self.balance()
         sink: ResultSink
         if setup.output is not None:
@@ -246,7 +250,7 @@ class _Run:
         spend = self._spend_guard()
         solver = self._solver(spend, tally)
         progress = make_progress(setup.options)
-        runner = self._runner(sink, solver, tally, progress)
+        runner = self._runner(sink, solver, tally, progress, live)
         self.stops.runner = runner
         progress.start(tally)
         interrupted: RunInterrupted | None = None
@@ -260,6 +264,9 @@ class _Run:
         summary.balance_after = await self.balance() if summary.balance_before is not None else None
         summary.complete = interrupted is None
         frame = self._finish_output(want_frame and interrupted is None)
+        if live is not None:
+            tell = functools.partial(setup.tell, summary)
+            await live.finish(setup.output, setup.options.drain_timeout, tell)
         if interrupted is not None:
             # The output is written (unfinished rows pending); the caller says how to resume.
             interrupted.summary = summary
@@ -314,8 +321,22 @@ class _Run:
             tally=tally,
         )
 
+    async def _live_reports(self) -> LiveReports:
+        """``--report-wrong``: wrong answers reported as they arrive (``live_reports``)."""
+        from capbatch._run.live_reports import live_reports
+        from capbatch._run.wrong_answers import WrongAnswers
+
+        profile = self.setup.resolved.profile
+        reporter = WrongAnswers(self.service, profile, self.journal, self.limiter)
+        return await live_reports(self.setup.options, self.setup.table, reporter)
+
     def _runner(
-        self, sink: ResultSink, solver: TaskSolver, tally: Tally, progress: Progress
+        self,
+        sink: ResultSink,
+        solver: TaskSolver,
+        tally: Tally,
+        progress: Progress,
+        live: LiveReports | None = None,
     ) -> BatchRunner:
         setup = self.setup
         options, limits = setup.options, setup.resolved.limits
@@ -331,7 +352,7 @@ class _Run:
             max_pending_jobs=max(4 * limits.max_in_flight, 64),
             max_buffered_rows=max(16 * options.batch_rows, 65_536),
             make_task=_task_maker(options.task_type, dict(options.task_params)),
-            on_result=options.on_result,
+            on_result=live.on_result if live is not None else options.on_result,
             drain_timeout=options.drain_timeout,
             retry_failed=options.retry_failed,
         )

@@ -62,6 +62,13 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS tasks ({_BOOKKEEPING},
     {", ".join(f"{c.name} {c.sql}" for c in JOURNAL_COLUMNS)}
 );
+CREATE TABLE IF NOT EXISTS reports (
+    task_id     TEXT PRIMARY KEY,  -- one report per task, whichever rows share it
+    provider    TEXT,
+    outcome     TEXT NOT NULL,     -- record.REPORT_OUTCOMES
+    detail      TEXT,              -- why: the provider's error code, the window missed
+    reported_at REAL NOT NULL      -- wall time of the attempt
+);
 """
 
 _COLUMNS = ", ".join(
@@ -328,6 +335,46 @@ class Journal:
     def record_spent(self, key: str, cost: float) -> None:
         """Money spent on ``key`` before its final result (a charged failed attempt)."""
         self._db.execute("UPDATE tasks SET cost = COALESCE(cost, 0) + ? WHERE key = ?", (cost, key))
+
+    # --- wrong-answer reports (capbatch feedback, run --report-wrong) -------------------
+
+    @_guarded
+    def reports(self, task_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        """``task_id -> (outcome, detail)`` for the tasks of ``task_ids`` already reported
+        (or found not reportable): a report is sent at most once per task."""
+        wanted = list(dict.fromkeys(task_ids))
+        found: dict[str, tuple[str, str | None]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT task_id, outcome, detail FROM reports WHERE task_id IN ({marks})"  # noqa: S608
+            for task_id, outcome, detail in self._db.execute(sql, chunk):
+                found[str(task_id)] = (str(outcome), detail)
+        return found
+
+    @_guarded
+    def record_report(
+        self, task_id: str, *, provider: str, outcome: str, detail: str | None, at: float
+    ) -> None:
+        """What reporting ``task_id`` came to, written once (a second write for the same
+        task is ignored), and the ``reported`` column of every journal row of the task."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO reports (task_id, provider, outcome, detail, reported_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id) DO NOTHING",
+                (task_id, provider, outcome, detail, at),
+            )
+            self._db.execute(
+                "UPDATE tasks SET reported = (SELECT outcome FROM reports WHERE task_id = ?) "
+                "WHERE task_id = ?",
+                (task_id, task_id),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     @_guarded
     def total_uncertain(self) -> int:

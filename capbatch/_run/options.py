@@ -75,6 +75,10 @@ class RunOptions:
     outage_timeout: float = DEFAULT_MAX_OUTAGE
     #: Send again rows that failed for good in earlier runs (unsolvable, refused).
     retry_failed: bool = False
+    #: Column of the input holding the true answers (for ``report_wrong``).
+    label_column: str | None = None
+    #: Report each answer that does not match its label as it arrives (``--report-wrong``).
+    report_wrong: bool = False
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -136,6 +140,8 @@ def resolve(options: RunOptions) -> ResolvedRun:
         )
     if options.base_url is not None:
         check_base_url(options.base_url)
+    if options.report_wrong and not options.label_column:
+        raise ConfigError("--report-wrong needs --label-column: the column of true answers")
     developer_id(profile, options.app_id)  # a softId that is not a number: refused here
     if not options.outage_timeout > 0 or not math.isfinite(options.outage_timeout):
         raise ConfigError(

@@ -250,6 +250,12 @@ def test_every_method_raises_journal_error_not_sqlite_error(tmp_path: Path) -> N
         ("record_spent", ("k", 0.1), {}),
         ("total_uncertain", (), {}),
         ("total_spent", (), {}),
+        ("reports", (["t"],), {}),
+        (
+            "record_report",
+            ("t",),
+            {"provider": "p", "outcome": "reported", "detail": None, "at": 1.0},
+        ),
     ]
     public = {
         name
