@@ -46,3 +46,12 @@ class JobState:
     next_poll: float | None = None
     #: The next poll is the task's first: its outcome teaches the ``PollPacer``.
     paced: bool = False
+    #: When this task's last poll came back (run clock): the provider's floor between
+    #: two polls of one task counts from it.
+    last_poll: float | None = None
+
+    def forget_task(self) -> None:
+        """The provider's task is gone (or given up): the next step creates a new one."""
+        self.task_id = None
+        self.created_mono = self.created_wall = self.next_poll = self.last_poll = None
+        self.paced = False

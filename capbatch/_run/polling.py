@@ -7,8 +7,9 @@ Tasks of one run tend to take alike, so the first poll moves towards the age by 
 its task ready brings it a little earlier, each that does not moves it later (a
 stochastic quantile tracker, Robbins-Monro). It needs no model of the solve time and
 follows it when it drifts. It never goes earlier than the provider's advice, nor later
-than ``MAX_FIRST_DELAY`` or a quarter of the task's lifetime; later polls keep the
-provider's interval.
+than ``MAX_FIRST_DELAY`` or the schedule's ``max_gap`` (a quarter of what the provider
+keeps: for Anti-Captcha, which forgets a finished task after 60 s, 15 s); later polls
+keep the provider's interval.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class PollPacer:
     def __init__(self, schedule: PollSchedule) -> None:
         self.schedule = schedule
         self.floor = schedule.first_delay
-        self.ceiling = max(self.floor, min(MAX_FIRST_DELAY, schedule.task_ttl / 4))
+        # Never so late that a task finished at once is forgotten first (``max_gap``).
+        self.ceiling = max(self.floor, min(MAX_FIRST_DELAY, schedule.max_gap))
         self._delay = self.floor
         self.first_polls = 0
 

@@ -156,15 +156,19 @@ class TaskSolver:
         state.submitted_at = entry.result.submitted_at
         state.cost = entry.result.cost_usd
         age = time.time() - (entry.created_at or 0.0)
+        # Younger than the provider surely keeps it (for Anti-Captcha 60 s: a finished
+        # task is gone a minute later, and it may have finished at once); older is lost.
         usable = (
             entry.state == "created"
             and entry.result.task_id is not None
-            and age < self.profile.poll.task_ttl - self.policy.ttl_margin
+            and age < self.profile.poll.retention - self.policy.ttl_margin
         )
         if usable:
             state.task_id = entry.result.task_id
             state.created_wall = entry.created_at
             state.created_mono = self.clock.now() - age
+            # Its last poll was the earlier run's, maybe a moment ago: keep the floor.
+            state.next_poll = self.clock.now() + self.profile.poll.min_interval
             # Re-reserve its price: it is committed money until its outcome is known.
             state.reserved = self.spend.adopt()
             return
@@ -251,6 +255,8 @@ class TaskSolver:
         assert state.task_id is not None and state.created_mono is not None
         poll = self.profile.poll
         next_poll = state.next_poll if state.next_poll is not None else self.clock.now()
+        if state.last_poll is not None:  # the provider's floor, whatever set next_poll
+            next_poll = max(next_poll, state.last_poll + poll.min_interval)
         wait = next_poll - self.clock.now()
         if wait > 0:
             await self.clock.sleep(wait)
@@ -263,7 +269,7 @@ class TaskSolver:
                 error_code=POLL_LIMIT,
                 task_id=state.task_id,
             )
-            self._forget_task(state)
+            state.forget_task()
             return None
         state.polls += 1
         self.tally.polls += 1
@@ -274,9 +280,11 @@ class TaskSolver:
             )
         except CapbatchError as exc:
             state.paced = False  # an error says nothing about the solve time
-            state.next_poll = self.clock.now() + poll.interval
+            now = self.clock.now()
+            state.next_poll, state.last_poll = now + poll.interval, now
             await self._handle(job, state, exc, creating=False)
             return None
+        state.last_poll = self.clock.now()
         state.failures = 0
         self.limiter.record_success()
         if state.paced:
@@ -285,13 +293,6 @@ class TaskSolver:
         if not reply.ready:
             state.next_poll = self.clock.now() + poll.interval
         return reply
-
-    def _forget_task(self, state: JobState) -> None:
-        state.task_id = None
-        state.created_mono = None
-        state.created_wall = None
-        state.next_poll = None
-        state.paced = False
 
     # --- errors -----------------------------------------------------------------------
 
@@ -333,7 +334,7 @@ class TaskSolver:
             await self._retry_unsolvable(job, state, exc, retry_after)
         elif action is Action.RECREATE:
             self._release_task_money(state)
-            self._forget_task(state)
+            state.forget_task()
         else:  # pragma: no cover - table is total
             raise _RowFailed(self._failed(state, exc))
 
@@ -345,7 +346,9 @@ class TaskSolver:
         state.failures += 1
         if not creating and state.failures >= self.limits.max_attempts:
             self._fail_row(state, exc)
-        await self.clock.sleep(self.policy.backoff(state.failures, retry_after, self._rng))
+        delay = self.policy.backoff(state.failures, retry_after, self._rng)
+        # A task waiting for its poll may finish and be forgotten (Anti-Captcha: 60 s).
+        await self.clock.sleep(delay if creating else min(delay, self.profile.poll.max_gap))
 
     async def _retry_unsolvable(
         self, job: Job, state: JobState, exc: CapbatchError, retry_after: float | None
@@ -357,7 +360,7 @@ class TaskSolver:
             self._settle_probe(state)
         else:
             self._release_task_money(state)
-        self._forget_task(state)
+        state.forget_task()
         if state.budget >= self.limits.max_attempts:
             raise _RowFailed(self._failed(state, exc))
         await self.clock.sleep(self.policy.backoff(1, retry_after, self._rng))

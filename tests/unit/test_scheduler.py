@@ -21,6 +21,7 @@ from capbatch._io.record import RowResult
 from capbatch._providers.client import ProviderClient
 from capbatch._providers.profiles import (
     ANTICAPTCHA,
+    CAPMONSTER,
     CAPSOLVER,
     TWOCAPTCHA,
     ProviderProfile,
@@ -577,3 +578,115 @@ def test_the_next_run_reads_a_stored_code_by_the_providers_own_meaning() -> None
     )
     assert failed_for_good("ERROR_TASK_NOT_SUPPORTED", ANTICAPTCHA)
     assert not failed_for_good("ERROR_TASK_NOT_SUPPORTED", odd)
+
+
+# --- retention: tasks are polled while the provider keeps them -------------------------
+
+
+@pytest.mark.parametrize(
+    ("profile", "age", "polled"),
+    [
+        (ANTICAPTCHA, 30, True),  # under 60 s: surely still there
+        (ANTICAPTCHA, 55, False),  # may have finished 55 s ago: gone at 60 (AC7), lost
+        (CAPSOLVER, 55, True),  # CapSolver keeps a task 5 minutes (CS10)
+        (CAPSOLVER, 295, False),
+    ],
+    ids=lambda v: getattr(v, "name", repr(v)),
+)
+async def test_a_resumed_task_older_than_the_providers_retention_is_counted_lost(
+    profile: ProviderProfile, age: float, polled: bool
+) -> None:
+    provider = FakeProvider(
+        createTask=[ok_ready("new", "99")], getTaskResult=[ok_ready("old", "12")]
+    )
+    solver, journal, _ = make_solver(provider, profile=profile)
+    journal.record_intent(JOB.key, owner="0", provider=profile.name, submitted_at=1.0)
+    result = await solve_job(solver, replace(JOB, resumed=entry("created", age, task_id="12")))
+    assert (provider.count("getTaskResult"), provider.count("createTask")) == (
+        (1, 0) if polled else (0, 1)
+    )
+    assert result.answer == ("old" if polled else "new")
+    # Honestly: a task that may have been charged and is paid again is counted, on disk.
+    assert solver.tally.lost_sends == journal.total_uncertain() == (0 if polled else 1)
+
+
+async def test_the_first_poll_is_never_so_late_that_a_finished_task_is_forgotten() -> None:
+    from capbatch._run.polling import PollPacer
+
+    for profile, ceiling in ((ANTICAPTCHA, 15.0), (CAPSOLVER, 60.0)):
+        pacer = PollPacer(profile.poll)
+        for _ in range(2000):  # every first poll finds its task not ready yet
+            pacer.observe_first_poll(False)
+        assert pacer.first_delay == pytest.approx(ceiling)
+    # Anti-Captcha forgets a finished task 60 s after it finished: a task that finished
+    # at once is polled at 15 s at the latest.
+    assert ANTICAPTCHA.poll.max_gap * 4 == ANTICAPTCHA.poll.result_ttl
+
+
+@pytest.mark.parametrize(("profile", "longest"), [(ANTICAPTCHA, 15.0), (CAPSOLVER, 40.0)])
+async def test_a_poll_error_never_parks_a_task_past_what_the_provider_keeps(
+    profile: ProviderProfile, longest: float
+) -> None:
+    provider = FakeProvider(
+        createTask=[deferred("31")],
+        getTaskResult=[
+            error("ERROR_SERVICE_UNAVALIABLE", 503, {"Retry-After": "40"}),
+            ok_ready("kept", "31"),
+        ],
+    )
+    solver, _, clock = make_solver(provider, profile=profile)
+    result = await solve_job(solver, JOB)
+    assert result.answer == "kept"
+    assert max(clock.sleeps) == pytest.approx(longest)  # 40 s asked; 15 s for Anti-Captcha
+
+
+class TimedProvider(FakeProvider):
+    """A ``FakeProvider`` that notes the fake time of every poll."""
+
+    def __init__(self, clock: FakeClock, **scripts: list[Reply | Exception]) -> None:
+        super().__init__(**scripts)
+        self.clock = clock
+        self.poll_times: list[float] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("getTaskResult"):
+            self.poll_times.append(self.clock.now())
+        return super().handler(request)
+
+
+async def test_capmonster_polls_a_task_at_most_once_per_two_seconds() -> None:
+    clock = FakeClock()
+    provider = TimedProvider(
+        clock,
+        createTask=[deferred("8")],
+        getTaskResult=[
+            pending(),
+            error("ERROR_SERVICE_UNAVALIABLE", 503, {"Retry-After": "0"}),
+            httpx.ReadError("connection reset"),
+            pending("idle"),
+            ok_ready("floor", "8"),
+        ],
+    )
+    solver, _, _ = make_solver(provider, profile=CAPMONSTER, clock=clock, max_attempts=5)
+    result = await solve_job(solver, JOB)
+    assert result.answer == "floor" and len(provider.poll_times) == 5
+    gaps = [b - a for a, b in zip(provider.poll_times, provider.poll_times[1:], strict=False)]
+    assert min(gaps) >= CAPMONSTER.poll.min_interval == 2.0
+
+
+async def test_a_resumed_capmonster_task_waits_the_floor_before_its_first_poll() -> None:
+    # The earlier run may have polled it a moment before it was killed.
+    clock = FakeClock()
+    provider = TimedProvider(clock, getTaskResult=[ok_ready("late", "12")])
+    solver, _, _ = make_solver(provider, profile=CAPMONSTER, clock=clock)
+    start = clock.now()
+    result = await solve_job(solver, replace(JOB, resumed=entry("created", 5, task_id="12")))
+    assert result.answer == "late"
+    assert provider.poll_times[0] - start >= CAPMONSTER.poll.min_interval
+
+
+def test_a_poll_schedule_cannot_poll_faster_than_its_own_floor() -> None:
+    from capbatch._providers.profiles import PollSchedule
+
+    with pytest.raises(ValueError, match="floor"):
+        PollSchedule(first_delay=0.3, interval=1.0, min_interval=2.0)
