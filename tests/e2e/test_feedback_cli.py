@@ -10,13 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from capbatch.emulator import EmulatorHandle
-from tests.e2e.runner_helpers import oracle, run_args, run_cli, sample_frame, write_table
+from tests.e2e.runner_helpers import KEY, oracle, run_args, run_cli, sample_frame, write_table
+
+pytestmark = pytest.mark.e2e
 
 Start = Callable[..., EmulatorHandle]
 ROWS = 16
+AC_ENV = {"ANTICAPTCHA_API_KEY": KEY}
 
 
 def wrong_task_ids(result: pd.DataFrame) -> set[str]:
@@ -94,3 +100,53 @@ def test_feedback_errors_go_through_the_one_mapping(tmp_path: Path) -> None:
     assert missing.stderr.startswith("capbatch: error: ")
     no_flag = run_cli("run", tmp_path / "nope.parquet", "--report-wrong")
     assert no_flag.returncode == 2
+
+
+def test_anticaptcha_reports_in_the_run_meet_its_60_s_window(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator, dialect="anticaptcha", error_rate=0.4, seed=5)
+    table = write_table(sample_frame(ROWS), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--provider", "anticaptcha", "--rate", "50")
+    done = run_cli(*args, "--label-column", "label", "--report-wrong", key=None, env=AC_ENV)
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    wrong = wrong_task_ids(result)
+    assert 0 < len(wrong) < ROWS
+    stats = server.stats()
+    assert reported_tasks(stats) == dict.fromkeys(wrong, 1)
+    assert set(result.loc[result["reported"] == "reported", "task_id"]) == wrong
+    # Refunded by the emulator (as Anti-Captcha's moderators may), but no reply says so:
+    # the rows' cost stays what was charged before the refunds.
+    assert stats["refunded_total"] > 0
+    charged = stats["charged_total"] + stats["refunded_total"]
+    assert result["cost_usd"].sum() == pytest.approx(charged)
+    later = run_cli("feedback", out, key=None, env=AC_ENV)
+    assert later.returncode == 0, later.output
+    assert reported_tasks(server.stats()) == dict.fromkeys(wrong, 1)
+
+
+def test_anticaptcha_rows_past_the_window_are_not_reportable(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator, dialect="anticaptcha", error_rate=0.4, seed=5)
+    table = write_table(sample_frame(ROWS), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--provider", "anticaptcha", "--rate", "50")
+    assert run_cli(*args, key=None, env=AC_ENV).returncode == 0
+    # As if feedback ran two minutes after the tasks finished.
+    data = pq.read_table(out)
+    metadata = pq.read_metadata(out).metadata
+    index = data.column_names.index("finished_at")
+    earlier = pc.subtract(data["finished_at"], pa.scalar(120_000, pa.duration("ms")))
+    data = data.set_column(index, "finished_at", earlier.cast(data.schema.field(index).type))
+    pq.write_table(data.replace_schema_metadata(metadata), out)
+    wrong = wrong_task_ids(data.to_pandas())
+    done = run_cli("feedback", out, key=None, env=AC_ENV)
+    assert done.returncode == 0, done.output
+    assert reported_tasks(server.stats()) == {}
+    assert f"{len(wrong)} not reportable" in done.stdout
+    assert "anticaptcha takes reports within 60 s" in done.stderr
+    result = pd.read_parquet(out)
+    assert set(result.loc[result["reported"] == "not_reportable", "task_id"]) == wrong
