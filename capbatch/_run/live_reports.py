@@ -30,6 +30,10 @@ def read_labels(table: TableSource, column: str) -> list[object]:
     if column not in table.schema.names:
         names = ", ".join(map(repr, table.schema.names))
         raise ConfigError(f"--label-column {column!r} is not in the input; columns: {names}")
+    if table.format == "parquet" and table.path is not None:
+        import pyarrow.parquet as pq  # the one column, not the images beside it
+
+        return list(pq.read_table(table.path, columns=[column])[column].to_pylist())
     labels: list[object] = []
     for batch in table.batches():
         labels.extend(batch.column(column).to_pylist())

@@ -300,3 +300,36 @@ def test_feedback_writes_the_column_and_reports_each_task_once(tmp_path: Path) -
     again = feedback(path, rows, **args)
     assert len(provider.requests) == 2 and again.counts.before == 2
     assert "already reported before: 2" in again.line()
+
+
+# --- run --report-wrong: the per-row path -------------------------------------------
+
+
+async def test_live_reports_only_wrong_rows_the_run_paid_for(tmp_path: Path) -> None:
+    from capbatch._io.inputs import TableSource
+    from capbatch._run.live_reports import LiveReports, read_labels
+
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"image": ["a.png"] * 4, "label": ["ab", "CD", "ef", None]}), source)
+    labels = read_labels(TableSource(source, image_column="image"), "label")
+    assert labels == ["ab", "CD", "ef", None]
+    journal = Journal(tmp_path / "j.sqlite")
+    provider = Provider()
+    seen: list[int] = []
+    live = LiveReports(
+        reporter(provider, CAPMONSTER, journal),
+        labels,
+        case_sensitive=False,
+        on_result=lambda row, _result: seen.append(row),
+    )
+    live.on_result(0, RowResult(status="solved", answer="ab", task_id="1"))  # right
+    live.on_result(1, RowResult(status="solved", answer="cd", task_id="2"))  # case only
+    live.on_result(2, RowResult(status="solved", answer="xx", task_id="3"))  # wrong
+    live.on_result(2, RowResult(status="solved", answer="xx", task_id="3", from_cache=True))
+    live.on_result(3, RowResult(status="solved", answer="zz", task_id="4"))  # unlabelled
+    await live.drain(5.0)
+    assert seen == [0, 1, 2, 2, 3]  # the user's own callback still sees every row
+    assert [json.loads(r.content)["taskId"] for r in provider.requests] == [3]
+    assert live.wrong == 1 and live.rows == {2: "3"}
+    assert journal.reports(["3"]) == {"3": ("reported", None)}
+    journal.close()
