@@ -68,6 +68,13 @@ def test_feedback_reports_exactly_the_wrong_rows_once(tmp_path: Path, emulator: 
     # The run's metadata survives the rewrite (the next feedback finds the emulator by it).
     assert pq.read_metadata(out).metadata[b"capbatch.provider"] == b"capsolver"
 
+    # The same run again: every answer comes from the journal, with its report's outcome
+    # (the journal's reported column, from the one RowResult field).
+    assert run_cli(*run_args(server, table, out)).returncode == 0
+    assert server.stats()["create_calls"] == ROWS
+    rerun = pd.read_parquet(out)
+    assert set(rerun.loc[rerun["reported"] == "reported", "task_id"]) == wrong
+
     again = run_cli("feedback", out, "--label-column", "label")
     assert again.returncode == 0, again.output
     assert server.stats()["feedbacks"] == len(wrong)
