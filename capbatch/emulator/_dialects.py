@@ -297,8 +297,8 @@ CAPMONSTER = Dialect(
             "bad_image": "ERROR_CAPTCHA_UNSOLVABLE",
         }
     ),
-    # Not on CM-create; SDK-cm CapMonsterCloudClient._createTask sends "softId" (an int,
-    # clientOptions.default_soft_id).
+    # Not on CM-create; CM-threshold's example body sends "softId": 345, and SDK-cm
+    # CapMonsterCloudClient._createTask an int (clientOptions.default_soft_id).
     developer_id="softId",
     developer_id_type=int,
     pending_extra=_frozen(errorCode=None, errorDescription=None),  # CM-result example

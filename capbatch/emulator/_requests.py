@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from capbatch.emulator._dialects import Dialect, Role
+from capbatch.emulator._dialects import DIALECTS, Dialect, Role
 from capbatch.emulator._replies import json_reply
 
 SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
@@ -110,7 +110,7 @@ def _size_refusal(size: int, dialect: Dialect) -> Refused | None:
 def developer_id(body: Mapping[str, Any], dialect: Dialect) -> tuple[bool, str | None]:
     """Whether a createTask body carries a developer id, and the dialect's one as text
     (None when it is absent, of the wrong JSON type, or another dialect's field)."""
-    others = {"appId", "softId"} - {dialect.developer_id}
+    others = {d.developer_id for d in DIALECTS.values()} - {dialect.developer_id}
     value = body.get(dialect.developer_id)
     sent = value is not None or any(body.get(name) is not None for name in others)
     kind = dialect.developer_id_type
