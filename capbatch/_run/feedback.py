@@ -67,7 +67,11 @@ async def report_all(reporter: WrongAnswers, todo: list[Candidate], *, in_flight
         async with slots:
             await reporter.report(candidate)
 
-    await asyncio.gather(*(one(c) for c in todo))
+    outcomes = await asyncio.gather(*(one(c) for c in todo), return_exceptions=True)
+    # The first error that stopped reporting (the rest were not sent after it).
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def feedback(

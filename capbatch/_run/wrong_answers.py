@@ -90,6 +90,8 @@ class WrongAnswers:
         self.counts = ReportCounts()
         #: task id -> outcome, for every task seen (this time or journaled before).
         self.outcomes: dict[str, str] = {}
+        #: What stopped reporting (a bad key, no balance, a ban): no report is sent after.
+        self.stopped: CapbatchError | None = None
 
     def skip_known(self, candidates: list[Candidate]) -> list[Candidate]:
         """``candidates`` less the tasks the journal already holds a report for (their
@@ -130,6 +132,8 @@ class WrongAnswers:
             self.outcomes[task_id] = known[task_id][0]
             self.counts.before += 1
             return known[task_id][0]
+        if self.stopped is not None:
+            raise self.stopped
         self.outcomes[task_id] = "pending"  # a second row of the same task waits for none
         if self.limiter is not None and self.not_reportable(candidate) is None:
             await self.limiter.acquire(POLL)
@@ -141,6 +145,7 @@ class WrongAnswers:
         except CapbatchError as exc:
             if classify(exc) is Action.FATAL:
                 self.outcomes.pop(task_id, None)
+                self.stopped = self.stopped or exc
                 raise
             if isinstance(exc, TransportError):
                 outcome = "uncertain" if exc.maybe_sent else "unsent"

@@ -157,3 +157,17 @@ def test_anticaptcha_rows_past_the_window_are_not_reportable(
     assert "anticaptcha takes reports within 60 s" in done.stderr
     result = pd.read_parquet(out)
     assert set(result.loc[result["reported"] == "not_reportable", "task_id"]) == wrong
+
+
+def test_a_bad_key_stops_feedback_with_one_line_and_exit_1(tmp_path: Path, emulator: Start) -> None:
+    server = oracle(emulator, error_rate=0.4, seed=5)
+    table = write_table(sample_frame(ROWS), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    assert run_cli(*run_args(server, table, out)).returncode == 0
+    done = run_cli("feedback", out, key="sk-wrong-key-0000")
+    assert done.returncode == 1, done.output
+    assert done.stderr.startswith("capbatch: error: ") and "sk-wrong-key-0000" not in done.output
+    assert "Traceback" not in done.stderr
+    assert server.stats()["feedbacks"] == 0
+    assert journaled_reports(tmp_path / "out.journal.sqlite") == {}
+    assert pd.read_parquet(out)["reported"].isna().all()

@@ -166,9 +166,13 @@ async def test_a_refused_report_is_journaled_and_never_sent_again(journal: Journ
 async def test_a_bad_key_stops_reporting_and_journals_nothing(journal: Journal) -> None:
     denied = {"errorId": 1, "errorCode": "ERROR_KEY_DOES_NOT_EXIST", "errorDescription": "x"}
     provider = Provider(httpx.Response(200, json=denied))
+    reports = reporter(provider, CAPMONSTER, journal)
     with pytest.raises(AuthError):
-        await reporter(provider, CAPMONSTER, journal).report(Candidate("9", NOW))
-    assert journal.reports(["9"]) == {}
+        await reports.report(Candidate("9", NOW))
+    with pytest.raises(AuthError):
+        await reports.report(Candidate("10", NOW))  # not sent: reporting has stopped
+    assert len(provider.requests) == 1
+    assert journal.reports(["9", "10"]) == {}
 
 
 async def test_nothing_sent_is_tried_again_a_lost_reply_is_not(journal: Journal) -> None:
