@@ -53,7 +53,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": (
         "capbatch.emulator._cli",
         "serve",
-        "Run a CapSolver-compatible emulator (for tests, demos and benchmarks).",
+        "Run an emulator of a recognition service (for tests, demos and benchmarks): "
+        "CapSolver's protocol by default, or Anti-Captcha's, CapMonster Cloud's or "
+        "2Captcha's with --dialect.",
     ),
 }
 
