@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from capbatch._run.batches import SYSTEMATIC_RUN
 from capbatch.emulator import EmulatorHandle
@@ -327,6 +328,76 @@ def test_every_bad_input_row_gets_its_own_error_and_the_rest_completes(
 def _damaged_base64(png: bytes) -> str:
     text = base64.b64encode(png).decode()
     return text[:50] + "*" + text[50:]
+
+
+@pytest.mark.parametrize(
+    ("provider", "app_id"),
+    [
+        ("capsolver", "A1B2-app"),
+        ("anticaptcha", "4580"),
+        ("capmonster", "55"),
+        ("twocaptcha", "4580"),
+    ],
+)
+def test_the_developer_id_reaches_each_provider_in_its_own_field_and_type(
+    tmp_path: Path, emulator: Start, provider: str, app_id: str
+) -> None:
+    # The emulator's dialect counts a developer id only in its provider's field and JSON
+    # type (appId a string, softId an integer); any other form is "ignored".
+    server = oracle(emulator, dialect=provider)
+    table = write_table(sample_frame(4), tmp_path / "in.parquet")
+    args = run_args(server, table, tmp_path / "out.parquet", "--provider", provider)
+    done = run_cli(*args, "--app-id", app_id, env={f"{provider.upper()}_API_KEY": KEY})
+    assert done.returncode == 0, done.output
+    stats = server.stats()
+    assert stats["developer_ids"] == {app_id: stats["create_calls"]}
+    assert stats["developer_id_ignored"] == 0
+
+
+def test_images_a_provider_would_refuse_fail_their_rows_without_a_request(
+    tmp_path: Path, emulator: Start
+) -> None:
+    # 2Captcha: 100 bytes to 100 kB, at most 1000 px a side (TC7-TC9). Those rows fail
+    # here; the emulator (speaking 2Captcha) sees only the good ones.
+    server = oracle(emulator, dialect="twocaptcha")
+    frame = sample_frame(4)
+    for name, size, mode in (("wide", (1001, 30), "RGB"), ("tiny", (1, 1), "L")):
+        image = Image.new(mode, size, 200)
+        image.save(tmp_path / f"{name}.{'png' if name == 'wide' else 'gif'}")
+    extra = pd.DataFrame(
+        {
+            "image_path": [str(tmp_path / "wide.png"), str(tmp_path / "tiny.gif")],
+            "label": ["x", "y"],
+            "id": ["wide", "tiny"],
+        }
+    )
+    table = write_table(pd.concat([frame, extra], ignore_index=True), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--provider", "twocaptcha")
+    done = run_cli(*args, env={"TWOCAPTCHA_API_KEY": KEY})
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out).set_index("id")
+    assert result.loc["wide", "error_code"] == "INPUT_TOO_LARGE"
+    assert "1000" in result.loc["wide", "error_message"]
+    assert result.loc["tiny", "error_code"] == "INPUT_TOO_SMALL"
+    assert (result.loc[frame["id"], "status"] == "solved").all()
+    stats = server.stats()
+    assert stats["create_calls"] == len(frame) and not stats["errors_by_code"]
+
+
+@pytest.mark.parametrize("provider", ["anticaptcha", "capmonster", "twocaptcha"])
+def test_a_soft_id_that_is_not_a_number_exits_2_before_anything_is_sent(
+    tmp_path: Path, emulator: Start, provider: str
+) -> None:
+    server = oracle(emulator)
+    table = write_table(sample_frame(3), tmp_path / "in.parquet")
+    args = run_args(server, table, tmp_path / "out.parquet", "--provider", provider)
+    env = {f"{provider.upper()}_API_KEY": KEY}
+    done = run_cli(*args, "--app-id", "my-app", env=env)
+    assert done.returncode == 2, done.output
+    assert done.stderr.startswith("capbatch: error: --app-id must be a whole number")
+    assert server.stats()["requests_total"] == 0
+    assert not (tmp_path / "out.journal.sqlite").exists()
 
 
 def test_dry_run_sends_nothing_and_estimates(tmp_path: Path, emulator: Start) -> None:
