@@ -85,6 +85,23 @@ if TYPE_CHECKING:
     help="Report each answer that does not match --label-column to the provider as it "
     "arrives, once per task (needed for Anti-Captcha's 60 s window); see capbatch feedback.",
 )
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    help="Ask the provider to POST each answer to URL/<per-run token> (needs "
+    "--callback-listen); polling becomes the fallback. See README, Callbacks.",
+)
+@click.option(
+    "--callback-listen",
+    metavar="HOST:PORT",
+    help="Where the run's callback receiver listens (loopback only, unless "
+    "--callback-listen-public); the URL must reach it.",
+)
+@click.option(
+    "--callback-listen-public",
+    is_flag=True,
+    help="Allow --callback-listen on an address other machines can reach.",
+)
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)

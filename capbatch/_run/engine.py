@@ -26,6 +26,7 @@ from capbatch._providers.client import ProviderClient, TaskService
 from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
 from capbatch._run.batches import BatchRunner, ResultSink
+from capbatch._run.callback_solver import solver_type, start_callbacks, stop_callbacks
 from capbatch._run.journal import Journal
 from capbatch._run.limits import Clock, RateLimiter
 from capbatch._run.metadata import output_metadata
@@ -255,11 +256,13 @@ class _Run:
         progress.start(tally)
         interrupted: RunInterrupted | None = None
         try:
+            await start_callbacks(solver)
             await runner.run()
         except RunInterrupted as stop:
             interrupted = stop
         finally:
             progress.close(tally)
+            await stop_callbacks(solver)
             self._fill_summary(tally, spend, solver, runner, interrupted)
         summary.balance_after = await self.balance() if summary.balance_before is not None else None
         summary.complete = interrupted is None
@@ -305,7 +308,7 @@ class _Run:
             clock=self.clock,
             notice=lambda message: setup.tell(summary, message),
         )
-        return TaskSolver(
+        return solver_type(options, resolved.key)(
             self.service,
             resolved.profile,
             self.journal,

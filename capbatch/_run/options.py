@@ -18,6 +18,7 @@ from capbatch._providers.client import TaskService
 from capbatch._providers.profiles import CAPSOLVER, ProviderProfile, check_base_url, get_profile
 from capbatch._providers.protocol import developer_id
 from capbatch._providers.secrets import Secret, as_secret, load_key
+from capbatch._run.callbacks import check_callback_flags
 from capbatch._run.control import RunControl
 from capbatch._run.limits import Limits
 from capbatch._run.outage import DEFAULT_MAX_OUTAGE
@@ -79,6 +80,11 @@ class RunOptions:
     label_column: str | None = None
     #: Report each answer that does not match its label as it arrives (``--report-wrong``).
     report_wrong: bool = False
+    #: Where providers POST answers (the run's token is appended); needs ``callback_listen``.
+    callback_url: str | None = None
+    #: ``HOST:PORT`` the callback receiver listens on (loopback unless the next is set).
+    callback_listen: str | None = None
+    callback_listen_public: bool = False
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -143,6 +149,7 @@ def resolve(options: RunOptions) -> ResolvedRun:
     if options.report_wrong and not options.label_column:
         raise ConfigError("--report-wrong needs --label-column: the column of true answers")
     developer_id(profile, options.app_id)  # a softId that is not a number: refused here
+    check_callback_flags(options, key, local=profile.is_local)
     if not options.outage_timeout > 0 or not math.isfinite(options.outage_timeout):
         raise ConfigError(
             f"--outage-timeout must be a number of seconds above 0, not {options.outage_timeout}"

@@ -53,6 +53,12 @@ class RunSummary:
     #: The first-poll delay the run had learned by its end (None: nothing deferred).
     first_poll_s: float | None = None
     rate_limited: int = 0
+    #: Callbacks (``--callback-url``): see ``Tally``.
+    callbacks_received: int = 0
+    callbacks_used: int = 0
+    callbacks_refused: int = 0
+    callbacks_ignored: int = 0
+    fallback_polls: int = 0
     achieved_rate: float = 0.0
     possible_double_payments: int = 0
     spend_cap_reached: bool = False
@@ -81,6 +87,12 @@ class RunSummary:
                 f"latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms or 0:.0f} ms"
             )
         lines.append(self._requests_line())
+        if self.callbacks_received or self.fallback_polls:
+            lines.append(
+                f"callbacks: {self.callbacks_received} received, {self.callbacks_used} used, "
+                f"{self.callbacks_refused} refused, {self.callbacks_ignored} ignored; "
+                f"{self.fallback_polls} fallback polls"
+            )
         lines.append(
             f"possible double payments: {self.possible_double_payments} "
             "(requests in flight at a crash or with a lost reply, over all runs of this output)"

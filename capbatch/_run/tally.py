@@ -51,6 +51,16 @@ class Tally:
     #: createTask sends of this run whose outcome is unknown (possible double payments).
     lost_sends: int = 0
 
+    # --- callbacks (``--callback-url``), counted by the receiver and the solver ---------
+    callbacks_received: int = 0
+    callbacks_used: int = 0
+    #: Answered with a 4xx: wrong path or token, not JSON, too large, unknown task.
+    callbacks_refused: int = 0
+    #: Authentic but not used: the task was already answered, or it said nothing final.
+    callbacks_ignored: int = 0
+    #: Polls of tasks whose callback had not come by the fallback delay.
+    fallback_polls: int = 0
+
     def add(self, result: RowResult) -> None:
         """Count one row's result (called once per row)."""
         self.done += 1
@@ -109,5 +119,10 @@ class Tally:
         summary.creates = self.creates
         summary.polls = self.polls
         summary.rate_limited = self.rate_limited
+        summary.callbacks_received = self.callbacks_received
+        summary.callbacks_used = self.callbacks_used
+        summary.callbacks_refused = self.callbacks_refused
+        summary.callbacks_ignored = self.callbacks_ignored
+        summary.fallback_polls = self.fallback_polls
         summary.duration_s = time.monotonic() - self.started
         summary.achieved_rate = self.requests / max(summary.duration_s, 1e-9)
