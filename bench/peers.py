@@ -16,6 +16,9 @@ Contenders, each used the way its own README teaches (see ``bench/_peer_contende
   p3-async      ``python3-capsolver``'s ``ImageToText.aio_captcha_handler`` under
                 ``asyncio.gather`` and an ``asyncio.Semaphore(50)``
   capbatch      ``capbatch run TABLE --rate 100 --max-in-flight 50 --no-cache``
+  capbatch-callbacks  the same with ``--callback-url``/``--callback-listen`` on a free
+                loopback port the emulator may call (``--callback-allow``): deferred
+                answers come by callback, polling only as the fallback
 
 Each contender is a child process; the emulator is another, started afresh (same seed)
 for each contender so its counters are that contender's alone. Measured:
@@ -93,10 +96,11 @@ CONTENDERS: dict[str, tuple[str, float]] = {
     "sdk-threads": ("`capsolver` SDK, ThreadPoolExecutor(50)", 10 * 60),
     "p3-async": ("`python3-capsolver` asyncio, gather + Semaphore(50)", 10 * 60),
     "capbatch": ("`capbatch run --rate 100 --max-in-flight 50`", 10 * 60),
+    "capbatch-callbacks": ("the same with `--callback-url` (answers by callback)", 10 * 60),
 }
 
 #: The slow plain loop last, so the short runs are not waiting behind it.
-RUN_ORDER = ("sdk-threads", "p3-async", "capbatch", "sdk-loop")
+RUN_ORDER = ("sdk-threads", "p3-async", "capbatch", "capbatch-callbacks", "sdk-loop")
 
 
 @dataclass
@@ -163,9 +167,14 @@ def _get_json(url: str, method: str = "GET") -> dict[str, Any]:
         return data
 
 
-def emulator(seed: int) -> AbstractContextManager[tuple[str, int]]:
-    """The emulator configured like a real service, in its own process."""
+def emulator(
+    seed: int, callback_port: int | None = None
+) -> AbstractContextManager[tuple[str, int]]:
+    """The emulator configured like a real service, in its own process; it may send
+    callbacks to ``callback_port`` on loopback, when given."""
     extra = [*EMULATOR_SETTINGS, "--labels", str(SAMPLE / "labels.csv"), "--seed", str(seed)]
+    if callback_port is not None:
+        extra += ["--callback-allow", str(callback_port)]
     return _emulator.emulator(extra, api_key=API_KEY, solver=None)
 
 
@@ -254,21 +263,41 @@ def score(result: Result, answers: dict[str, dict[str, Any]], labels: dict[str, 
                 result.wrong += 1
 
 
+def free_port() -> int:
+    """A loopback port free now (for the callback receiver)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def capbatch_command(url: str, table: Path, out: Path, port: int | None) -> list[str]:
+    """The ``capbatch run`` command of the ``capbatch`` and ``capbatch-callbacks`` rows."""
+    command = [
+        sys.executable, "-m", "capbatch", "run", str(table),
+        "--base-url", url, "--rate", "100", "--max-in-flight", "50",
+        "--no-cache", "-o", str(out), "--quiet",
+    ]  # fmt: skip
+    if port is not None:
+        command += ["--callback-url", f"http://127.0.0.1:{port}/cb"]
+        command += ["--callback-listen", f"127.0.0.1:{port}"]
+    return command
+
+
 def run_contender(
     name: str, labels: dict[str, str], table: Path, work: Path, seed: int, timeout: float
 ) -> Result:
     result = Result(name=name, rows=len(labels), load_before=os.getloadavg()[0])
     env = {**os.environ, "CAPSOLVER_API_KEY": API_KEY, "NO_PROXY": "127.0.0.1,localhost"}
     log = work / f"{name}.log"
-    with emulator(seed) as (url, emulator_pid):
+    ours = name.startswith("capbatch")
+    port = free_port() if name == "capbatch-callbacks" else None
+    with emulator(seed, port) as (url, emulator_pid):
         _get_json(url + "/_reset_stats", method="POST")
-        if name == "capbatch":
-            out = work / "capbatch.results.parquet"
-            command = [
-                sys.executable, "-m", "capbatch", "run", str(table),
-                "--base-url", url, "--rate", "100", "--max-in-flight", "50",
-                "--no-cache", "-o", str(out), "--quiet",
-            ]  # fmt: skip
+        if ours:
+            out = work / f"{name}.results.parquet"
+            command = capbatch_command(url, table, out, port)
         else:
             out = work / f"{name}.jsonl"
             command = [
@@ -285,7 +314,7 @@ def run_contender(
         # Requests still open when a child is killed are counted once they land.
         time.sleep(0.5)
         result.stats = _get_json(url + "/_stats")
-    answers = read_capbatch_answers(out) if name == "capbatch" else read_sdk_answers(out)
+    answers = read_capbatch_answers(out) if ours else read_sdk_answers(out)
     score(result, answers, labels)
     result.requests = int(result.stats.get("requests_total", 0))
     result.rate_limited = int(result.stats.get("errors_by_code", {}).get("ERROR_RATE_LIMIT", 0))
@@ -388,7 +417,8 @@ def report(results: list[Result], args: argparse.Namespace, info: dict[str, str]
             f"- {r.name}: {r.requests} requests ({stats.get('create_calls', 0)} createTask and "
             f"{stats.get('polls', 0)} getTaskResult let through, {r.rate_limited} turned away "
             f"with 429); "
-            f"peak {stats.get('max_requests_per_second', 0)} req/s, "
+            + (f"{stats['callbacks_sent']} callbacks sent; " if stats.get("callbacks_sent") else "")
+            + f"peak {stats.get('max_requests_per_second', 0)} req/s, "
             f"peak {stats.get('in_flight_max', 0)} in flight; CPU {r.cpu_s:.1f} s; "
             f"emulator {r.emulator_cores:.2f} cores, rest of the machine "
             f"{r.others_cores:.2f} cores "
