@@ -74,7 +74,8 @@ def test_answers_arrive_by_callback_with_few_requests_per_row(
     assert result["cost_usd"].sum() == pytest.approx(stats["charged_total"])
     # The token is nowhere in what the run prints or writes.
     assert KEY not in output and "/cb/" not in output
-    assert b"/cb/" not in (tmp_path / "out.parquet").read_bytes()
+    for written in tmp_path.iterdir():  # the output, the journal and its WAL
+        assert b"/cb/" not in written.read_bytes(), written
 
 
 def test_fallback_polling_finishes_every_row_when_no_callback_comes(
@@ -106,6 +107,21 @@ def test_callbacks_pointed_elsewhere_are_refused_and_polling_still_finishes(
     assert done.returncode == 0, done.output
     assert (pd.read_parquet(out)["status"] == "solved").all()
     assert server.stats()["callbacks_failed"] == 8
+
+
+def test_a_listen_port_in_use_exits_2_before_any_task_is_created(
+    tmp_path: Path, emulator: Start
+) -> None:
+    server = oracle(emulator, deferred=1.0)
+    table = write_table(sample_frame(2), tmp_path / "in.parquet")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = int(busy.getsockname()[1])
+        done = run_cli(*run_args(server, table, tmp_path / "out.parquet", *callback_flags(port)))
+    assert done.returncode == 2, done.output
+    assert "capbatch: error: --callback-listen: cannot listen" in done.stderr
+    assert server.stats()["create_calls"] == 0
 
 
 @pytest.mark.parametrize(

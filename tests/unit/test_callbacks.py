@@ -266,3 +266,30 @@ async def test_an_early_callback_is_used_once_the_create_reply_comes() -> None:
     solver.box.creating = 0
     result = await asyncio.wait_for(solve_job(solver, JOB), 1.0)
     assert result.answer == "early" and provider.count("getTaskResult") == 0
+
+
+async def test_an_unsolvable_callback_is_handled_as_a_polled_one_and_a_new_task_goes() -> None:
+    provider = FakeProvider(
+        createTask=[deferred("t-10"), deferred("t-11")], getTaskResult=[pending()]
+    )
+    clock = SteppedClock()
+    solver, _ = callback_solver(provider, clock)
+    job = asyncio.create_task(solve_job(solver, JOB))
+    await settle()
+    unsolvable = {"errorId": 1, "errorCode": "ERROR_CAPTCHA_UNSOLVABLE", "taskId": "t-10"}
+    assert solver.box.take(solver.box.path, json.dumps(unsolvable).encode())[0] == 200
+    for _ in range(100):  # bounded: the back-off before the new task, in fake time
+        if provider.count("createTask") == 2:
+            break
+        clock.advance(0.5)
+        await settle()
+    assert provider.count("createTask") == 2
+    body = json.dumps({**READY, "taskId": "t-11", "solution": {"text": "second"}}).encode()
+    assert solver.box.take(solver.box.path, body) == (200, "ok")
+    result = await asyncio.wait_for(job, 1.0)
+    assert result.answer == "second" and result.attempts == 2
+    assert provider.count("getTaskResult") == 0 and solver.tally.callbacks_used == 2
+    # A callback for a task that meanwhile vanished from the waiting set is ignored.
+    assert solver.box.take(solver.box.path, json.dumps(unsolvable).encode())[1] == (
+        "already answered"
+    )
