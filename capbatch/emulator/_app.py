@@ -32,6 +32,7 @@ reply (no CORS headers are sent).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
@@ -68,6 +69,10 @@ from capbatch.emulator._state import EmulatorState, FaultRolls, Task, TaskRolls,
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: The endpoint the current request asked for: error replies take its documented shape.
+_ENDPOINT: contextvars.ContextVar[str] = contextvars.ContextVar("endpoint", default="")
+
+
 class Emulator:
     """One emulator: its state, dialect, solver, callback session and the handlers."""
 
@@ -88,12 +93,12 @@ class Emulator:
     def error(
         self, role: Role, description: str, *, headers: Mapping[str, str] | None = None
     ) -> web.Response:
-        """The dialect's error reply for ``role``: its code, errorId and HTTP status."""
+        """The dialect's error reply for ``role``: its code, errorId and HTTP status, in
+        the shape the dialect documents for the endpoint being answered."""
         code = self.dialect.code(role)
         self.state.count_error(code)
-        response = json_reply(
-            error_payload(self.dialect, code, description), self.dialect.status(code)
-        )
+        payload = error_payload(self.dialect, code, description, _ENDPOINT.get())
+        response = json_reply(payload, self.dialect.status(code))
         if headers:
             response.headers.update(headers)
         return response
@@ -104,6 +109,7 @@ class Emulator:
         state = self.state
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
+            _ENDPOINT.set(request.path)
             state.enter()
             try:
                 if not state.arrive(time.monotonic()):

@@ -102,6 +102,12 @@ class Dialect:
     cost_decimals: int = 6
     solve_count_as_text: bool = False
     balance_extra: Mapping[str, Any] = field(default_factory=_frozen)
+    #: The ready reply's solution also carries the image's ``url`` (Anti-Captcha).
+    solution_url: bool = False
+    #: Fields an endpoint's error replies add, and endpoints whose error replies carry
+    #: no ``errorDescription`` (both as each provider's examples show them).
+    error_extras: Mapping[str, Mapping[str, Any]] = field(default_factory=_frozen)
+    bare_error_endpoints: frozenset[str] = frozenset()
     #: errorId per errorCode (1 when not listed), HTTP status per code (else default).
     error_ids: Mapping[str, int] = field(default_factory=_frozen)
     statuses: Mapping[str, int] = field(default_factory=_frozen)
@@ -268,6 +274,8 @@ ANTICAPTCHA = Dialect(
     developer_id="softId",  # AC-create: softId Integer
     developer_id_type=int,
     result_extras=True,  # AC10
+    solution_url=True,  # AC-result example: solution {"text": ..., "url": ...}
+    balance_extra=_frozen(captchaCredits=0),  # AC-balance: captchaCredits, an Integer
     cost_decimals=6,  # AC-result example: "cost":"0.000700"
     solve_count_as_text=True,  # AC-result example: "solveCount":"0" (a string)
     error_ids=_NUMBERED,
@@ -302,6 +310,10 @@ CAPMONSTER = Dialect(
     developer_id="softId",
     developer_id_type=int,
     pending_extra=_frozen(errorCode=None, errorDescription=None),  # CM-result example
+    # CM-create's error example carries "taskId": 0 (its structure: Required); CM-report's
+    # error example and structure have errorId and errorCode only.
+    error_extras=_frozen(**{"/createTask": _frozen(taskId=0)}),
+    bare_error_endpoints=frozenset({"/reportIncorrectImageCaptcha"}),
     # CM17: no page states HTTP statuses; SDK-cm reads error replies only from HTTP 200.
     default_error_status=200,
     min_image_bytes=100,  # CM10, CM-errors "ZERO IMAGE SIZE"

@@ -62,8 +62,14 @@ def drop_connection(request: web.Request) -> web.Response:
     return web.Response(status=499)
 
 
-def error_payload(dialect: Dialect, code: str, description: str) -> dict[str, Any]:
-    return {"errorId": dialect.error_id(code), "errorCode": code, "errorDescription": description}
+def error_payload(
+    dialect: Dialect, code: str, description: str, endpoint: str = ""
+) -> dict[str, Any]:
+    """An error reply's fields as ``dialect`` documents them for ``endpoint``."""
+    payload: dict[str, Any] = {"errorId": dialect.error_id(code), "errorCode": code}
+    if endpoint not in dialect.bare_error_endpoints:
+        payload["errorDescription"] = description
+    return {**payload, **dialect.error_extras.get(endpoint, {})}
 
 
 def task_reply(
@@ -86,7 +92,11 @@ def task_reply(
         if dialect.failed_status is not None:
             payload["status"] = dialect.failed_status
         return {**payload, **echo}, dialect.status(code)
-    payload = {**dialect.ok, "status": "ready", "solution": {"text": task.answer}, **echo}
+    solution: dict[str, Any] = {"text": task.answer}
+    if dialect.solution_url:
+        # Where the provider keeps the image; the emulator keeps none (.invalid: RFC 2606).
+        solution["url"] = f"https://images.emulator.invalid/{task.task_id}.png"
+    payload = {**dialect.ok, "status": "ready", "solution": solution, **echo}
     if dialect.result_extras:
         payload["cost"] = f"{to_usd(task.charged):.{dialect.cost_decimals}f}"
         payload["ip"] = task.ip or ""

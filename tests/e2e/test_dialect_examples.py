@@ -63,25 +63,7 @@ SITUATIONS = (
 #: Fixtures whose example the emulator is known not to match: reported gaps of the
 #: emulator (capbatch/emulator/_dialects.py, _replies.py), not fixed here. Strict: a
 #: fixed gap makes its test pass, and then its entry must go.
-KNOWN_GAPS: dict[str, str] = {
-    "anticaptcha/getBalance_captchaCredits": (
-        "the Anti-Captcha getBalance reply has no captchaCredits (Integer), which "
-        "AC-balance's response structure lists and its current example shows (85000)"
-    ),
-    "anticaptcha/getTaskResult_ready": (
-        "the Anti-Captcha ready reply's solution has text only; AC-result's example (and "
-        "the ImageToTextTask solution object) also has url, a string"
-    ),
-    "capmonster/createTask_error_bad_key": (
-        "CapMonster createTask error replies carry no taskId; CM-create's error example "
-        'has "taskId": 0 and its response structure marks taskId Required: Yes'
-    ),
-    "capmonster/reportIncorrectImageCaptcha_error_bad_key": (
-        "CapMonster report error replies carry errorDescription; CM-report's error "
-        "example and response structure have errorId and errorCode only (CM-create's "
-        "error example does carry errorDescription: the pages disagree)"
-    ),
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _png() -> bytes:

@@ -102,7 +102,9 @@ def test_reply_shapes(name: str) -> None:
     pending, status = task_reply(dialect, _task(state, None, resolved=False), 11.0, lambda t: 0)
     assert status == 200 and pending["status"] in ("idle", "processing")
     ready, status = task_reply(dialect, _task(state, "ab3xy"), 13.0, lambda t: int(t) + 1000)
-    assert status == 200 and ready["solution"] == {"text": "ab3xy"}
+    assert status == 200 and ready["solution"]["text"] == "ab3xy"
+    assert isinstance(ready["solution"].get("url", ""), str)
+    assert ("url" in ready["solution"]) == (name == "anticaptcha")
     if name in ("anticaptcha", "twocaptcha"):
         assert ready["cost"] == {"anticaptcha": "0.000400", "twocaptcha": "0.00040"}[name]
         assert (ready["createTime"], ready["endTime"]) == (1010, 1012)
