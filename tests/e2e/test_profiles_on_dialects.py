@@ -360,3 +360,27 @@ def test_anticaptcha_reports_during_the_run_meet_the_60_s_window(
         assert [r["accepted"] for r in stats["reports_by_task"][task_id]] == [False]
     # The reports made during the run stay the only accepted ones, sent once.
     assert stats["reports"] == len(wrong)
+
+
+def test_capmonster_at_a_price_above_its_table_price_keeps_the_cap_and_exact_costs(
+    tmp_path: Path, emulator: Start
+) -> None:
+    # CapMonster's replies carry no cost: the emulator's default price ($0.0004) is
+    # above the profile's $0.0003 and shows only in the balance, which the run reads.
+    provider = "capmonster"
+    server = oracle(emulator, dialect=provider, price=0.0004, seed=2)
+    assert price(provider) < 0.0004
+    rows = 20
+    table = write_table(sample_frame(rows), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    cap = 8 * 0.0004
+    extra = ("--rate", "200", "--max-in-flight", "20", "--max-spend", repr(cap))
+    done = run(provider, server, table, out, *extra, quiet=False)
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    stats = settled(server)
+    assert stats["charged_total"] <= cap + EPS
+    solved = int((result["status"] == "solved").sum())
+    assert 0 < solved == stats["create_accepted"]
+    assert abs(stats["charged_total"] - solved * 0.0004) < EPS
+    assert abs(result["cost_usd"].sum() - stats["charged_total"]) < EPS, done.stderr
