@@ -7,16 +7,19 @@ when it is there, otherwise they are drawn here, deterministically.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from PIL import Image, ImageDraw
 
 from capbatch.emulator import EmulatorConfig, EmulatorHandle, running_emulator
@@ -153,3 +156,42 @@ def api() -> Iterator[Callable[..., Api]]:
     yield connect
     for client in clients:
         client.close()
+
+
+@dataclass
+class CallbackHook:
+    """A loopback receiver for the emulator's callback POSTs: each JSON body lands in
+    ``received``; ``url`` is where to send them, ``allow`` the emulator's allow-list."""
+
+    port: int
+    received: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def allow(self) -> tuple[str]:
+        return (f"127.0.0.1:{self.port}",)
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.received.get(), timeout=timeout)
+
+
+@pytest.fixture
+async def callback_hook() -> AsyncIterator[CallbackHook]:
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await received.put(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield CallbackHook(runner.addresses[0][1], received)
+    finally:
+        await runner.cleanup()

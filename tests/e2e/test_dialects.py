@@ -13,7 +13,6 @@ and in time.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -29,7 +28,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 from PIL import Image
 
@@ -713,44 +711,28 @@ def test_faults_in_every_dialect(start, dialect):
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-async def test_callback_carries_the_dialects_result(emulator, dialect):
-    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def hook(request: web.Request) -> web.Response:
-        await received.put(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        emu = emulator(
-            dialect=dialect,
-            deferred=1.0,
-            solve_time=(0.05, 0.05),
-            callback_allow=(f"127.0.0.1:{port}",),
-        )
-        body = {
-            "clientKey": KEY,
-            "task": {"type": "ImageToTextTask", "body": b64(PNG)},
-            "callbackUrl": f"http://127.0.0.1:{port}/hook",
-        }
-        async with httpx.AsyncClient(base_url=emu.url, timeout=10, trust_env=False) as http:
-            task_id = (await http.post("/createTask", json=body)).json()["taskId"]
-            got = await asyncio.wait_for(received.get(), timeout=5)
-            polled = await http.post("/getTaskResult", json={"clientKey": KEY, "taskId": task_id})
-            assert got == polled.json()
-            assert got["status"] == "ready"
-            body["callbackUrl"] = "http://127.0.0.1:9/elsewhere"
-            assert (await http.post("/createTask", json=body)).json()["errorId"] == 0
-        stats = emu.stats()
-        assert (stats["callbacks_sent"], stats["callbacks_refused"]) == (1, 1)
-    finally:
-        await runner.cleanup()
+async def test_callback_carries_the_dialects_result(emulator, dialect, callback_hook):
+    emu = emulator(
+        dialect=dialect,
+        deferred=1.0,
+        solve_time=(0.05, 0.05),
+        callback_allow=callback_hook.allow,
+    )
+    body = {
+        "clientKey": KEY,
+        "task": {"type": "ImageToTextTask", "body": b64(PNG)},
+        "callbackUrl": callback_hook.url,
+    }
+    async with httpx.AsyncClient(base_url=emu.url, timeout=10, trust_env=False) as http:
+        task_id = (await http.post("/createTask", json=body)).json()["taskId"]
+        got = await callback_hook.next()
+        polled = await http.post("/getTaskResult", json={"clientKey": KEY, "taskId": task_id})
+        assert got == polled.json()
+        assert got["status"] == "ready"
+        body["callbackUrl"] = "http://127.0.0.1:9/elsewhere"
+        assert (await http.post("/createTask", json=body)).json()["errorId"] == 0
+    stats = emu.stats()
+    assert (stats["callbacks_sent"], stats["callbacks_refused"]) == (1, 1)
 
 
 def test_serve_command_speaks_the_dialect():

@@ -421,46 +421,28 @@ def test_oracle_needs_labels():
 # --- callbacks --------------------------------------------------------------------------
 
 
-async def test_callback_reaches_loopback(emulator, png):
-    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+async def test_callback_reaches_loopback(emulator, png, callback_hook):
+    emu = emulator(deferred=0.0, solve_time=(0.05, 0.05), callback_allow=callback_hook.allow)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=10) as http:
+        body = {
+            "clientKey": KEY,
+            "task": {"type": "ImageToTextTask", "body": b64(png)},
+            "callbackUrl": callback_hook.url,
+        }
+        sync = (await http.post("/createTask", json=body)).json()
+        assert await callback_hook.next() == sync
 
-    async def hook(request: web.Request) -> web.Response:
-        await received.put(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        emu = emulator(deferred=0.0, solve_time=(0.05, 0.05), callback_allow=(f"127.0.0.1:{port}",))
-        callback = f"http://127.0.0.1:{port}/hook"
-        async with httpx.AsyncClient(base_url=emu.url, timeout=10) as http:
-            body = {
-                "clientKey": KEY,
-                "task": {"type": "ImageToTextTask", "body": b64(png)},
-                "callbackUrl": callback,
-            }
-            sync = (await http.post("/createTask", json=body)).json()
-            got = await asyncio.wait_for(received.get(), timeout=5)
-            assert got == sync
-
-            emu.control(deferred=1.0)
-            task_id = (await http.post("/createTask", json=body)).json()["taskId"]
-            got = await asyncio.wait_for(received.get(), timeout=5)
-            polled = (
-                await http.post("/getTaskResult", json={"clientKey": KEY, "taskId": task_id})
-            ).json()
-            assert got == polled
-            assert got["taskId"] == task_id and got["status"] == "ready"
-        stats = emu.stats()
-        assert stats["callbacks_sent"] == 2
-        assert stats["callbacks_refused"] == 0
-    finally:
-        await runner.cleanup()
+        emu.control(deferred=1.0)
+        task_id = (await http.post("/createTask", json=body)).json()["taskId"]
+        got = await callback_hook.next()
+        polled = (
+            await http.post("/getTaskResult", json={"clientKey": KEY, "taskId": task_id})
+        ).json()
+        assert got == polled
+        assert got["taskId"] == task_id and got["status"] == "ready"
+    stats = emu.stats()
+    assert stats["callbacks_sent"] == 2
+    assert stats["callbacks_refused"] == 0
 
 
 @pytest.mark.parametrize(
