@@ -132,10 +132,7 @@ class CallbackSolver(TaskSolver):
     async def _poll(self, job: Job, state: JobState) -> TaskReply | None:
         task_id = state.task_id
         assert task_id is not None
-        due = state.next_poll if state.next_poll is not None else self.clock.now()
-        if state.last_poll is not None:
-            due = max(due, state.last_poll + self.profile.poll.min_interval)
-        heard = await self.box.wait(task_id, due - self.clock.now())
+        heard = await self.box.wait(task_id, self._poll_due(state) - self.clock.now())
         if heard is not None:
             return await self._use(job, state, task_id, heard)
         polls = state.polls

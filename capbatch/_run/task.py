@@ -251,13 +251,17 @@ class TaskSolver:
             self._settle_probe(state)
         state.reserved = 0.0
 
+    def _poll_due(self, state: JobState) -> float:
+        """When the next poll may go: as scheduled, never inside the provider's floor."""
+        due = state.next_poll if state.next_poll is not None else self.clock.now()
+        if state.last_poll is not None:
+            due = max(due, state.last_poll + self.profile.poll.min_interval)
+        return due
+
     async def _poll(self, job: Job, state: JobState) -> TaskReply | None:
         assert state.task_id is not None and state.created_mono is not None
         poll = self.profile.poll
-        next_poll = state.next_poll if state.next_poll is not None else self.clock.now()
-        if state.last_poll is not None:  # the provider's floor, whatever set next_poll
-            next_poll = max(next_poll, state.last_poll + poll.min_interval)
-        wait = next_poll - self.clock.now()
+        wait = self._poll_due(state) - self.clock.now()
         if wait > 0:
             await self.clock.sleep(wait)
         age = self.clock.now() - state.created_mono
