@@ -47,6 +47,9 @@ class RunOptions:
     id_column: str | None = None
     task_type: str = "ImageToTextTask"
     task_params: Mapping[str, Any] = field(default_factory=dict)
+    #: Task fields filled per row from columns: ``{"question": "question_col"}``
+    #: (``--field FIELD=COLUMN``); each task type has defaults (``docs/task-types.md``).
+    fields: Mapping[str, str] = field(default_factory=dict)
     rate: float | None = None
     max_in_flight: int | None = None
     max_attempts: int = 5
