@@ -60,8 +60,8 @@ async def stop_callbacks(solver: TaskSolver) -> None:
 
 
 class CallbackService:
-    """A ``TaskService`` whose createTask carries the run's ``callbackUrl`` and tells the
-    ``CallbackBox`` which task ids to expect. The token is cut out of any error text."""
+    """A ``TaskService`` whose createTask carries a slot's ``callbackUrl`` and tells the
+    ``CallbackBox`` which task the slot names. The token is cut out of any error text."""
 
     def __init__(self, inner: TaskService, box: CallbackBox) -> None:
         self.inner = inner
@@ -71,21 +71,24 @@ class CallbackService:
         self, task: Mapping[str, Any], *, callback_url: str | None = None
     ) -> TaskReply:
         box = self.box
-        box.creating += 1
+        slot, url = box.open()
         try:
-            reply = await self.inner.create_task(task, callback_url=box.url)
+            reply = await self.inner.create_task(task, callback_url=url)
         except CapbatchError as exc:
+            box.close(slot)
             if box.token in exc.message:
                 exc.message = exc.message.replace(box.token, "<token>")
                 exc.args = (exc.message,)
             raise
-        finally:
-            box.creating -= 1
-        if reply.task_id is not None:
-            if reply.ready:
-                box.finish(reply.task_id)  # answered at once: its callback is a repeat
-            else:
-                box.expect(reply.task_id)
+        except BaseException:
+            box.close(slot)
+            raise
+        if reply.task_id is None:
+            box.close(slot)
+            return reply
+        box.bind(slot, reply.task_id)
+        if reply.ready:
+            box.finish(reply.task_id)  # answered at once: its callback is a repeat
         return reply
 
     async def get_task_result(self, task_id: str) -> TaskReply:

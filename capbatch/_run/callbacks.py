@@ -2,21 +2,25 @@
 the answers a provider POSTs to a task's ``callbackUrl``, matched to the run's tasks.
 
 Every createTask of the run carries ``callbackUrl`` = the user's URL + ``/`` + a token
-drawn once per run (``secrets.token_urlsafe``), so a callback proves itself by its path:
-nothing else about it is trusted. The receiver refuses with a 4xx, and counts, anything
-that is not a POST to exactly that path with a JSON object of at most ``MAX_BODY`` bytes
-naming a task id this run knows (or may be about to know). An accepted body is parsed by
-the very parser of getTaskResult replies (``protocol.parse_task_result``): the same text
-cleaning, key masking and cost parsing.
+drawn once per run + ``/`` + a slot drawn for that createTask (both ``secrets.
+token_urlsafe``), so a callback proves itself, and names its task, by its path: nothing
+else about it is trusted. The slot is needed because most providers' callbacks are
+getTaskResult's reply, which has no ``taskId``. The receiver refuses with a 4xx, and
+counts, anything that is not a POST to a live slot under that token with a JSON object
+(or 2Captcha's ``id``/``code`` pingback form) of at most ``MAX_BODY`` bytes, and a body
+whose ``taskId`` names another task. An accepted body is parsed by the very parser of
+getTaskResult replies (``protocol.parse_task_result``): the same text cleaning, key
+masking and cost parsing.
 
 ``CallbackBox`` matches callbacks to tasks:
 
-- a callback for a task the run is waiting on wakes that task's wait (``wait``);
-- one that comes while a createTask is out, for an id not known yet, is kept (at most
-  ``MAX_EARLY``) and used as soon as that createTask's reply names its id (``expect``);
+- a callback to the slot of a task the run is waiting on wakes that task's wait
+  (``wait``);
+- one that comes while the slot's createTask is out is kept (at most ``MAX_EARLY``) and
+  used as soon as that createTask's reply names its task (``bind``);
 - one for a task already answered (by a poll, or an earlier callback) is ignored and
   counted: an answer is journaled, and paid for, once;
-- anything else is an unknown task: refused.
+- anything else is an unknown slot: refused.
 
 The token lives only here and in the URL sent to the provider: it is never logged,
 printed or written to the output or journal (the URL the user gave is, without it).
@@ -29,8 +33,8 @@ import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from capbatch._exceptions import CapbatchError, ConfigError
 from capbatch._providers import protocol
@@ -46,9 +50,9 @@ if TYPE_CHECKING:
 
 #: The largest callback body read; a larger one is refused (413) unread.
 MAX_BODY = 1 << 20
-#: Callbacks kept for task ids not known yet (their createTask reply still out).
+#: Callbacks kept for slots whose createTask reply is still out.
 MAX_EARLY = 4096
-#: Answered task ids remembered, so that a late callback is told from an unknown one.
+#: Slots of answered tasks remembered, so that a late callback is told from an unknown one.
 MAX_DONE = 100_000
 #: Polling is the fallback: a task waiting for its callback is first polled after
 #: ``FALLBACK_FACTOR`` times the provider's usual first-poll delay, and never sooner than
@@ -133,8 +137,42 @@ def _task_id_text(raw: object) -> str | None:
     return text
 
 
+def _read_body(body: bytes) -> dict[str, Any] | None:
+    """A callback body as a getTaskResult-shaped object, or None if it is neither JSON
+    nor a pingback form.
+
+    JSON objects are taken as they come (the reply shape every provider documents for its
+    callbacks). A form ``id=...&code=...`` is 2Captcha's documented pingback shape for
+    its older API (unconfirmed for API v2, see docs/providers.md): it becomes a ready
+    reply with ``code`` as the text, or the error ``code`` names."""
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raw = None
+    if isinstance(raw, dict):
+        return raw
+    if raw is not None:
+        return None
+    try:
+        form = parse_qs(body.decode("ascii"), strict_parsing=True, max_num_fields=8)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ids, codes = form.get("id"), form.get("code")
+    if not ids or not codes or len(ids) != 1 or len(codes) != 1:
+        return None
+    code = codes[0]
+    if code.startswith("ERROR_"):
+        return {"taskId": ids[0], "errorId": 1, "errorCode": code}
+    return {"taskId": ids[0], "errorId": 0, "status": "ready", "solution": {"text": code}}
+
+
 class CallbackBox:
-    """The run's callbacks: the token, the tasks waiting, what was heard, the counts."""
+    """The run's callbacks: the token, the slots, the tasks waiting, what was heard.
+
+    Each createTask gets its own *slot*, a random path segment after the run's token, so
+    its callback names its task by where it is sent: Anti-Captcha, CapMonster Cloud and
+    2Captcha send getTaskResult's reply, which has no ``taskId``. A ``taskId`` the body
+    does carry must agree with the slot's task."""
 
     def __init__(
         self,
@@ -147,38 +185,62 @@ class CallbackBox:
     ) -> None:
         self.token = secrets.token_urlsafe(32)
         self.path = urlsplit(base_url).path.rstrip("/") + "/" + self.token
-        #: What createTask carries as ``callbackUrl``.
+        #: What every createTask's ``callbackUrl`` starts with (its slot follows).
         self.url = base_url.rstrip("/") + "/" + self.token
         self.profile = profile
         self.tally = tally
         self.clock = clock
         self.mask = mask
-        #: createTask requests out now: an unknown id may be one of theirs.
-        self.creating = 0
-        self._known: set[str] = set()
-        self._early: set[str] = set()
+        #: Slots in use: the task each names (None while its createTask is out).
+        self._slots: dict[str, str | None] = {}
+        self._slot_of: dict[str, str] = {}
+        #: Callbacks that came while their slot's createTask was out (raw objects).
+        self._early: dict[str, dict[str, Any]] = {}
         self._heard: dict[str, Heard] = {}
         self._events: dict[str, asyncio.Event] = {}
+        #: Slots of answered tasks, so that a late callback is told from an unknown one.
         self._done: OrderedDict[str, None] = OrderedDict()
 
     # --- the solver's side ------------------------------------------------------------
 
-    def expect(self, task_id: str) -> None:
-        """A createTask reply named ``task_id``: its callback is awaited (or was early)."""
-        self._known.add(task_id)
-        if task_id in self._early:
-            self._early.discard(task_id)
-            self._wake(task_id)
+    def open(self) -> tuple[str, str]:
+        """A new slot for a createTask about to go: the slot and its ``callbackUrl``."""
+        slot = secrets.token_urlsafe(12)
+        self._slots[slot] = None
+        return slot, f"{self.url}/{slot}"
+
+    def bind(self, slot: str, task_id: str) -> None:
+        """``slot``'s createTask reply named ``task_id``: its callback is awaited (or
+        came early, and is used now)."""
+        if slot not in self._slots:
+            return
+        self._slots[slot] = task_id
+        self._slot_of[task_id] = slot
+        early = self._early.pop(slot, None)
+        if early is not None:
+            if self._accept(task_id, early):
+                self._wake(task_id)
+            else:
+                self.tally.callbacks_refused += 1
+
+    def close(self, slot: str) -> None:
+        """``slot``'s createTask named no task (it failed): the slot is dropped, and an
+        early callback to it refused."""
+        self._slots.pop(slot, None)
+        if self._early.pop(slot, None) is not None:
+            self.tally.callbacks_refused += 1
 
     def finish(self, task_id: str) -> None:
         """``task_id`` is answered or given up: a later callback for it is ignored."""
-        self._known.discard(task_id)
         self._events.pop(task_id, None)
         if self._heard.pop(task_id, None) is not None:
             self.tally.callbacks_ignored += 1
-        self._done[task_id] = None
-        if len(self._done) > MAX_DONE:
-            self._done.popitem(last=False)
+        slot = self._slot_of.pop(task_id, None)
+        if slot is not None:
+            self._slots.pop(slot, None)
+            self._done[slot] = None
+            if len(self._done) > MAX_DONE:
+                self._done.popitem(last=False)
 
     async def wait(self, task_id: str, seconds: float) -> Heard | None:
         """What a callback told about ``task_id`` within ``seconds`` (None: nothing)."""
@@ -207,31 +269,44 @@ class CallbackBox:
         if event is not None:
             event.set()
 
+    def _slot(self, path: str) -> str | None:
+        """The slot a request's path names, if it carries the run's token."""
+        head, sep, slot = path.rpartition("/")
+        if not sep or not secrets.compare_digest(head.encode(), self.path.encode()):
+            return None
+        return slot
+
     def take(self, path: str, body: bytes) -> tuple[int, str]:
         """One authenticated-or-not callback: the HTTP status to answer and why."""
-        if not secrets.compare_digest(path.encode(), self.path.encode()):
+        slot = self._slot(path)
+        if slot is None:
             return 404, "not found"
-        try:
-            raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raw = None
-        if not isinstance(raw, dict):
-            return 400, "not a JSON object"
-        task_id = _task_id_text(raw.get("taskId"))
-        if task_id is None:
-            return 400, "no usable taskId"
-        if task_id in self._done:
+        if slot in self._done:
             self.tally.callbacks_ignored += 1
             return 200, "already answered"
-        known = task_id in self._known
-        if not known and (self.creating <= 0 or len(self._early) >= MAX_EARLY):
+        if slot not in self._slots:
             return 404, "unknown task"
-        self._heard[task_id] = self._parse(body, task_id)
-        if known:
-            self._wake(task_id)
-            return 200, "ok"
-        self._early.add(task_id)
-        return 202, "kept until the task is known"
+        raw = _read_body(body)
+        if raw is None:
+            return 400, "not a JSON object or pingback form"
+        task_id = self._slots[slot]
+        if task_id is None:
+            if len(self._early) >= MAX_EARLY:
+                return 503, "too many early callbacks"
+            self._early[slot] = raw
+            return 202, "kept until the task is known"
+        if not self._accept(task_id, raw):
+            return 400, "taskId does not match"
+        self._wake(task_id)
+        return 200, "ok"
+
+    def _accept(self, task_id: str, raw: dict[str, Any]) -> bool:
+        """Keep ``raw`` as what was heard of ``task_id``, unless it names another task."""
+        named = raw.get("taskId")
+        if named is not None and _task_id_text(named) != task_id:
+            return False
+        self._heard[task_id] = self._parse(json.dumps(raw).encode(), task_id)
+        return True
 
     def _parse(self, body: bytes, task_id: str) -> Heard:
         """The callback's body read as a getTaskResult reply for ``task_id``."""

@@ -145,3 +145,36 @@ def test_bad_callback_flags_exit_2_before_any_request(
     assert "capbatch: error:" in done.stderr and message in done.stderr
     assert KEY not in done.output
     assert server.stats()["create_calls"] == 0
+
+
+@pytest.mark.parametrize("provider", ["anticaptcha", "capmonster", "twocaptcha"])
+def test_callbacks_without_a_task_id_are_matched_by_their_slot(
+    tmp_path: Path, emulator: Start, provider: str
+) -> None:
+    """Anti-Captcha, CapMonster Cloud and 2Captcha call back with getTaskResult's reply,
+    which names no task: each createTask's own slot in the URL tells whose answer it is."""
+    from capbatch._providers.profiles import get_profile
+
+    rows, port = 12, free_port()
+    profile = get_profile(provider)
+    server = oracle(
+        emulator,
+        dialect=provider,
+        price=profile.price_for("ImageToTextTask"),
+        solve_time=(0.2, 0.5),
+        callback_allow=(str(port),),
+        seed=9,
+    )
+    table = write_table(sample_frame(rows), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--provider", provider, *callback_flags(port))
+    assert profile.key_env_var is not None
+    done = run_cli(*args, key=None, env={profile.key_env_var: KEY})
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert (result["status"] == "solved").all() and (result["answer"] == result["label"]).all()
+    stats = server.stats()
+    assert stats["callbacks_sent"] == rows
+    run_info = json.loads((pq.read_metadata(out).metadata or {})[b"capbatch.run"])
+    assert run_info["callbacks_used"] == rows and run_info["callbacks_refused"] == 0
+    assert stats["polls"] == 0 and stats["create_calls"] == rows
