@@ -12,7 +12,11 @@ and the tables that describe them::
     sample_data/captchas.parquet       id, image_path, label, style
     sample_data/captchas.csv           same columns as captchas.parquet
     sample_data/captchas_b64.parquet   id, image_b64, label, style
-    sample_data/labels.csv             sha256, label  (oracle answers keyed by PNG hash)
+    sample_data/grids/grid-0001.png ... grid-0120.png   3x3 grids of synthetic classes
+    sample_data/grids.parquet          id, image_path, question, label ("1,4,7": 0-based tiles)
+    sample_data/slider/slider-0001-piece.png, slider-0001-bg.png ...
+    sample_data/slider.parquet         id, image_path (piece), background_path, label (gap x)
+    sample_data/labels.csv             sha256, label  (oracle answers keyed by ``oracle_key``)
 
 Run it from anywhere (the default output folder is resolved from this file's location)::
 
@@ -43,10 +47,12 @@ from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 DEFAULT_SEED = 20261129
 DEFAULT_COUNT = 240
+DEFAULT_GRIDS = 120
+DEFAULT_SLIDERS = 120
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "sample_data"
 
 WIDTH, HEIGHT = 160, 60
@@ -217,6 +223,225 @@ def render_classic(label: str, rng: random.Random) -> Image.Image:
         return ImageCaptcha(width=WIDTH, height=HEIGHT).generate_image(label)
 
 
+# --------------------------------------------------------------------------- task keys
+
+
+def oracle_key(images: Sequence[bytes], question: str | None = None) -> str:
+    """The key of a task's answer in ``labels.csv`` (the emulator's oracle uses the same).
+
+    One image and no question: the image's sha256, as for the text captchas. Otherwise
+    the sha256 of the images' sha256 hex digests joined by ``,`` (in field order ``body``,
+    ``image``, ``images[...]``, ``imageBackground``), then ``|`` and the question.
+    """
+    if len(images) == 1 and not question:
+        return hashlib.sha256(images[0]).hexdigest()
+    digests = ",".join(hashlib.sha256(image).hexdigest() for image in images)
+    return hashlib.sha256(f"{digests}|{question or ''}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- 3x3 grids
+
+GRID_TILE = 100  # 3x3 tiles of 100 px: a 300x300 grid, a size reCAPTCHA uses for 3x3
+GRID_COLOURS = 24
+#: Each synthetic class as a real ReCaptchaV2Classification question code (CapSolver's list).
+GRID_CLASSES: dict[str, str] = {
+    "car": "/m/0k4j",
+    "bus": "/m/01bjv",
+    "palm_tree": "/m/0cdl1",
+    "traffic_light": "/m/015qff",
+    "mountain": "/m/09d_r",
+}
+
+
+@dataclass(frozen=True)
+class GridSample:
+    """One 3x3 grid: ``label`` = the sorted 0-based row-major indexes of the asked class."""
+
+    id: str
+    question: str
+    label: str
+    png: bytes
+
+    @property
+    def image_path(self) -> str:
+        return f"grids/{self.id}.png"
+
+    @property
+    def key(self) -> str:
+        return oracle_key([self.png], self.question)
+
+
+def _draw_car(draw: ImageDraw.ImageDraw, rng: random.Random, body: RGB) -> None:
+    x, y = rng.randint(8, 22), rng.randint(38, 52)
+    draw.rectangle((x, y, x + 70, y + 22), fill=body)
+    draw.polygon([(x + 14, y), (x + 22, y - 16), (x + 50, y - 16), (x + 58, y)], fill=body)
+    draw.rectangle((x + 25, y - 12, x + 47, y - 2), fill=(200, 225, 245))
+    for wx in (x + 14, x + 56):
+        draw.ellipse((wx - 8, y + 16, wx + 8, y + 32), fill=(25, 25, 25))
+
+
+def _draw_bus(draw: ImageDraw.ImageDraw, rng: random.Random, body: RGB) -> None:
+    x, y = rng.randint(4, 10), rng.randint(22, 36)
+    draw.rectangle((x, y, x + 86, y + 40), fill=body)
+    for i in range(5):
+        wx = x + 5 + i * 16
+        draw.rectangle((wx, y + 6, wx + 11, y + 18), fill=(200, 225, 245))
+    for wx in (x + 16, x + 70):
+        draw.ellipse((wx - 8, y + 34, wx + 8, y + 50), fill=(25, 25, 25))
+
+
+def _draw_palm_tree(draw: ImageDraw.ImageDraw, rng: random.Random, body: RGB) -> None:
+    cx, top = rng.randint(40, 60), rng.randint(22, 34)
+    draw.line([(cx, 96), (cx + rng.randint(-6, 6), top)], fill=(120, 80, 40), width=7)
+    leaf = (rng.randint(20, 60), rng.randint(120, 170), rng.randint(20, 60))
+    for dx, dy in ((-30, 10), (30, 10), (-22, -12), (22, -12), (0, -20)):
+        draw.line([(cx, top), (cx + dx, top + dy)], fill=leaf, width=6)
+
+
+def _draw_traffic_light(draw: ImageDraw.ImageDraw, rng: random.Random, body: RGB) -> None:
+    x, y = rng.randint(34, 50), rng.randint(6, 14)
+    draw.line([(x + 8, y + 60), (x + 8, 98)], fill=(90, 90, 90), width=4)
+    draw.rectangle((x, y, x + 18, y + 60), fill=(30, 30, 30))
+    for i, lamp in enumerate(((220, 40, 40), (230, 190, 40), (40, 190, 70))):
+        draw.ellipse((x + 3, y + 4 + i * 19, x + 15, y + 16 + i * 19), fill=lamp)
+
+
+def _draw_mountain(draw: ImageDraw.ImageDraw, rng: random.Random, body: RGB) -> None:
+    grey = rng.randint(90, 140)
+    peak = (rng.randint(30, 60), rng.randint(15, 30))
+    draw.polygon([(2, 92), peak, (98, 92)], fill=(grey, grey - 10, grey - 25))
+    draw.polygon([(peak[0] - 12, peak[1] + 18), peak, (peak[0] + 12, peak[1] + 18)], fill="white")
+
+
+_GRID_DRAWERS = {
+    "car": _draw_car,
+    "bus": _draw_bus,
+    "palm_tree": _draw_palm_tree,
+    "traffic_light": _draw_traffic_light,
+    "mountain": _draw_mountain,
+}
+
+
+def _grid_tile(kind: str, rng: random.Random) -> Image.Image:
+    """One 100x100 tile: a sky-to-ground background and one drawing of ``kind``."""
+    tile = Image.new("RGB", (GRID_TILE, GRID_TILE), _random_colour(rng, 170, 235))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 80, GRID_TILE, GRID_TILE), fill=_random_colour(rng, 110, 170))
+    _GRID_DRAWERS[kind](draw, rng, _random_colour(rng, 30, 220))
+    return tile
+
+
+def make_grid(seed: int, index: int) -> GridSample:
+    """Grid number ``index``: 1-4 tiles of the asked class, the rest of other classes."""
+    rng = _rng_for(seed, 100_000 + index)
+    classes = list(GRID_CLASSES)
+    asked = classes[index % len(classes)]
+    chosen = set(rng.sample(range(9), rng.randint(1, 4)))
+    others = [c for c in classes if c != asked]
+    image = Image.new("RGB", (3 * GRID_TILE, 3 * GRID_TILE), "white")
+    for cell in range(9):
+        kind = asked if cell in chosen else rng.choice(others)
+        row, col = divmod(cell, 3)
+        image.paste(_grid_tile(kind, rng), (col * GRID_TILE, row * GRID_TILE))
+    draw = ImageDraw.Draw(image)
+    for edge in (GRID_TILE, 2 * GRID_TILE):  # the white gutters between tiles
+        draw.line([(edge, 0), (edge, 3 * GRID_TILE)], fill="white", width=3)
+        draw.line([(0, edge), (3 * GRID_TILE, edge)], fill="white", width=3)
+    buf = io.BytesIO()
+    image.quantize(GRID_COLOURS, dither=Image.Dither.NONE).save(buf, format="PNG", optimize=True)
+    return GridSample(
+        id=f"grid-{index + 1:04d}",
+        question=GRID_CLASSES[asked],
+        label=",".join(str(i) for i in sorted(chosen)),
+        png=buf.getvalue(),
+    )
+
+
+# --------------------------------------------------------------------------- sliders
+
+SLIDER_WIDTH, SLIDER_HEIGHT, PIECE = 280, 160, 48
+
+
+@dataclass(frozen=True)
+class SliderSample:
+    """One slider: ``label`` = the gap's left x in the background, in pixels."""
+
+    id: str
+    label: str
+    piece: bytes
+    background: bytes
+
+    @property
+    def image_path(self) -> str:
+        return f"slider/{self.id}-piece.png"
+
+    @property
+    def background_path(self) -> str:
+        return f"slider/{self.id}-bg.png"
+
+    @property
+    def key(self) -> str:
+        return oracle_key([self.piece, self.background])
+
+
+def _slider_scene(rng: random.Random) -> Image.Image:
+    """A busy background: a colour field with overlapping shapes, so the gap has to be found."""
+    image = Image.new("RGB", (SLIDER_WIDTH, SLIDER_HEIGHT), _random_colour(rng, 80, 200))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(14, 22)):
+        x, y = rng.randrange(-30, SLIDER_WIDTH), rng.randrange(-30, SLIDER_HEIGHT)
+        w, h = rng.randint(20, 90), rng.randint(20, 90)
+        box = (x, y, x + w, y + h)
+        if rng.random() < 0.5:
+            draw.ellipse(box, fill=_random_colour(rng, 30, 240))
+        else:
+            draw.rectangle(box, fill=_random_colour(rng, 30, 240))
+    return image
+
+
+def _piece_mask() -> Image.Image:
+    """A jigsaw piece: a square with a round tab on its right side (``L`` mode, 255 inside)."""
+    mask = Image.new("L", (PIECE, PIECE), 0)
+    draw = ImageDraw.Draw(mask)
+    draw.rectangle((0, 6, PIECE - 13, PIECE - 7), fill=255)
+    draw.ellipse((PIECE - 22, PIECE // 2 - 9, PIECE - 4, PIECE // 2 + 9), fill=255)
+    return mask
+
+
+def _palette_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    if image.mode == "RGBA":  # keeps the transparency: fast octree is Pillow's RGBA quantiser
+        quantised = image.quantize(PALETTE_COLOURS, method=Image.Quantize.FASTOCTREE)
+    else:
+        quantised = image.quantize(PALETTE_COLOURS, dither=Image.Dither.NONE)
+    quantised.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def make_slider(seed: int, index: int) -> SliderSample:
+    """Slider number ``index``: the piece cut from the scene, the scene with a shaded gap."""
+    rng = _rng_for(seed, 200_000 + index)
+    scene = _slider_scene(rng)
+    x = rng.randint(PIECE + 20, SLIDER_WIDTH - PIECE - 4)
+    y = rng.randint(4, SLIDER_HEIGHT - PIECE - 4)
+    mask = _piece_mask()
+    piece = Image.new("RGBA", (PIECE, PIECE), (0, 0, 0, 0))
+    piece.paste(scene.crop((x, y, x + PIECE, y + PIECE)), (0, 0), mask)
+    outline = mask.filter(ImageFilter.FIND_EDGES)
+    piece.paste((255, 255, 255, 255), (0, 0), outline)
+    background = scene.copy()
+    shade = Image.new("RGB", (PIECE, PIECE), (0, 0, 0))
+    gap = Image.blend(scene.crop((x, y, x + PIECE, y + PIECE)), shade, 0.55)
+    background.paste(gap, (x, y), mask)
+    background.paste((235, 235, 235), (x, y), outline)
+    return SliderSample(
+        id=f"slider-{index + 1:04d}",
+        label=str(x),
+        piece=_palette_png(piece),
+        background=_palette_png(background),
+    )
+
+
 # --------------------------------------------------------------------------- generation
 
 
@@ -249,19 +474,28 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]])
         writer.writerows(rows)
 
 
-def generate(
-    out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT
-) -> list[Sample]:
-    """Write ``count`` captchas and their tables into ``out_dir``; return the samples.
+def _fresh_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
 
-    ``out_dir/images`` is recreated from scratch; other files in ``out_dir`` (e.g. the README)
-    are left alone except the four tables, which are overwritten.
+
+def generate(
+    out_dir: Path | str = DEFAULT_OUT,
+    seed: int = DEFAULT_SEED,
+    count: int = DEFAULT_COUNT,
+    grid_count: int = DEFAULT_GRIDS,
+    slider_count: int = DEFAULT_SLIDERS,
+) -> list[Sample]:
+    """Write ``count`` captchas, ``grid_count`` grids and ``slider_count`` sliders and their
+    tables into ``out_dir``; return the captcha samples.
+
+    ``out_dir/images``, ``grids`` and ``slider`` are recreated from scratch; other files in
+    ``out_dir`` (e.g. the README) are left alone except the tables, which are overwritten.
     """
     out = Path(out_dir)
-    images_dir = out / "images"
-    if images_dir.exists():
-        shutil.rmtree(images_dir)
-    images_dir.mkdir(parents=True)
+    for folder in ("images", "grids", "slider"):
+        _fresh_dir(out / folder)
 
     samples = [make_sample(seed, i) for i in range(count)]
     for s in samples:
@@ -289,8 +523,40 @@ def generate(
             "style": styles,
         },
     )
-    _write_csv(out / "labels.csv", ("sha256", "label"), [(s.sha256, s.label) for s in samples])
+    grids = [make_grid(seed, i) for i in range(grid_count)]
+    sliders = [make_slider(seed, i) for i in range(slider_count)]
+    _write_task_sets(out, grids, sliders)
+    oracle = [(s.sha256, s.label) for s in samples]
+    oracle += [(g.key, g.label) for g in grids] + [(s.key, s.label) for s in sliders]
+    _write_csv(out / "labels.csv", ("sha256", "label"), oracle)
     return samples
+
+
+def _write_task_sets(out: Path, grids: list[GridSample], sliders: list[SliderSample]) -> None:
+    """The grid and slider images and their Parquet tables."""
+    for g in grids:
+        (out / g.image_path).write_bytes(g.png)
+    _write_parquet(
+        out / "grids.parquet",
+        {
+            "id": [g.id for g in grids],
+            "image_path": [g.image_path for g in grids],
+            "question": [g.question for g in grids],
+            "label": [g.label for g in grids],
+        },
+    )
+    for s in sliders:
+        (out / s.image_path).write_bytes(s.piece)
+        (out / s.background_path).write_bytes(s.background)
+    _write_parquet(
+        out / "slider.parquet",
+        {
+            "id": [s.id for s in sliders],
+            "image_path": [s.image_path for s in sliders],
+            "background_path": [s.background_path for s in sliders],
+            "label": [s.label for s in sliders],
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,10 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)"
     )
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="default: %(default)s")
+    parser.add_argument("--grids", type=int, default=DEFAULT_GRIDS, help="default: %(default)s")
+    parser.add_argument("--sliders", type=int, default=DEFAULT_SLIDERS, help="default: %(default)s")
     args = parser.parse_args(argv)
-    samples = generate(args.out, args.seed, args.count)
+    samples = generate(args.out, args.seed, args.count, args.grids, args.sliders)
     size = sum(len(s.png) for s in samples)
     print(f"wrote {len(samples)} captchas ({size / 1024:.0f} KiB of PNG) to {args.out}")
+    print(f"wrote {args.grids} 3x3 grids and {args.sliders} sliders to {args.out}")
     return 0
 
 
