@@ -21,8 +21,10 @@ from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.inputs import ID_COLUMN_NAMES
 from capbatch._io.keys import image_hash
 from capbatch._reports import metrics as _metrics
-from capbatch._reports.report import Report, Results, Shown, require_column
+from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE
+from capbatch._reports.report import DEFAULT_LABEL, Report, Results, Shown, require_column
 from capbatch._reports.report import report as make_report
+from capbatch._reports.tables import agreement
 from capbatch._version import __version__
 
 
@@ -140,14 +142,16 @@ class Comparison(Shown):
         self.matched = pd.DataFrame(
             {
                 self.key: keys[0].iloc[at].to_numpy(),
-                "label": first.results[first.label].iloc[at].to_numpy(),
+                "label": first.results[first.label].iloc[at].to_numpy()
+                if first.label is not None
+                else np.full(len(at), None, dtype=object),
             }
         )
         for name, report in self.reports.items():
             self.matched[name] = report.results["answer"].iloc[self.positions[name]].to_numpy()
         self.correct = pd.DataFrame({n: s["correct"].to_numpy() for n, s in scored.items()})
         normalised = pd.DataFrame({n: s["answer"].to_numpy() for n, s in scored.items()})
-        self.agree, self.pairs = _metrics.agreement(normalised)
+        self.agree, self.pairs = agreement(normalised)
         self.agreement = float(self.agree.mean()) if len(self.agree) else math.nan
         self.disagreements = self.matched[~self.agree.to_numpy()]
 
@@ -190,18 +194,24 @@ class Comparison(Shown):
 def compare(
     *results: Results,
     names: Sequence[str] | None = None,
-    label: str = "label",
+    label: str | None = DEFAULT_LABEL,
     by: str | Sequence[str] | None = None,
     case_sensitive: bool = False,
     id_column: str | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> Comparison:
     """Compare two or more runs over the same rows (e.g. two providers, local vs service).
 
     Rows are matched by ``id_column``, else by an id column all tables have (``id``,
     ``row_id``, ``uuid``, ``key``), else by the image column's values when all tables
     share it as text, else by the SHA-256 of the image bytes. Names default to the file
-    stems. Other arguments are as for ``report``.
+    stems. Other arguments are as for ``report`` (a table without the default ``"label"``
+    column is compared without labels: agreement, latency, cost and failures).
     """
-    reports = [make_report(r, label, by, case_sensitive, base_dir=base_dir) for r in results]
+    judge = dict(tolerance=tolerance, iou_threshold=iou_threshold)
+    reports = [
+        make_report(r, label, by, case_sensitive, base_dir=base_dir, **judge) for r in results
+    ]
     return Comparison(reports, names, id_column)

@@ -2,7 +2,8 @@
 
 ``score`` turns a results table into one row of flags and numbers per input row, all
 vectorised; ``aggregate`` sums those overall or per group into the metric columns
-below; ``errors_by_code``, ``confusions`` and ``agreement`` make the other tables;
+below (answers other than text: ``metrics_types``); ``errors_by_code`` counts failures
+(``tables`` makes the confusions and the agreement between runs);
 ``notes`` says what a reader must know (a run that stopped part-way, unlabelled rows).
 ``LABELS``, ``fmt`` and ``shown`` put metrics and untrusted text in front of people
 (terminal and HTML alike).
@@ -33,7 +34,6 @@ Definitions (the README and ``capbatch.report`` document the same):
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +41,9 @@ import numpy as np
 import pandas as pd
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
+
+from capbatch._reports import metrics_types as _types
+from capbatch._reports.metrics_types import Scoring
 
 PERCENTILES = (50, 90, 95, 99)
 #: Rows left unfinished: not sent for the spend cap, or pending after an interrupted run.
@@ -70,6 +73,7 @@ LABELS: Mapping[str, str] = {
     "cost_usd": "total cost",
     "cost_per_1000_usd": "cost per 1,000 rows",
     "cost_per_correct_usd": "cost per correct answer",
+    **_types.LABELS,
 }
 SUMMARY_COLUMNS: tuple[str, ...] = tuple(LABELS)
 COUNT_COLUMNS = frozenset(SUMMARY_COLUMNS[:7])
@@ -119,63 +123,82 @@ def _number(values: pd.Series) -> np.ndarray:
 
 
 def score(
-    frame: pd.DataFrame, label: str, *, case_sensitive: bool = False, by: Sequence[str] = ()
+    frame: pd.DataFrame,
+    label: str | None,
+    *,
+    case_sensitive: bool = False,
+    by: Sequence[str] = (),
+    kinds: pd.Series | None = None,
+    scoring: Scoring | None = None,
 ) -> pd.DataFrame:
     """One row per row of ``frame``: what it counts towards (see the module docstring).
 
-    ``frame`` needs ``answer`` and ``label`` columns; other result columns are optional.
-    The ``by`` columns are copied through for grouping, plus ``label_length``.
+    ``frame`` needs an ``answer`` column and the ``label`` column (None: no labels, every
+    row unlabelled); other result columns are optional. ``kinds`` gives each row's kind
+    of answer (``metrics_types``; default all text), judged with ``scoring``. The ``by``
+    columns are copied through for grouping, plus ``label_length`` (text rows only).
     """
     status = text(_column(frame, "status", "string"))
     code = text(_column(frame, "error_code", "string"))
     answer = text(frame["answer"]).str.strip()
-    truth = text(frame[label]).str.strip()
-    length = truth.str.len()
-    has_label = flag(length > 0)
+    no_labels = pd.Series(pd.NA, index=frame.index, dtype="string")
+    truth = text(frame[label] if label is not None else no_labels).str.strip()
+    kinds = pd.Series("text", index=frame.index, dtype=object) if kinds is None else kinds
+    is_text = kinds.to_numpy(dtype=object) == "text"
     ran = flag(status.notna()) & ~flag(code.isin(NOT_RUN_CODES))
     solved = ran & flag(status == "solved")
+    length = truth.str.len()
+    typed = _types.score_typed(answer, truth, kinds, ran & flag(length > 0), scoring or Scoring())
+    has_label = flag(length > 0) & ~typed["label_unreadable"].to_numpy(dtype=bool)
     labelled = ran & has_label
-    exact = labelled & flag(answer == truth)
+    hit = typed["typed_hit"].to_numpy(dtype=bool)
+    exact = labelled & np.where(is_text, flag(answer == truth), hit)
     folded_answer, folded_truth = answer.str.casefold(), truth.str.casefold()
-    ci = labelled & flag(folded_answer == folded_truth)
+    ci = labelled & np.where(is_text, flag(folded_answer == folded_truth), hit)
     correct = exact if case_sensitive else ci
     norm_answer = answer if case_sensitive else folded_answer
     norm_truth = truth if case_sensitive else folded_truth
-    cer = _char_error_rate(norm_answer, norm_truth, labelled)
-    timed, submitted, finished = _timing(frame, ran)
-    cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
-    failed_code = code.fillna(UNKNOWN_CODE).where(flag(status.notna()) & ~solved)
-
-    scored: pd.DataFrame = pd.DataFrame(
-        {
-            "ran": ran,
-            "solved": solved,
-            "labelled": labelled,
-            "unlabelled": ran & ~has_label,
-            "correct": correct,
-            "exact": exact,
-            "ci": ci,
-            "labelled_solved": labelled & solved,
-            "correct_solved": correct & solved,
-            "cer": cer,
-            "cer_solved": np.where(solved, cer, np.nan),
-            "latency_ms": _number(_column(frame, "latency_ms", "float64")),
-            "timed": timed,
-            "t_submitted": submitted,
-            "t_finished": finished,
-            "cost_usd": cost,
-            "cost_labelled": np.where(labelled, cost, 0.0),
-            "error_code": failed_code,
-            "answer": norm_answer,
-            "label": norm_truth,
-            LABEL_LENGTH: length.where(has_label).astype("Int64"),
-        },
-        index=frame.index,
-    )
+    cer = _char_error_rate(norm_answer, norm_truth, labelled & is_text)
+    flags = {
+        "ran": ran,
+        "solved": solved,
+        "labelled": labelled,
+        "unlabelled": ran & ~has_label,
+        "correct": correct,
+        "exact": exact,
+        "ci": ci,
+        "labelled_solved": labelled & solved,
+        "correct_solved": correct & solved,
+        "cer": cer,
+        "cer_solved": np.where(solved, cer, np.nan),
+        "error_code": code.fillna(UNKNOWN_CODE).where(flag(status.notna()) & ~solved),
+        "answer": norm_answer,
+        "label": norm_truth,
+        LABEL_LENGTH: length.where(has_label & is_text).astype("Int64"),
+        "kind": kinds.to_numpy(dtype=object),
+    }
+    scored = pd.concat([_measures(frame, flags), typed], axis=1)
     for column in by:
         if column != LABEL_LENGTH:
             scored[column] = frame[column]
     return scored
+
+
+def _measures(frame: pd.DataFrame, flags: dict[str, Any]) -> pd.DataFrame:
+    """``flags`` with the row's latency, times and cost beside them, as one table."""
+    ran, labelled = flags["ran"], flags["labelled"]
+    timed, submitted, finished = _timing(frame, ran)
+    cost = np.nan_to_num(_number(_column(frame, "cost_usd", "float64")))
+    measures = {
+        "latency_ms": _number(_column(frame, "latency_ms", "float64")),
+        "timed": timed,
+        "t_submitted": submitted,
+        "t_finished": finished,
+        "cost_usd": cost,
+        "cost_labelled": np.where(labelled, cost, 0.0),
+    }
+    table: pd.DataFrame = pd.DataFrame({**flags, **measures}, index=frame.index)
+    return table
 
 
 def _char_error_rate(answers: pd.Series, truths: pd.Series, labelled: np.ndarray) -> np.ndarray:
@@ -247,6 +270,7 @@ def aggregate(scored: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     out["cost_usd"] = sums["cost_usd"].astype(float)
     out["cost_per_1000_usd"] = 1000 * _ratio(sums["cost_usd"], sums["ran"])
     out["cost_per_correct_usd"] = _ratio(sums["cost_labelled"], sums["correct"])
+    out = out.join(_types.aggregate_typed(scored, keys, index))
     for column in COUNT_COLUMNS:
         out[column] = out[column].astype("int64")
     if by is None:
@@ -272,57 +296,6 @@ def errors_by_code(scored: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def confusions(answers: Sequence[str], labels: Sequence[str], top: int = 20) -> pd.DataFrame:
-    """The ``top`` most frequent substitutions, label character -> answer character.
-
-    Pairs of equal length are compared position by position (a captcha answer of the
-    right length is read glyph by glyph); other pairs contribute the ``replace``
-    operations of a Levenshtein alignment. Columns: ``label_char``, ``answer_char``,
-    ``count``; most frequent first, then by characters.
-    """
-    counts: Counter[tuple[str, str]] = Counter()
-    for answer, truth in zip(answers, labels, strict=True):
-        if len(answer) == len(truth):
-            counts.update((t, a) for t, a in zip(truth, answer, strict=True) if t != a)
-        else:
-            for op in Levenshtein.editops(truth, answer):
-                if op.tag == "replace":
-                    counts[(truth[op.src_pos], answer[op.dest_pos])] += 1
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[: max(top, 0)]
-    table: pd.DataFrame = pd.DataFrame(
-        {
-            "label_char": pd.Series([t for (t, _), _ in ranked], dtype=object),
-            "answer_char": pd.Series([a for (_, a), _ in ranked], dtype=object),
-            "count": pd.Series([n for _, n in ranked], dtype="int64"),
-        }
-    )
-    return table
-
-
-def agreement(answers: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
-    """Which matched rows all runs answered alike, and the agreement of each pair of runs.
-
-    ``answers`` has one column of normalised answers per run, one row per matched row.
-    Two answers agree when both are present, non-empty and equal: a failed row agrees
-    with nothing. Returns a boolean Series (all runs agree) and a DataFrame with columns
-    ``run_a``, ``run_b``, ``rows``, ``agree``, ``agreement`` for every pair.
-    """
-    names = list(answers.columns)
-    given = {name: text(answers[name]) for name in names}
-    given = {name: values.where(flag(values != "")) for name, values in given.items()}
-    every = np.ones(len(answers), dtype=bool)
-    pairs = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            agree = flag(given[a] == given[b])
-            if i == 0:
-                every &= agree
-            share = agree.mean() if len(agree) else np.nan
-            pairs.append((a, b, len(agree), int(agree.sum()), share))
-    table = pd.DataFrame(pairs, columns=["run_a", "run_b", "rows", "agree", "agreement"])
-    return pd.Series(every, index=answers.index), table
-
-
 def jsonable(value: Any) -> Any:
     """A value fit for ``json.dumps``: NaN and NA become None, numpy scalars Python ones."""
     if isinstance(value, dict):
@@ -344,12 +317,14 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [jsonable(row) for row in flat.to_dict(orient="records")]
 
 
-def notes(frame: pd.DataFrame, scored: pd.DataFrame, run: dict[str, Any]) -> tuple[list[str], bool]:
+def notes(
+    frame: pd.DataFrame, scored: pd.DataFrame, run: dict[str, Any], label: str | None = "label"
+) -> tuple[list[str], bool]:
     """Notes for the reader of a report, and whether the run stopped part-way.
 
     Part-way: the run's own summary (``run["summary"]``) counts more rows than the
     table has or names what stopped it, rows were not sent for the spend cap, or rows
-    have no result (``status`` null).
+    have no result (``status`` null). ``label`` None: the table has no label column.
     """
     out: list[str] = []
     summary = run.get("summary") or {}
@@ -376,7 +351,11 @@ def notes(frame: pd.DataFrame, scored: pd.DataFrame, run: dict[str, Any]) -> tup
         )
     if "status" not in frame.columns:
         out.append("no status column: rows with an answer count as solved")
-    unlabelled = int(scored["unlabelled"].sum())
+    if label is None:
+        out.append("no label column: accuracy needs labels (name one with --label-column)")
+        return out, partial
+    out += _types.unreadable_note(scored)
+    unlabelled = int(scored["unlabelled"].sum() - scored["label_unreadable"].sum())
     if unlabelled:
         out.append(f"{unlabelled} rows have no label: reported as unlabelled, not scored")
     if len(frame) and not scored["labelled"].any():
@@ -415,6 +394,8 @@ def fmt(column: str, value: Any) -> str:
     if missing(value):
         return "—"
     v = float(value)
+    if (typed := _types.fmt(column, v)) is not None:
+        return typed
     if column in COUNT_COLUMNS or column in {"count", "agree"}:
         return f"{int(v):,}"
     if column.endswith("_rate") or "accuracy" in column or column in {"share", "agreement"}:

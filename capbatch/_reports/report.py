@@ -22,16 +22,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from capbatch._exceptions import RowInputError, TableError
+from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.images import INPUT_FILE_NOT_FOUND, resolve_image
 from capbatch._io.inputs import IMAGE_COLUMN_NAMES
 from capbatch._io.outputs import output_format, read_results, run_metadata
 from capbatch._reports import metrics as _metrics
+from capbatch._reports import metrics_types as _types
+from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE, Scoring
+from capbatch._reports.tables import confusions
 from capbatch._version import __version__
 
 Results: TypeAlias = "pd.DataFrame | str | os.PathLike[str]"
 
 TOP_CONFUSIONS = 20
+#: The label column looked for by default; a table without it is reported without labels.
+DEFAULT_LABEL = "label"
 #: The largest image a report reads (thumbnails, matching rows by image hash). A file's
 #: size is checked with ``stat`` before it is read and only regular files are read, so
 #: a huge file, a FIFO or a device in the image column cannot stall or swamp a report.
@@ -74,20 +79,24 @@ def _json(text: str | None) -> Any:
 
 
 def run_info(source: Path | None, frame: pd.DataFrame) -> dict[str, Any]:
-    """What the run said about itself: provider, task type, settings and its summary."""
-    if source is None:
+    """What the run said about itself: provider, task type, settings and its summary
+    (from the file's ``capbatch.*`` metadata, else the table's ``attrs["capbatch"]``)."""
+    meta: dict[str, str] = {}
+    if source is not None:
+        try:
+            meta = run_metadata(source)
+        except _READ_ERRORS:
+            meta = {}
+    if not meta:
         summary = frame.attrs.get("capbatch")
         summary = summary if isinstance(summary, dict) else {}
+        settings = summary.get("settings")
         return {
             "provider": summary.get("provider"),
             "task_type": summary.get("task_type"),
-            "settings": {},
+            "settings": settings if isinstance(settings, dict) else {},
             "summary": summary,
         }
-    try:
-        meta = run_metadata(source)
-    except _READ_ERRORS:
-        meta = {}
     settings, summary = _json(meta.get("capbatch.settings")), _json(meta.get("capbatch.run"))
     return {
         "provider": meta.get("capbatch.provider"),
@@ -161,7 +170,7 @@ class Report(Shown):
         self,
         frame: pd.DataFrame,
         *,
-        label: str = "label",
+        label: str | None = "label",
         by: Sequence[str] = (),
         case_sensitive: bool = False,
         source: Path | None = None,
@@ -169,8 +178,10 @@ class Report(Shown):
         image_column: str | None = None,
         name: str | None = None,
         top: int = TOP_CONFUSIONS,
+        scoring: Scoring | None = None,
     ) -> None:
-        require_column(frame, label, "label")
+        if label is not None:
+            require_column(frame, label, "label")
         require_column(frame, "answer", "result", "the table (is it the output of `capbatch run`?)")
         for column in by:
             if column != _metrics.LABEL_LENGTH:
@@ -179,31 +190,53 @@ class Report(Shown):
         self.name = name or (_stem(source) if source is not None else "results")
         self.label = label
         self.case_sensitive = case_sensitive
-        self.by = tuple(dict.fromkeys([*by, _metrics.LABEL_LENGTH]))
+        self.scoring = scoring or Scoring()
         dirs = [base_dir] if base_dir is not None else [source.parent] if source else []
         self.results = frame
         self.run = run_info(source, frame)
         if base_dir is None and self.run.get("input"):
             dirs.append(Path(self.run["input"]).parent)
         self.image_dirs = list(dict.fromkeys([*dirs, Path.cwd()] if base_dir is None else dirs))
-        self.image_column = _image_column(frame, image_column, (label, "answer"))
+        self.image_column = _image_column(frame, image_column, (label or "label", "answer"))
         if "status" not in frame.columns:
             answered = frame["answer"].notna()
             frame = frame.assign(status=np.where(answered, "solved", "failed"))
-        self.scored = _metrics.score(frame, label, case_sensitive=case_sensitive, by=self.by)
+        task_kind = _types.kind_of_task(self.run.get("task_type"), self._task_params())
+        kinds = _types.row_kinds(frame, task_kind)
+        self.scored = _metrics.score(
+            frame, label, case_sensitive=case_sensitive, by=by, kinds=kinds, scoring=self.scoring
+        )
+        self.kinds = _types.kinds_present(self.scored)
+        text_labels = label is not None and "text" in self.kinds
+        self.by = tuple(dict.fromkeys([*by, *([_metrics.LABEL_LENGTH] if text_labels else [])]))
         self.summary = _metrics.aggregate(self.scored)
         self.groups = {column: self.grouped(column) for column in self.by}
         self.errors = _metrics.errors_by_code(self.scored)
         wrong = self.wrong_rows()
+        wrong = wrong[self.scored["kind"].to_numpy()[wrong] == "text"]
         answers, labels = self.scored["answer"].iloc[wrong], self.scored["label"].iloc[wrong]
         given = _metrics.flag(answers.str.len() > 0)
-        self.confusions = _metrics.confusions(answers[given].tolist(), labels[given].tolist(), top)
-        self.notes, self.partial = _metrics.notes(self.results, self.scored, self.run)
+        self.confusions = confusions(answers[given].tolist(), labels[given].tolist(), top)
+        self.notes, self.partial = _metrics.notes(self.results, self.scored, self.run, label)
+
+    def _task_params(self) -> dict[str, Any]:
+        params = (self.run.get("settings") or {}).get("task_params")
+        return params if isinstance(params, dict) else {}
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the table has a label column (else the report measures no accuracy)."""
+        return self.label is not None
+
+    def columns(self, columns: Sequence[str] = _metrics.SUMMARY_COLUMNS) -> list[str]:
+        """The summary ``columns`` that mean something for this table's kinds and labels."""
+        return _types.relevant(columns, self.kinds, self.has_labels)
 
     def __repr__(self) -> str:
         s = self.summary.iloc[0]
-        accuracy = _metrics.fmt("accuracy", s["accuracy"])
-        return f"<Report {self.name!r}: {int(s['rows']):,} rows, accuracy {accuracy}>"
+        metric = "accuracy" if self.has_labels else "solved_rate"
+        shown = f"{_metrics.LABELS[metric]} {_metrics.fmt(metric, s[metric])}"
+        return f"<Report {self.name!r}: {int(s['rows']):,} rows, {shown}>"
 
     def grouped(self, column: str) -> pd.DataFrame:
         """The summary metrics per value of ``column`` (any column of the table)."""
@@ -236,6 +269,10 @@ class Report(Shown):
         """Positions of labelled rows that ran and are not correct, in table order."""
         return np.flatnonzero(self.scored["labelled"] & ~self.scored["correct"])
 
+    def failed_rows(self) -> np.ndarray:
+        """Positions of rows that ran and have no answer (failed), in table order."""
+        return np.flatnonzero(self.scored["ran"] & ~self.scored["solved"])
+
     def wrong_answers(self) -> pd.DataFrame:
         """The rows of the table whose answer is wrong (failed rows included)."""
         wrong: pd.DataFrame = self.results.iloc[self.wrong_rows()]
@@ -252,6 +289,11 @@ class Report(Shown):
             "source": None if self.source is None else str(self.source),
             "label_column": self.label,
             "case_sensitive": self.case_sensitive,
+            "kinds": list(self.kinds),
+            "scoring": {
+                "tolerance": self.scoring.tolerance,
+                "iou_threshold": self.scoring.iou_threshold,
+            },
             "partial": self.partial,
             "notes": list(self.notes),
             "run": _metrics.jsonable({k: v for k, v in self.run.items() if k != "summary"}),
@@ -263,9 +305,26 @@ class Report(Shown):
         }
 
 
+def scoring(tolerance: float, iou_threshold: float) -> Scoring:
+    """The ``Scoring`` of these settings; a bad value is a ``ConfigError``."""
+    try:
+        return Scoring(float(tolerance), float(iou_threshold))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def resolve_label(frame: pd.DataFrame, label: str | None) -> str | None:
+    """The label column to score against: ``label``, or None (no labels) when it is None
+    or is the default ``"label"`` and the table has no such column. Any other missing
+    name is a ``TableError`` (a typo must not silently drop accuracy)."""
+    if label == DEFAULT_LABEL and label not in frame.columns:
+        return None
+    return label
+
+
 def report(
     results: Results,
-    label: str = "label",
+    label: str | None = DEFAULT_LABEL,
     by: str | Sequence[str] | None = None,
     case_sensitive: bool = False,
     *,
@@ -273,15 +332,24 @@ def report(
     image_column: str | None = None,
     name: str | None = None,
     top_confusions: int = TOP_CONFUSIONS,
+    tolerance: float = DEFAULT_TOLERANCE,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> Report:
     """Measure a results table (DataFrame, or path to Parquet/CSV) against its labels.
 
-    ``by`` names columns to group by (label length is always added). ``case_sensitive``
-    decides the headline ``accuracy``; ``exact_accuracy`` and ``ci_accuracy`` are always
-    given. Relative image paths resolve against ``base_dir`` (default: the results
-    file's folder, or the working directory for a DataFrame). Raises ``TableError`` for
-    an unreadable table or a missing label column.
+    ``label`` names the label column; without one (the default ``"label"`` absent, or
+    None) the report shows solved rate, latency, throughput, cost and failures, and
+    says accuracy needs labels. ``by`` names columns to group by (label length is added
+    for text answers). ``case_sensitive`` decides the headline ``accuracy`` of text;
+    ``exact_accuracy`` and ``ci_accuracy`` are always given. Answers other than text
+    (object sets, distances, angles, boxes: ``metrics_types``) are judged with
+    ``tolerance`` (px for distances and points, degrees for angles) and
+    ``iou_threshold`` (boxes). Relative image paths resolve against ``base_dir``
+    (default: the results file's folder, or the working directory for a DataFrame).
+    Raises ``TableError`` for an unreadable table or a missing label column named
+    other than ``"label"``, ``ConfigError`` for a bad tolerance or threshold.
     """
+    judge = scoring(tolerance, iou_threshold)
     columns = [by] if isinstance(by, str) else list(by or ())
     if isinstance(results, pd.DataFrame):
         frame, source = results, None
@@ -290,7 +358,7 @@ def report(
         frame = read_table(source)
     return Report(
         frame,
-        label=label,
+        label=resolve_label(frame, label),
         by=columns,
         case_sensitive=case_sensitive,
         source=source,
@@ -298,4 +366,5 @@ def report(
         image_column=image_column,
         name=name,
         top=top_confusions,
+        scoring=judge,
     )

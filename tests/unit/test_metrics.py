@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from capbatch._reports import metrics as _metrics
-from capbatch._reports.metrics import aggregate, agreement, confusions, errors_by_code, score
+from capbatch._reports.metrics import aggregate, errors_by_code, score
+from capbatch._reports.tables import agreement, confusions
 
 T0 = pd.Timestamp("2026-01-01T00:00:00Z")
 
