@@ -241,15 +241,18 @@ class TaskSolver:
     def _settle_failed_create(self, job: Job, state: JobState, exc: CapbatchError) -> None:
         """Money and bookkeeping for a createTask that raised."""
         if isinstance(exc, TransportError) and exc.maybe_sent:
-            self.spend.mark_uncertain(state.reserved)
-            self._settle_probe(state)
-            self.tally.lost_sends += 1
-            # Also marks the entry "lost", so a resume does not count this send again.
-            self.journal.record_uncertain(job.key)
+            self._count_uncertain(job, state)
         else:
-            self.spend.release(state.reserved)
-            self._settle_probe(state)
+            self._release_task_money(state)
+
+    def _count_uncertain(self, job: Job, state: JobState) -> None:
+        """Maybe charged, with no answer: a lost reply, or a task the provider forgot (it
+        may have finished, and been charged, first). Counted possibly spent, journal too."""
+        self.spend.mark_uncertain(state.reserved)
         state.reserved = 0.0
+        self._settle_probe(state)
+        self.tally.lost_sends += 1
+        self.journal.record_uncertain(job.key)
 
     def _poll_due(self, state: JobState) -> float:
         """When the next poll may go: as scheduled, never inside the provider's floor."""
@@ -267,7 +270,7 @@ class TaskSolver:
         age = self.clock.now() - state.created_mono
         if state.polls >= poll.max_polls or age >= poll.task_ttl:
             # The provider forgets the task now: a new one is the only way to an answer.
-            self._release_task_money(state)
+            self._count_uncertain(job, state)
             state.last_error = APIError(
                 f"no answer after {state.polls} polls in {age:.0f} s",
                 error_code=POLL_LIMIT,
@@ -337,7 +340,7 @@ class TaskSolver:
         elif action is Action.RETRY_BOUNDED:
             await self._retry_unsolvable(job, state, exc, retry_after)
         elif action is Action.RECREATE:
-            self._release_task_money(state)
+            self._count_uncertain(job, state)
             state.forget_task()
         else:  # pragma: no cover - table is total
             raise _RowFailed(self._failed(state, exc))
@@ -393,9 +396,7 @@ class TaskSolver:
         self.journal.record_spent(job.key, amount)
 
     def _give_up(self, state: JobState) -> RowResult:
-        error = state.last_error
-        if error is None:
-            error = APIError("no attempts left", error_code=MAX_ATTEMPTS)
+        error = state.last_error or APIError("no attempts left", error_code=MAX_ATTEMPTS)
         return self._failed(state, error)
 
     # --- results ----------------------------------------------------------------------
@@ -411,8 +412,7 @@ class TaskSolver:
         self.spend.charge(state.reserved, cost)
         state.reserved = 0.0
         state.cost += cost
-        if reply.task_id:
-            state.task_id = reply.task_id
+        state.task_id = reply.task_id or state.task_id
         result = row_result(
             state,
             self.profile.name,

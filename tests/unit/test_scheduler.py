@@ -275,9 +275,31 @@ async def test_expired_task_id_is_recreated() -> None:
         createTask=[deferred("t-1"), deferred("t-2")],
         getTaskResult=[error("ERROR_TASKID_INVALID"), ok_ready("fresh", "t-2")],
     )
-    solver, _, _ = make_solver(provider)
+    solver, journal, _ = make_solver(provider)
     result = await solve_job(solver, JOB)
     assert result.answer == "fresh" and result.attempts == 2 and result.task_id == "t-2"
+    # The forgotten task may have finished, and been charged, before it was forgotten:
+    # its price stays counted as possibly spent (this run and the journal), never released.
+    assert solver.spend.spent == pytest.approx(PRICE)
+    assert solver.spend.uncertain == pytest.approx(PRICE)
+    assert solver.tally.lost_sends == 1 and journal.total_uncertain() == 1
+
+
+@pytest.mark.parametrize("code", ["ERROR_NO_SUCH_CAPCHA_ID", "ERROR_TASKID_INVALID"])
+async def test_a_task_forgotten_mid_run_keeps_the_spend_cap(code: str) -> None:
+    # Room for exactly one task: the first may have been charged before the provider
+    # forgot it, so a second would risk paying past the cap. Releasing its money (the
+    # old behaviour) sent the second one.
+    provider = FakeProvider(
+        createTask=[deferred("t-1"), ok_ready("second", "t-2")],
+        getTaskResult=[error(code)],
+    )
+    solver, journal, _ = make_solver(provider, cap=PRICE * 1.5)
+    with pytest.raises(SpendCapReached):
+        await solve_job(solver, JOB)
+    assert provider.count("createTask") == 1
+    assert solver.spend.committed() == pytest.approx(PRICE)
+    assert journal.total_uncertain() == 1
 
 
 async def test_poll_limit_gives_up_after_max_polls_per_task() -> None:
@@ -287,7 +309,9 @@ async def test_poll_limit_gives_up_after_max_polls_per_task() -> None:
     assert result.status == "failed" and result.error_code == POLL_LIMIT
     assert provider.count("createTask") == 2
     assert provider.count("getTaskResult") <= 2 * CAPSOLVER.poll.max_polls
-    assert solver.spend.committed() == 0
+    # Each task the provider stopped keeping may yet have been solved, and charged.
+    assert solver.spend.committed() == pytest.approx(2 * PRICE)
+    assert solver.spend.uncertain == pytest.approx(2 * PRICE) and solver.spend.spent == 0
 
 
 async def test_transient_poll_errors_are_retried_without_recreating() -> None:
