@@ -90,6 +90,18 @@ EMULATOR_SETTINGS = [
     "--deferred-reply-status", "idle",
 ]  # fmt: skip
 
+#: The emulator's request rate and longest solve time, from the settings above: no
+#: client can finish sooner than its admitted requests / the rate + the longest solve.
+SERVER_RATE = 100.0
+LONGEST_SOLVE_S = 3.0
+
+
+def bound_s(stats: dict[str, Any]) -> float:
+    """The least wall time the server allows for the requests it let through."""
+    admitted = stats.get("create_calls", 0) + stats.get("polls", 0)
+    return float(admitted) / SERVER_RATE + LONGEST_SOLVE_S
+
+
 #: name -> (label, default timeout in seconds)
 CONTENDERS: dict[str, tuple[str, float]] = {
     "sdk-loop": ("`capsolver` SDK, plain loop", 45 * 60),
@@ -418,7 +430,9 @@ def report(results: list[Result], args: argparse.Namespace, info: dict[str, str]
             f"{stats.get('polls', 0)} getTaskResult let through, {r.rate_limited} turned away "
             f"with 429); "
             + (f"{stats['callbacks_sent']} callbacks sent; " if stats.get("callbacks_sent") else "")
-            + f"peak {stats.get('max_requests_per_second', 0)} req/s, "
+            + f"bound {bound_s(stats):.1f} s (admitted / {SERVER_RATE:.0f} req/s + "
+            f"{LONGEST_SOLVE_S:.0f} s), wall {r.wall_s / max(bound_s(stats), 1e-9):.2f}x it; "
+            f"peak {stats.get('max_requests_per_second', 0)} req/s, "
             f"peak {stats.get('in_flight_max', 0)} in flight; CPU {r.cpu_s:.1f} s; "
             f"emulator {r.emulator_cores:.2f} cores, rest of the machine "
             f"{r.others_cores:.2f} cores "
