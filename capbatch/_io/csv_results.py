@@ -3,11 +3,12 @@ way out, and the result columns get their types back on the way in.
 
 Out (``to_csv_batch``): binary input columns become base64 text and nested ones (lists,
 structs, maps) JSON text; result timestamps become ISO 8601 UTC text
-(``2024-05-01T12:00:00.123Z``); text that came from the remote service and starts with
-``= + - @``, tab or carriage return gets a leading ``'`` so a spreadsheet does not run it
-as a formula (OWASP CSV injection advice). In (``read_results_csv``): the result columns
-are typed by ``RESULT_SCHEMA``, every other column is text, and the formula guard is taken
-off again. Writing the file itself is ``capbatch._io.outputs``.
+(``2024-05-01T12:00:00.123Z``); durations are rounded to 0.1 ms and money to 6 decimals
+(``CSV_DECIMALS``; Parquet keeps the full values); text that came from the remote service
+and starts with ``= + - @``, tab or carriage return gets a leading ``'`` so a spreadsheet
+does not run it as a formula (OWASP CSV injection advice). In (``read_results_csv``): the
+result columns are typed by ``RESULT_SCHEMA``, every other column is text, and the formula
+guard is taken off again. Writing the file itself is ``capbatch._io.outputs``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ UNTRUSTED_COLUMNS = ("answer", "solution", "error_code", "error_message", "task_
 _FORMULA_START = r"^([=+\-@\t\r])"
 #: How the guard looks in a CSV output, to take it off on reading.
 _GUARDED = r"^'([=+\-@\t\r])"
+#: Decimals a CSV output keeps of a float result column. Durations: 0.1 ms is far below
+#: what a network round trip can measure (``302.45280265808105`` ms says nothing more than
+#: ``302.5``). Money: every provider prices and reports costs in whole micro-dollars at
+#: most (Anti-Captcha's ``"0.000700"``, 2Captcha's ``"0.00299"``: docs/providers.md AC10,
+#: TC11), so 6 decimals keep each cost exact and drop only float noise.
+CSV_DECIMALS = {"latency_ms": 1, "queue_ms": 1, "cost_usd": 6}
 
 
 def to_csv_batch(out: pa.RecordBatch, input_schema: pa.Schema) -> pa.RecordBatch:
@@ -43,6 +50,8 @@ def to_csv_batch(out: pa.RecordBatch, input_schema: pa.Schema) -> pa.RecordBatch
         if f.name in UNTRUSTED_COLUMNS
         else _iso_utc(c)
         if pa.types.is_timestamp(f.type)
+        else pc.round(c, ndigits=CSV_DECIMALS[f.name], round_mode="half_towards_infinity")
+        if f.name in CSV_DECIMALS
         else c
         for c, f in results
     ]

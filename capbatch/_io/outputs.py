@@ -11,14 +11,18 @@ Formats, chosen by the destination's extension (or ``format=``):
 
 * Parquet (``.parquet``, ``.pq``): typed, zstd-compressed, small batches gathered into row
   groups of about ``ROW_GROUP_ROWS`` rows or ``ROW_GROUP_BYTES`` bytes. Run metadata goes
-  into the file's key-value metadata (``run_metadata`` reads it back).
+  into the file's key-value metadata (``run_metadata`` reads it back) and, as one typed
+  object, into the Arrow schema's metadata (``capbatch._io.file_metadata``).
 * CSV (``.csv``): for spreadsheets and shell tools. Result timestamps are ISO 8601 UTC
   (``2024-05-01T12:00:00.123Z``). Text that came from the remote service and starts with
   ``= + - @``, tab or carriage return gets a leading ``'`` so a spreadsheet does not run it
   as a formula (OWASP CSV injection advice); ``read_results`` takes the quote off again.
   Input columns are written as they are, except those a CSV cannot hold: binary
   columns become base64 text, nested columns (lists, structs, maps) become JSON text.
-  These conversions, both ways, are ``capbatch._io.csv_results``.
+  These conversions, both ways, are ``capbatch._io.csv_results``. Run metadata goes into
+  a sidecar file, ``<output>.meta.json``.
+
+``read_results(p).attrs["capbatch"]`` is the run metadata object, for both formats.
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ import pyarrow.parquet as pq
 
 from capbatch._exceptions import ConfigError, OutputError
 from capbatch._io.csv_results import read_results_csv, to_csv_batch
+from capbatch._io.file_metadata import (
+    parquet_entries,
+    parquet_object,
+    publish_with_sidecar,
+    read_sidecar,
+    replace_parquet_footer,
+    schema_metadata,
+    sidecar_path,
+    to_entries,
+    to_object,
+)
 from capbatch._io.record import RowResult, output_schema, results_to_arrays
 
 if TYPE_CHECKING:
@@ -49,7 +64,6 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 _EXTENSIONS: Mapping[str, str] = types.MappingProxyType(
     {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 )
-_METADATA_PREFIX = "capbatch."
 
 
 def output_format(path: Path) -> str | None:
@@ -71,8 +85,10 @@ def _format_for(path: Path, format: str | None) -> str:
 
 def temp_pattern(target: Path) -> re.Pattern[str]:
     """The names ``ResultWriter`` gives its temporaries beside ``target``:
-    ``.NAME.PID.tmp`` and ``.NAME.PID.N.tmp``."""
-    return re.compile(rf"\.{re.escape(target.name)}\.\d+(?:\.\d+)?\.tmp")
+    ``.NAME.PID.tmp`` and ``.NAME.PID.N.tmp``, and ``.NAME.meta.json.PID.tmp`` for a CSV's
+    metadata sidecar."""
+    sidecar = re.escape(sidecar_path(target).name.removeprefix(target.name))
+    return re.compile(rf"\.{re.escape(target.name)}(?:{sidecar})?\.\d+(?:\.\d+)?\.tmp")
 
 
 def _os_reason(exc: OSError) -> str:
@@ -270,8 +286,11 @@ class ResultWriter:
         is read back and must hold every row written. On any failure the temporary file
         is deleted and a previous file under the final name is left untouched.
 
-        For Parquet, ``metadata`` (keys like ``capbatch.provider``) goes into the file's
-        key-value metadata. CSV has nowhere to keep it, so it is ignored there.
+        ``metadata`` (text entries like ``capbatch.provider``, ``capbatch._run.metadata``)
+        goes, for Parquet, into the file's key-value metadata and, as one typed object,
+        into its Arrow schema's metadata (``capbatch._io.file_metadata``); for CSV, as
+        the object, into the sidecar ``<output>.meta.json``, published with the file (a
+        sidecar of an earlier run is removed first, never left beside new results).
         """
         if self._done:
             raise RuntimeError(f"writer for {self.path} is already finished or aborted")
@@ -289,9 +308,10 @@ class ResultWriter:
             try:
                 if self._parquet is not None:
                     self._flush()
-                    if metadata:
-                        self._parquet.add_key_value_metadata(dict(metadata))
                 self._close_writers()
+                if metadata and self.format == "parquet":
+                    doing = "writing its metadata"
+                    self._write_parquet_metadata(metadata)
                 doing = "reading it back"
                 self._verify()
                 # Flush the bytes to disk before the rename, or a power cut could publish
@@ -300,7 +320,10 @@ class ResultWriter:
                 with open(self._tmp, "rb") as fh:
                     os.fsync(fh.fileno())
                 doing = "moving it into place"
-                os.replace(self._tmp, self.path)
+                if self.format == "csv":
+                    publish_with_sidecar(self._tmp, self.path, metadata)
+                else:
+                    os.replace(self._tmp, self.path)
             except OSError as exc:
                 raise self._fail(self._os_error(doing, exc)) from None
         except BaseException:
@@ -308,6 +331,17 @@ class ResultWriter:
             raise
         self._done = True
         return self.path
+
+    def _write_parquet_metadata(self, metadata: Mapping[str, str]) -> None:
+        info = schema_metadata(to_object(metadata))
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **info})
+        try:
+            replace_parquet_footer(self._tmp, schema, metadata)
+        except (pa.ArrowException, ValueError) as exc:
+            why = " ".join(str(exc).split())[:200]
+            raise self._fail(
+                OutputError(f"cannot write the output {self.path}'s metadata: {why}")
+            ) from None
 
     def _verify(self) -> None:
         """Read the closed temporary file back: it must hold every row written."""
@@ -371,18 +405,26 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     p = Path(path)
     if _format_for(p, None) == "parquet":
-        return pq.read_table(p).to_pandas()
-    return read_results_csv(p).to_pandas()
+        table = pq.read_table(p)
+        frame = table.to_pandas()
+        info = parquet_object(table.schema, p)
+    else:
+        frame = read_results_csv(p).to_pandas()
+        info = read_sidecar(p)
+    if info:
+        frame.attrs["capbatch"] = info
+    return frame
 
 
 def run_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Return the ``capbatch.*`` key-value metadata of a Parquet output; ``{}`` for CSV."""
+    """The run metadata of a results file as its ``capbatch.*`` text entries (JSON text
+    for ``capbatch.settings`` and ``capbatch.run``), as stored in a Parquet file's
+    key-value metadata; for CSV, those of its ``<output>.meta.json`` sidecar (``{}``
+    without one). ``read_results(path).attrs["capbatch"]`` is the same, typed."""
     p = Path(path)
     if _format_for(p, None) != "parquet":
-        return {}
-    raw = pq.read_metadata(p).metadata or {}
-    prefix = _METADATA_PREFIX.encode()
-    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(prefix)}
+        return to_entries(read_sidecar(p))
+    return parquet_entries(p)
 
 
 class MemorySink:

@@ -1,6 +1,11 @@
-"""What a results file says about the run that wrote it (Parquet key-value metadata,
-read back by ``read_results``' callers and the report): the version, the settings, the
-summary, whether it is complete, and where relative image paths point."""
+"""What a results file says about the run that wrote it: the version, the settings, the
+summary, whether it is complete, and where relative image paths point.
+
+``output_metadata`` gives it as ``capbatch.*`` text entries; the writer stores them and
+their typed object (``capbatch._io.file_metadata``): in a Parquet file's key-value and
+schema metadata (``pd.read_parquet(p).attrs["capbatch"]``), beside a CSV output in
+``<output>.meta.json``. A missing value (no balance, an in-memory input) is left out of
+the entries, so it is null in the object."""
 
 from __future__ import annotations
 
@@ -31,11 +36,11 @@ def output_metadata(
         "app_id": options.app_id,
     }
 
-    def text(value: float | None) -> str:
-        return "" if value is None else str(value)
+    def text(value: float | None) -> str | None:
+        return None if value is None else str(value)
 
     path = table.path
-    return {
+    entries = {
         "capbatch.version": __version__,
         "capbatch.provider": resolved.profile.name,
         "capbatch.task_type": options.task_type,
@@ -49,5 +54,6 @@ def output_metadata(
         # "false": an interrupted run; rows with status "pending" are not finished yet.
         "capbatch.complete": "true" if summary.complete else "false",
         # Where relative image paths point: the report's gallery finds images with it.
-        "capbatch.input": "" if path is None else str(Path(path).resolve()),
+        "capbatch.input": None if path is None else str(Path(path).resolve()),
     }
+    return {key: value for key, value in entries.items() if value is not None}

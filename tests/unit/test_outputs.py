@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from capbatch._exceptions import ConfigError, OutputError
+from capbatch._io.file_metadata import to_object
 from capbatch._io.outputs import ResultWriter, count_rows, read_results, run_metadata, temp_pattern
 from capbatch._io.record import (
     RESULT_COLUMNS,
@@ -99,7 +100,8 @@ def test_round_trip(tmp_path: Path, ext: str) -> None:
     assert row["task_id"] == "task-1"
     assert (row["attempts"], row["polls"], row["from_cache"]) == (1, 2, False)
     assert row["cost_usd"] == pytest.approx(0.0004)
-    assert row["queue_ms"] == 3.25
+    # A CSV keeps 0.1 ms of a duration (3.25 rounds half away from zero); Parquet all.
+    assert row["queue_ms"] == (3.3 if ext == ".csv" else 3.25)
     expected = datetime(2024, 5, 1, 12, 0, 1, 123000, tzinfo=timezone.utc)
     assert row["submitted_at"] == pd.Timestamp(expected)
     assert str(df["submitted_at"].dt.tz) == "UTC"
@@ -144,10 +146,20 @@ def test_row_result_rejects_unknown_status() -> None:
 
 
 def test_colliding_input_columns_are_renamed(tmp_path: Path) -> None:
-    schema = pa.schema([pa.field("status", pa.string()), pa.field("input_status", pa.string()),
-                        pa.field("answer", pa.string()), pa.field("keep", pa.int64())])
+    schema = pa.schema(
+        [
+            pa.field("status", pa.string()),
+            pa.field("input_status", pa.string()),
+            pa.field("answer", pa.string()),
+            pa.field("keep", pa.int64()),
+        ]
+    )
     assert output_schema(schema).names == [
-        "input_status_2", "input_status", "input_answer", "keep", *RESULT_COLUMNS
+        "input_status_2",
+        "input_status",
+        "input_answer",
+        "keep",
+        *RESULT_COLUMNS,
     ]
     data = pa.RecordBatch.from_pydict(
         {"status": ["old"], "input_status": ["older"], "answer": ["prev"], "keep": [7]},
@@ -158,7 +170,9 @@ def test_colliding_input_columns_are_renamed(tmp_path: Path) -> None:
         out = writer.finish()
     row = read_results(out).iloc[0]
     assert (row["input_status_2"], row["input_status"], row["input_answer"]) == (
-        "old", "older", "prev"
+        "old",
+        "older",
+        "prev",
     )
     assert (row["status"], row["answer"], row["keep"]) == ("solved", "ans0", 7)
 
@@ -210,6 +224,92 @@ def test_parquet_metadata_after_finish(tmp_path: Path) -> None:
     assert run_metadata(write_sample(tmp_path / "out.csv")) == {}
 
 
+ENTRIES = {
+    "capbatch.version": "9.9",
+    "capbatch.provider": "capsolver",
+    "capbatch.spend_usd": "0.001200",
+    "capbatch.balance_after": "4.5",
+    "capbatch.complete": "false",
+    "capbatch.settings": json.dumps({"rate": 5.0, "cache": True}),
+    "capbatch.run": json.dumps({"rows": 1, "resumed": 0, "latency_p50_ms": None}),
+}
+#: ENTRIES as the typed object: numbers, booleans, objects, and null for what is missing.
+OBJECT = {
+    "version": "9.9",
+    "provider": "capsolver",
+    "spend_usd": 0.0012,
+    "balance_before": None,
+    "balance_after": 4.5,
+    "complete": False,
+    "settings": {"rate": 5.0, "cache": True},
+    "run": {"rows": 1, "resumed": 0, "latency_p50_ms": None},
+    "input": None,
+}
+
+
+def test_parquet_metadata_where_pandas_and_pyarrow_look(tmp_path: Path) -> None:
+    with ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA) as writer:
+        for start in range(0, 6, 2):  # several row groups kept through the footer swap
+            writer.write(batch(start, 2), [solved(start), failed(start + 1)])
+            writer._flush()
+        out = writer.finish(ENTRIES, expected_rows=6)
+    assert pq.read_metadata(out).num_row_groups == 3
+    assert json.loads(pq.read_schema(out).metadata[b"capbatch"]) == OBJECT
+    assert pd.read_parquet(out).attrs == {"capbatch": OBJECT}
+    frame = read_results(out)
+    assert frame.attrs["capbatch"] == OBJECT
+    assert frame["id"].tolist() == list(range(6))
+    assert frame["answer"].fillna("-").tolist() == ["ans0", "-", "ans2", "-", "ans4", "-"]
+    assert run_metadata(out) == ENTRIES  # the text entries, as every version wrote them
+
+
+def test_old_parquet_metadata_read_typed(tmp_path: Path) -> None:
+    """A file written before the schema metadata (text entries only, "" for missing)."""
+    out = tmp_path / "old.parquet"
+    table = pa.Table.from_batches(
+        [
+            pa.RecordBatch.from_arrays(
+                batch(0, 1).columns + results_to_arrays([solved(0)]),
+                schema=output_schema(INPUT_SCHEMA),
+            )
+        ]
+    )
+    with pq.ParquetWriter(out, table.schema) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata(
+            {**ENTRIES, "capbatch.balance_before": "", "capbatch.input": ""}
+        )
+    assert read_results(out).attrs["capbatch"] == OBJECT
+    assert run_metadata(out)["capbatch.provider"] == "capsolver"
+
+
+def test_csv_metadata_sidecar(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    sidecar = tmp_path / "out.csv.meta.json"
+    sidecar.write_text('{"provider": "an earlier run"}')
+    with ResultWriter(out, INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 1), [solved(0, latency_ms=302.45280265808105, cost_usd=1 / 3)])
+        writer.finish(ENTRIES)
+    assert json.loads(sidecar.read_text()) == OBJECT
+    assert read_results(out).attrs["capbatch"] == OBJECT
+    assert to_object(run_metadata(out)) == OBJECT  # the same entries, written afresh
+    text = out.read_text()
+    assert ",302.5," in text and ",0.333333," in text  # rounded in CSV only
+    # Results without metadata never keep an earlier run's sidecar beside them.
+    write_sample(out)
+    assert not sidecar.exists()
+    assert "capbatch" not in read_results(out).attrs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_parquet_keeps_full_float_values(tmp_path: Path) -> None:
+    with ResultWriter(tmp_path / "out.parquet", INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 1), [solved(0, latency_ms=302.45280265808105, cost_usd=1 / 3)])
+        out = writer.finish()
+    row = read_results(out).iloc[0]
+    assert (row["latency_ms"], row["cost_usd"]) == (302.45280265808105, 1 / 3)
+
+
 def test_temp_file_invisible_until_finish(tmp_path: Path) -> None:
     final = tmp_path / "sub" / "out.parquet"
     writer = ResultWriter(final, INPUT_SCHEMA)
@@ -258,8 +358,9 @@ def test_csv_formula_injection_guard(tmp_path: Path) -> None:
         {"id": list(range(n)), "image": ["=cmd|' /C calc'!A0"] * n, "label": ["+lab"] * n},
         schema=INPUT_SCHEMA,
     )
-    results = [solved(i, answer=a, error_message="-oops", task_id="@t") for i, a in
-               enumerate(answers)]
+    results = [
+        solved(i, answer=a, error_message="-oops", task_id="@t") for i, a in enumerate(answers)
+    ]
     with ResultWriter(tmp_path / "out.csv", INPUT_SCHEMA) as writer:
         writer.write(data, results)
         out = writer.finish()
@@ -286,8 +387,7 @@ def test_csv_formula_injection_guard(tmp_path: Path) -> None:
 def test_binary_input_column_as_base64_in_csv(tmp_path: Path) -> None:
     schema = pa.schema([("image", pa.binary()), ("tags", pa.list_(pa.string()))])
     blobs = [b"\x89PNG\r\n\x1a\n\x00\xff", None]
-    data = pa.RecordBatch.from_pydict({"image": blobs, "tags": [["a", "b"], None]},
-                                      schema=schema)
+    data = pa.RecordBatch.from_pydict({"image": blobs, "tags": [["a", "b"], None]}, schema=schema)
     with ResultWriter(tmp_path / "out.csv", schema) as writer:
         writer.write(data, [solved(0), failed(1)])
         out = writer.finish()
@@ -302,10 +402,11 @@ def test_binary_input_column_as_base64_in_csv(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ext", [".parquet", ".csv"])
 def test_unicode_answers(tmp_path: Path, ext: str) -> None:
-    answers = ["Привет", "验证码", "🙂ñ", "ä,\"quoted\"\nnewline"]
+    answers = ["Привет", "验证码", "🙂ñ", 'ä,"quoted"\nnewline']
     with ResultWriter(tmp_path / f"out{ext}", INPUT_SCHEMA) as writer:
-        writer.write(batch(0, 4), [solved(i, answer=a, solution={"text": a})
-                                   for i, a in enumerate(answers)])
+        writer.write(
+            batch(0, 4), [solved(i, answer=a, solution={"text": a}) for i, a in enumerate(answers)]
+        )
         out = writer.finish()
     df = read_results(out)
     assert df["answer"].tolist() == answers
