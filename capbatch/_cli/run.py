@@ -50,6 +50,14 @@ if TYPE_CHECKING:
     metavar="KEY=VALUE",
     help="Extra task field, repeatable (e.g. module=common, case=true).",
 )
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Task field filled from a column, repeatable (e.g. question=q). Each task type "
+    "has defaults: docs/task-types.md.",
+)
 @click.option("--rate", type=float, help="Requests per second, all requests to the provider.")
 @click.option("--max-in-flight", type=int, help="Most requests open at once.")
 @click.option("--max-attempts", type=int, default=5, show_default=True)
@@ -139,18 +147,20 @@ def run_command(input_path: Path, **flags: Any) -> None:
 
 def _run_options(flags: dict[str, Any]) -> RunOptions:
     """``RunOptions`` from the command's flags. Each flag is the option of the same
-    name except ``--task-param`` (pairs parsed here) and ``--no-cache`` (``cache``
+    name except ``--task-param``, ``--field`` (pairs parsed here) and ``--no-cache`` (``cache``
     inverted); ``from_kwargs`` refuses a flag that names no option, so a new flag
     cannot be dropped silently. The CLI adds progress, notices and signal handling."""
     from capbatch._run.options import RunOptions
 
     flags = dict(flags)
     task_params = _task_params(flags.pop("task_params"))
+    fields = _fields(flags.pop("fields"))
     cache = not flags.pop("no_cache")
     return RunOptions.from_kwargs(
         {
             **flags,
             "task_params": task_params,
+            "fields": fields,
             "cache": cache,
             "progress": not flags["quiet"],
             "notice": echo_err,
@@ -204,3 +214,17 @@ def _task_params(values: tuple[str, ...]) -> dict[str, Any]:
             value = raw
         params[key.strip()] = value
     return params
+
+
+def _fields(values: tuple[str, ...]) -> dict[str, str]:
+    """``FIELD=COLUMN`` pairs (``--field``); a field named twice is refused."""
+    fields: dict[str, str] = {}
+    for item in values:
+        name, sep, column = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not column:
+            raise click.BadParameter(f"{item!r} is not FIELD=COLUMN", param_hint="--field")
+        if name in fields:
+            raise click.BadParameter(f"field {name!r} is given twice", param_hint="--field")
+        fields[name] = column
+    return fields

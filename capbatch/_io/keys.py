@@ -2,15 +2,18 @@
 
 ``image_hash`` is the SHA-256 of a row's image bytes; ``task_key`` (or
 ``task_key_from_hash``, when only the hash is at hand) adds the task type, its parameters
-and who answers it (``KeyScope``). The cache and the journal look answers up by these
-keys, so their material and format must not change without a new version tag.
+and who answers it (``KeyScope``). ``whole_task_key`` keys a task with fields from
+columns (several images, a question per row): every field and every image's digest.
+A task that is one image in ``body`` keeps ``task_key``, so journals written before
+task fields keep their keys. The cache and the journal look answers up by these keys,
+so their material and format must not change without a new version tag.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -69,3 +72,30 @@ def task_key(
     key order does not matter but ``1`` and ``1.0`` do. Non-JSON values raise TypeError.
     """
     return task_key_from_hash(image_hash(image), task_type, params, scope)
+
+
+def whole_task_key(
+    images: Mapping[str, bytes | Sequence[bytes]],
+    values: Mapping[str, object],
+    task_type: str,
+    params: Mapping[str, object],
+    scope: KeyScope | None = None,
+) -> str:
+    """The content key of a task with fields from columns: every image field (by its
+    images' digests, a list field as the list of them), every other field's value, the
+    task type, the constants and who answers it. Two rows with the same grid and
+    different questions are different tasks."""
+    digests = {
+        name: image_hash(image) if isinstance(image, bytes) else [image_hash(i) for i in image]
+        for name, image in images.items()
+    }
+    material_params = {**params, **scope.key_fields()} if scope is not None else dict(params)
+    canonical = json.dumps(
+        {"images": digests, "fields": dict(values), "params": material_params},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    # A new version tag: no v2 key can equal a v1 key of any task.
+    material = f"capbatch-task-v2\n{task_type}\n{canonical}"
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()

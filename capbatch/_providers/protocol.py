@@ -31,6 +31,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from capbatch._exceptions import ConfigError, MalformedReply, ServiceUnavailable, Unsolvable
+from capbatch._providers.answers import readable_answer
 from capbatch._providers.errors import HTTP_STATUSES, error_from_reply
 from capbatch._providers.profiles import ProviderProfile
 from capbatch._providers.text import Mask, clean_text, reply_excerpt, sanitize_text
@@ -182,22 +183,9 @@ class TaskReply:
         return answer_of(self.solution)
 
 
-#: Solution fields that hold "the answer", in order of preference.
-_ANSWER_FIELDS = ("text", "gRecaptchaResponse", "token", "answer", "answers", "objects")
-
-
 def answer_of(solution: Mapping[str, Any] | None) -> str | None:
-    """The answer text of a solution object (``text`` for image tasks)."""
-    if not solution:
-        return None
-    for name in _ANSWER_FIELDS:
-        value = solution.get(name)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            return value
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return None
+    """The answer text of a solution object, by its shape (``answers.readable_answer``)."""
+    return readable_answer(solution)
 
 
 def decode_json(

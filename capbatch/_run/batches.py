@@ -21,6 +21,7 @@ import pyarrow as pa
 from capbatch._exceptions import CapbatchError, RunFailed, RunInterrupted
 from capbatch._io.inputs import TableSource
 from capbatch._io.record import RowResult
+from capbatch._io.task_rows import RowTask
 from capbatch._providers.errors import Action, action_for_code
 from capbatch._providers.profiles import ProviderProfile
 from capbatch._run.gate import RunStopped
@@ -96,7 +97,7 @@ class BatchRunner:
         counters: Tally,
         max_pending_jobs: int,
         max_buffered_rows: int,
-        make_task: Callable[[bytes], dict[str, Any]],
+        make_task: Callable[[RowTask], dict[str, Any]],
         on_result: Callable[[int, RowResult], None] | None = None,
         drain_timeout: float = 30.0,
         retry_failed: bool = False,
@@ -276,7 +277,7 @@ class BatchRunner:
             job = Job(
                 key=key,
                 row_key=row_key,
-                task=self.make_task(plan.images[i]),
+                task=self.make_task(plan.tasks[i]),
                 resumed=entry,
             )
             await self._jobs.acquire()

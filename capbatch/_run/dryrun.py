@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from capbatch._io.inputs import TableSource
 from capbatch._io.keys import KeyScope
 from capbatch._run.journal import Journal
-from capbatch._run.plan import TaskKeys, plan_batch
+from capbatch._run.plan import TaskKeys, plan_batch, table_fields
 from capbatch._run.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ def dry_run(
     cached = 0
     rows = 0
     occurrences: dict[str, int] = {}
-    keys = TaskKeys(options.task_type, dict(options.task_params), scope, options.cache)
+    fields = table_fields(options.task_type, options.fields, options.task_params, table)
+    keys = TaskKeys(options.task_type, fields.params, scope, options.cache, fields)
     for batch in table.batches():
         plan = plan_batch(
             batch,

@@ -9,7 +9,6 @@ in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from capbatch._exceptions import CapbatchError, RunFailed, RunInterrupted
 from capbatch._io.inputs import TableSource
 from capbatch._io.keys import KeyScope
 from capbatch._io.outputs import MemorySink, ResultWriter, read_results
+from capbatch._io.task_fields import FieldPlan
+from capbatch._io.task_rows import task_body
 from capbatch._providers.client import ProviderClient, TaskService
 from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
@@ -39,7 +40,7 @@ from capbatch._run.options import (
     resolve,
 )
 from capbatch._run.outage import OutageGate
-from capbatch._run.plan import TaskKeys
+from capbatch._run.plan import TaskKeys, table_fields
 from capbatch._run.progress import Progress
 from capbatch._run.signals import SignalStops
 from capbatch._run.spend import SpendGuard
@@ -47,6 +48,7 @@ from capbatch._run.spend_watch import SpendWatch
 from capbatch._run.summary import RunSummary
 from capbatch._run.tally import Tally
 from capbatch._run.task import TaskSolver
+from capbatch._run.unknown_shapes import watch_shapes
 from capbatch._run.workspace import Workspace, memory_journal_notice
 
 if TYPE_CHECKING:
@@ -74,6 +76,8 @@ class _Setup:
     scope: KeyScope
     #: The provider's URL this run talks to, normalised for comparison.
     endpoint: str
+    #: Which column fills which task field; settled before anything is sent.
+    fields: FieldPlan
     notices: list[str]
     notice: Callable[[str], None]
 
@@ -133,6 +137,7 @@ def _prepare(source: Any, options: RunOptions) -> _Setup:
         id_column=options.id_column,
         batch_rows=options.batch_rows,
     )
+    fields = table_fields(options.task_type, options.fields, options.task_params, table)
     notice = options.notice or (lambda _message: None)
     notices = list(resolved.notices)
     output = Path(options.output) if options.output is not None else default_output(source)
@@ -151,7 +156,9 @@ def _prepare(source: Any, options: RunOptions) -> _Setup:
     scope = KeyScope(
         resolved.profile.name, endpoint if endpoint != resolved.profile.base_url else None
     )
-    return _Setup(options, resolved, table, output, journal_path, scope, endpoint, notices, notice)
+    return _Setup(
+        options, resolved, table, output, journal_path, scope, endpoint, fields, notices, notice
+    )
 
 
 async def _dry_run(setup: _Setup) -> RunOutcome:
@@ -349,13 +356,18 @@ class _Run:
             solver,
             self.journal,
             setup.resolved.profile,
-            keys=TaskKeys(options.task_type, dict(options.task_params), setup.scope, options.cache),
+            keys=TaskKeys(
+                options.task_type, setup.fields.params, setup.scope, options.cache, setup.fields
+            ),
             progress=progress,
             counters=tally,
             max_pending_jobs=max(4 * limits.max_in_flight, 64),
             max_buffered_rows=max(16 * options.batch_rows, 65_536),
-            make_task=_task_maker(options.task_type, dict(options.task_params)),
-            on_result=live.on_result if live is not None else options.on_result,
+            make_task=functools.partial(task_body, options.task_type, setup.fields.params),
+            on_result=watch_shapes(
+                live.on_result if live is not None else options.on_result,
+                functools.partial(setup.tell, self.summary),
+            ),
             drain_timeout=options.drain_timeout,
             retry_failed=options.retry_failed,
         )
@@ -402,18 +414,6 @@ class _Run:
         if frame is not None:
             frame.attrs["capbatch"] = summary.to_dict()
         return frame
-
-
-def _task_maker(task_type: str, task_params: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
-    """The createTask ``task`` object for one image: its type, the user's parameters and
-    the image as base64."""
-
-    def make_task(image: bytes) -> dict[str, Any]:
-        task: dict[str, Any] = {"type": task_type, **task_params}
-        task["body"] = base64.b64encode(image).decode("ascii")
-        return task
-
-    return make_task
 
 
 def _now_iso() -> str:

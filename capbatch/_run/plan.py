@@ -1,5 +1,5 @@
-"""Planning a batch: each row's image (or input error) and the content key that says
-which paid task answers it. The run and the dry run (``dryrun``) share it; nothing
+"""Planning a batch: each row's task fields (or input error) and the content key that
+says which paid task answers it. The run and the dry run (``dryrun``) share it; nothing
 here sends a request or reads the journal."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 import pyarrow as pa
 
 from capbatch._exceptions import RowInputError
-from capbatch._io.image_column import resolve_column
 from capbatch._io.inputs import TableSource
-from capbatch._io.keys import KeyScope, task_key
+from capbatch._io.keys import KeyScope, task_key, whole_task_key
+from capbatch._io.task_fields import FieldPlan, plan_fields
+from capbatch._io.task_rows import ImageLimits, RowTask, read_row_fields
 from capbatch._providers.profiles import ProviderProfile
 
 
@@ -24,18 +25,33 @@ class BatchPlan:
     row_keys: list[str]
     keys: list[str | None]
     errors: dict[int, RowInputError]
-    images: dict[int, bytes]
+    #: Each readable row's task fields (``task_rows.task_body`` makes its request).
+    tasks: dict[int, RowTask]
 
 
 @dataclass(frozen=True)
 class TaskKeys:
     """What makes two rows the same paid task: the task type and parameters, who
-    answers (``KeyScope``), and whether identical images share one task (the cache)."""
+    answers (``KeyScope``), and whether identical tasks share one (the cache); the
+    task's fields from columns (``FieldPlan``: None = the type's defaults)."""
 
     task_type: str
     task_params: Mapping[str, Any]
     scope: KeyScope
     cache: bool = True
+    fields: FieldPlan | None = None
+
+    def field_plan(self, source: TableSource) -> FieldPlan:
+        if self.fields is not None:
+            return self.fields
+        return table_fields(self.task_type, {}, self.task_params, source)
+
+
+def table_fields(
+    task_type: str, fields: Mapping[str, str], params: Mapping[str, Any], table: TableSource
+) -> FieldPlan:
+    """The run's ``FieldPlan`` for ``table`` (``task_fields.plan_fields``)."""
+    return plan_fields(task_type, fields, params, table.schema.names, table.image_column)
 
 
 def plan_batch(
@@ -47,7 +63,7 @@ def plan_batch(
     *,
     occurrences: dict[str, int] | None = None,
 ) -> BatchPlan:
-    """Each row's image (or input error) and content key; the run and the dry run share it.
+    """Each row's task (or input error) and content key; the run and the dry run share it.
 
     With the cache off, identical images on different rows are different tasks, so a
     row's key also names the row: by its id when the table has an id column, and by
@@ -55,15 +71,11 @@ def plan_batch(
     survive rows being reordered or inserted, so a re-run never pays again for a row
     it answered.
     ``occurrences`` carries the counts from batch to batch."""
-    images = resolve_column(
-        batch,
-        source.image_column,
-        base_dir=source.base_dir,
-        min_bytes=profile.min_image_bytes,
-        max_bytes=profile.max_image_bytes,
-        max_side=profile.max_image_side,
-        first_row=first_row,
+    fields = keys.field_plan(source)
+    limits = ImageLimits(
+        source.base_dir, profile.min_image_bytes, profile.max_image_bytes, profile.max_image_side
     )
+    rows = read_row_fields(batch, fields, limits, first_row)
     # Row keys are positions: stable when rows are appended, and unique even when an id
     # column has duplicates. With the cache off they name the row as said above.
     row_keys = [str(first_row + i) for i in range(batch.num_rows)]
@@ -75,13 +87,13 @@ def plan_batch(
     seen = occurrences if occurrences is not None else {}
     content_keys: list[str | None] = []
     errors: dict[int, RowInputError] = {}
-    resolved: dict[int, bytes] = {}
-    for i, image in enumerate(images):
-        if isinstance(image, RowInputError):
-            errors[i] = image
+    resolved: dict[int, RowTask] = {}
+    for i, row in enumerate(rows):
+        if isinstance(row, RowInputError):
+            errors[i] = row
             content_keys.append(None)
             continue
-        key = task_key(image, keys.task_type, keys.task_params, keys.scope)
+        key = _content_key(row, fields, keys)
         if not keys.cache:
             row_id = None if ids is None else ids[i]
             # The n-th row with this image (and this id): duplicated rows stay apart.
@@ -90,5 +102,14 @@ def plan_batch(
             row_keys[i] = f"n:{n}" if row_id is None else f"id:{row_id}:{n}"
             key = f"{key}:{row_keys[i]}"
         content_keys.append(key)
-        resolved[i] = image
+        resolved[i] = row
     return BatchPlan(row_keys, content_keys, errors, resolved)
+
+
+def _content_key(row: RowTask, fields: FieldPlan, keys: TaskKeys) -> str:
+    """One image in ``body`` keeps the key it always had (journals written before task
+    fields stay valid); any other task is keyed on all of it."""
+    image = row.images.get("body")
+    if fields.body_only and isinstance(image, bytes):
+        return task_key(image, keys.task_type, fields.params, keys.scope)
+    return whole_task_key(row.images, row.values, keys.task_type, fields.params, keys.scope)
