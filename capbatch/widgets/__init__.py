@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import pandas as pd
 
+from capbatch._api import options_from, with_run_options
 from capbatch._exceptions import CapbatchError, ConfigError
 from capbatch._io.record import RowResult
 from capbatch._providers.profiles import PROVIDERS, ProviderProfile, get_profile
@@ -74,9 +75,11 @@ _BAR_STYLES = {"finished": "success", "stopped": "warning", "failed": "danger"}
 class RunPanel:
     """Controls, live progress and results of one capbatch run over ``source``.
 
-    ``run_options`` are ``capbatch.run``'s options; provider, base URL, rate, in-flight
-    cap, spend cap and task parameters fill the form. ``label_column`` names the column
-    answers are checked against (when the table has it). Without ``journal=`` the
+    ``run_options`` are ``capbatch.run``'s keyword options (``help(capbatch.run)``
+    says what each does; a misspelt one is refused with the closest name); provider,
+    base URL, rate, in-flight cap, spend cap and task parameters fill the form.
+    ``label_column`` names the column answers are checked against (when the table has
+    it). Without ``journal=`` the
     journal goes beside the output, or for an in-memory table into a temp folder, so
     Start after Stop resumes without paying twice.
     """
@@ -96,7 +99,7 @@ class RunPanel:
         owned = sorted(set(run_options) & set(_PANEL_OWNED))
         if owned:
             raise ConfigError(f"RunPanel sets {', '.join(owned)} itself")
-        options = RunOptions.from_kwargs(run_options)
+        options = options_from(run_options)  # a misspelt option: the closest name
         self._key: Secret | None = as_secret(options.api_key)
         self._options = dataclasses.replace(options, api_key=None)
         self._source = source
@@ -430,3 +433,7 @@ class RunPanel:
 
     def __repr__(self) -> str:
         return f"<RunPanel {self.state}: {self._results.done} rows done>"
+
+
+# help(RunPanel) and Shift-Tab show every run option it takes, typed, with its default.
+RunPanel.__signature__ = with_run_options(RunPanel.__init__, exclude=_PANEL_OWNED)  # type: ignore[attr-defined]
