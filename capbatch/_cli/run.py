@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     "-o",
     "--output",
     type=click.Path(path_type=Path),
+    callback=lambda _ctx, _param, value: _check_output(value),
     help="Results file, .parquet or .csv [default: INPUT_STEM.results.parquet beside INPUT].",
 )
 @click.option(
@@ -42,7 +43,12 @@ if TYPE_CHECKING:
 )
 @click.option("--image-column", help="Column holding paths, base64 or bytes [default: detected].")
 @click.option("--id-column", help="Column identifying rows [default: detected].")
-@click.option("--task-type", default="ImageToTextTask", show_default=True)
+@click.option(
+    "--task-type",
+    default="ImageToTextTask",
+    show_default=True,
+    help="The provider's task type (docs/task-types.md).",
+)
 @click.option(
     "--task-param",
     "task_params",
@@ -58,9 +64,33 @@ if TYPE_CHECKING:
     help="Task field filled from a column, repeatable (e.g. question=q). Each task type "
     "has defaults: docs/task-types.md.",
 )
-@click.option("--rate", type=float, help="Requests per second, all requests to the provider.")
-@click.option("--max-in-flight", type=int, help="Most requests open at once.")
-@click.option("--max-attempts", type=int, default=5, show_default=True)
+@click.option(
+    "--rate",
+    type=float,
+    help="Requests per second, all requests to the provider [default: "
+    + ", ".join(
+        f"{name} {'no limit' if p.is_local else f'{p.default_rate:g}'}"
+        for name, p in sorted(PROVIDERS.items())
+    )
+    + "].",
+)
+@click.option(
+    "--max-in-flight",
+    type=int,
+    help="Most requests open at once [default: "
+    + ", ".join(
+        f"{name} {'2 x CPUs' if p.is_local else p.default_max_in_flight}"
+        for name, p in sorted(PROVIDERS.items())
+    )
+    + "].",
+)
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Tries per row before it is recorded as failed.",
+)
 @click.option("--max-spend", type=float, help="Spend cap in USD, never exceeded.")
 @click.option("--price", type=float, help="USD per task [default: the provider's table price].")
 @click.option(
@@ -69,7 +99,12 @@ if TYPE_CHECKING:
     help="Developer id (revenue share): sent as appId to CapSolver, as softId (a whole "
     "number) to Anti-Captcha, CapMonster Cloud and 2Captcha.",
 )
-@click.option("--journal", type=click.Path(path_type=Path), help="Journal path.")
+@click.option(
+    "--journal",
+    type=click.Path(path_type=Path),
+    help="Journal path, the record of every paid step that makes re-running resume "
+    "[default: OUTPUT_STEM.journal.sqlite beside the output].",
+)
 @click.option("--no-cache", is_flag=True, help="Solve identical images separately.")
 @click.option(
     "--retry-failed",
@@ -197,6 +232,20 @@ def _run_and_report(input_path: Path, options: RunOptions) -> None:
         echo_err(summary.format())
     if summary.output:
         click.echo(printable(summary.output))
+
+
+def _check_output(value: Path | None) -> Path | None:
+    """``-o``'s format from its extension, checked while the flags are parsed: before
+    any notice, request or file."""
+    if value is not None:
+        from capbatch._io.outputs import output_format
+
+        if output_format(value) is None:
+            raise click.BadParameter(
+                f"cannot tell the output format of {value}: use .parquet or .csv",
+                param_hint="'-o' / '--output'",
+            )
+    return value
 
 
 def _task_params(values: tuple[str, ...]) -> dict[str, Any]:
