@@ -64,8 +64,11 @@ def resolve_column(
 
 
 def is_image_type(dtype: pa.DataType) -> bool:
-    """Whether an Arrow column of ``dtype`` can hold paths, base64 or bytes (or nulls)."""
+    """Whether an Arrow column of ``dtype`` can hold paths, base64 or bytes (or nulls),
+    or lists of them (several images a row: AwsWafClassification's ``images``)."""
     if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
         dtype = dtype.value_type
     kinds = (
         pa.types.is_string,
@@ -97,14 +100,16 @@ _BASE64_NAME: Final = re.compile(r"b64|base64", re.IGNORECASE)
 
 def is_base64_column(name: str, values: list[object], sample: int = 20) -> bool:
     """Whether a column holds base64 images: its name says so (``b64``, ``base64``), or
-    more than half of its first ``sample`` non-null text values are base64 whose first
+    at least half of its first ``sample`` non-null text values are base64 whose first
     bytes carry an image signature (no I/O). Data URIs and bytes do not count."""
     if _BASE64_NAME.search(name):
         return True
     # Only the start of a value is looked at: stripping a whole payload would copy it.
     heads = (v[:128].strip() for v in values if isinstance(v, str))
     texts = list(itertools.islice((h for h in heads if h), sample))
-    return bool(texts) and 2 * sum(map(_starts_as_base64_image, texts)) > len(texts)
+    # At least half: a path never decodes to an image signature, so one bad value beside
+    # one good one is a base64 column with a bad value, not a missing file.
+    return bool(texts) and 2 * sum(map(_starts_as_base64_image, texts)) >= len(texts)
 
 
 def _starts_as_base64_image(text: str) -> bool:

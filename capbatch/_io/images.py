@@ -13,8 +13,9 @@ How a text cell is read, in order:
    limit, which is checked on ``stat`` before and enforced again while reading.
 3. Text that decodes as base64 to bytes with an image signature is that image.
 4. Otherwise the error depends on what the cell looks like. In a *base64 column* (its
-   name contains ``b64`` or ``base64``, or most of the batch's non-null values are base64
-   of an image, see ``image_column.is_base64_column``) every value without an image file
+   name contains ``b64`` or ``base64``, or at least half of the batch's first non-null
+   values are base64 of an image, and then for the rest of the run, see
+   ``image_column.is_base64_column``) every value without an image file
    extension is taken as base64, so ``not-base64!!!`` is ``INPUT_INVALID_BASE64``.
    Elsewhere, text with an image extension, characters outside the base64 alphabet, fewer
    than 32 characters, or a separator in at most 256 characters is a missing file

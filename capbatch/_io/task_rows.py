@@ -57,8 +57,14 @@ def read_row_fields(
     plan: FieldPlan,
     limits: ImageLimits,
     first_row: int = 0,
+    base64_seen: dict[str, bool] | None = None,
 ) -> list[RowTask | RowInputError]:
-    """Every row's ``RowTask``, or its error with ``row`` set to the global row index."""
+    """Every row's ``RowTask``, or its error with ``row`` set to the global row index.
+
+    ``base64_seen`` remembers, from batch to batch, the columns found to hold base64
+    images (``image_column.is_base64_column``): a last batch of a few bad values is
+    still read as a base64 column (``INPUT_INVALID_BASE64``, not a missing file)."""
+    seen = base64_seen if base64_seen is not None else {}
     if plan.body_only:
         images = resolve_column(
             batch,
@@ -68,6 +74,7 @@ def read_row_fields(
             max_bytes=limits.max_bytes,
             max_side=limits.max_side,
             first_row=first_row,
+            base64_column=_base64(seen, plan.image_column, batch),
         )
         return [
             image if isinstance(image, RowInputError) else RowTask({"body": image}, {})
@@ -75,7 +82,7 @@ def read_row_fields(
         ]
     columns = {name: batch.column(column).to_pylist() for name, column in plan.columns.items()}
     base64_columns = {
-        name: is_base64_column(plan.columns[name], _flat(values))
+        name: _base64(seen, plan.columns[name], batch, _flat(values))
         for name, values in columns.items()
         if _is_image_field(name)
     }
@@ -87,6 +94,21 @@ def read_row_fields(
             exc.row = first_row + i
             out.append(exc)
     return out
+
+
+def _base64(
+    seen: dict[str, bool],
+    column: str,
+    batch: pa.RecordBatch | pa.Table,
+    values: list[object] | None = None,
+) -> bool:
+    """Whether ``column`` is a base64 column: once seen so in a batch, for the run."""
+    if seen.get(column):
+        return True
+    if values is None:  # the head is enough (``is_base64_column`` reads 20 values)
+        values = batch.column(column).drop_null().slice(0, 64).to_pylist()
+    found = seen[column] = is_base64_column(column, values)
+    return found
 
 
 def _is_image_field(name: str) -> bool:

@@ -5,7 +5,7 @@ here sends a request or reads the journal."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +40,8 @@ class TaskKeys:
     scope: KeyScope
     cache: bool = True
     fields: FieldPlan | None = None
+    #: Columns found to hold base64 images so far (``task_rows.read_row_fields``).
+    base64_seen: dict[str, bool] = field(default_factory=dict, compare=False)
 
     def field_plan(self, source: TableSource) -> FieldPlan:
         if self.fields is not None:
@@ -75,7 +77,7 @@ def plan_batch(
     limits = ImageLimits(
         source.base_dir, profile.min_image_bytes, profile.max_image_bytes, profile.max_image_side
     )
-    rows = read_row_fields(batch, fields, limits, first_row)
+    rows = read_row_fields(batch, fields, limits, first_row, keys.base64_seen)
     # Row keys are positions: stable when rows are appended, and unique even when an id
     # column has duplicates. With the cache off they name the row as said above.
     row_keys = [str(first_row + i) for i in range(batch.num_rows)]
