@@ -1,9 +1,21 @@
 """The local solver: ddddocr behind the same interface as a remote provider.
 
-``LocalSolver.solve(image_bytes)`` is the synchronous core (thread-safe: one ddddocr
-model per worker thread); ``LocalService`` speaks the client's async interface
-(``create_task``, ``get_task_result``, ``get_balance``, ``report_incorrect``) so the
-runner cannot tell it from a provider that always answers synchronously, at cost 0.
+``LocalSolver.solve(image_bytes)`` reads text and ``LocalSolver.slide(piece, background)``
+finds a slider's gap (both thread-safe: one ddddocr model per worker thread);
+``LocalService`` speaks the client's async interface (``create_task``,
+``get_task_result``, ``get_balance``, ``report_incorrect``) so the runner cannot tell it
+from a provider that always answers synchronously, at cost 0.
+
+What it answers (``check_task`` says so before a run; ``create_task`` refuses the rest
+with a ``ConfigError``, which stops the run once rather than failing every row):
+
+* ``ImageToTextTask``: ``{"text": ...}``, the characters restricted to the task's
+  ``charset`` (``CHARSETS``; default ``letters+digits``, ``all`` for ddddocr's whole set);
+* ``VisionEngine`` with ``module`` ``slider_1``: ``{"distance": x}``, the gap's left x in
+  ``imageBackground`` found by ddddocr's slide matching for the piece in ``image``.
+
+Grid classification (``ReCaptchaV2Classification``, ``AwsWafClassification``) and the other
+VisionEngine modules are beyond ddddocr: its detector finds text boxes, not cars or buses.
 
 ddddocr ships its ONNX model inside its wheel, so nothing is downloaded. Inference
 runs in onnxruntime, which releases the GIL, so a thread per core keeps every core busy.
@@ -14,17 +26,85 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import os
+import string
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from capbatch._exceptions import ConfigError, InvalidTask, TaskExpired
 from capbatch._providers.protocol import TaskReply
 
-SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
+SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask", "VisionEngine"})
+#: The VisionEngine modules ddddocr can answer.
+VISION_MODULES = frozenset({"slider_1"})
+
+#: The character sets the ``charset`` task parameter names. ddddocr's README gives the
+#: same sets as integers 0-6 (in this order); ddddocr 1.6 reads an integer as "the first
+#: n+1 characters of the model", so capbatch resolves the integers itself.
+CHARSETS: dict[str, str] = {
+    "digits": string.digits,
+    "lowercase": string.ascii_lowercase,
+    "uppercase": string.ascii_uppercase,
+    "letters": string.ascii_letters,
+    "lowercase+digits": string.ascii_lowercase + string.digits,
+    "uppercase+digits": string.ascii_uppercase + string.digits,
+    "letters+digits": string.ascii_letters + string.digits,
+}
+#: Without a ``charset``: ASCII letters and digits, what text captchas are made of; the
+#: model's full set (8,210 characters, mostly CJK) reads noise as ``了`` or ``{``.
+DEFAULT_CHARSET = "letters+digits"
+#: ``charset=all``: no restriction, ddddocr's own output.
+ALL_CHARACTERS = "all"
+
+_T = TypeVar("_T")
+
+
+def resolve_charset(value: object) -> str | None:
+    """The characters a ``charset`` value allows (None: all). Raises ``ConfigError``.
+
+    A name from ``CHARSETS``, ``all``, ddddocr's integers 0-6 (or their digits as text),
+    or the allowed characters themselves (``"0123456789+-="``); absent: the default.
+    """
+    if value is None:
+        return CHARSETS[DEFAULT_CHARSET]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(CHARSETS):
+        return list(CHARSETS.values())[value]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"charset must be a name ({', '.join(CHARSETS)}, {ALL_CHARACTERS}), "
+            f"ddddocr's number 0-{len(CHARSETS) - 1}, or the characters to allow; "
+            f"got {value!r}"
+        )
+    if value == ALL_CHARACTERS:
+        return None
+    if value in CHARSETS:
+        return CHARSETS[value]
+    if len(value) == 1 and value.isdigit() and int(value) < len(CHARSETS):
+        return list(CHARSETS.values())[int(value)]
+    return "".join(dict.fromkeys(value))  # the characters themselves, each once
+
+
+def check_task(task_type: str, params: Mapping[str, Any] | None = None) -> None:
+    """Raise ``ConfigError`` when the local solver can never answer this task.
+
+    For a run's set-up: one clear line before any row, rather than the same refusal
+    on every row.
+    """
+    params = params or {}
+    if task_type not in SUPPORTED_TASK_TYPES:
+        raise ConfigError(f"the local solver cannot answer {task_type}")
+    module = params.get("module")  # absent here when a column gives it per row
+    if task_type == "VisionEngine" and "module" in params and module not in VISION_MODULES:
+        raise ConfigError(
+            f"the local solver cannot answer VisionEngine module {module!r}: "
+            f"it answers {', '.join(sorted(VISION_MODULES))}"
+        )
+    if task_type == "ImageToTextTask":
+        resolve_charset(params.get("charset"))
 
 
 def _load_ddddocr() -> Any:
@@ -59,8 +139,46 @@ def _single_threaded(model: Any) -> None:
         pass
 
 
+def _restricted_scores(model: Any, image: bytes) -> Any:
+    """The OCR model's per-step class scores for ``image``: (steps, classes).
+
+    ddddocr's own restriction (``set_ranges``) drops a character outside the set after
+    choosing it; choosing the best character inside the set needs the scores. Its public
+    ``probability=True`` gives them as nested lists (twice the time of a reading), so
+    this runs its preprocessing and session directly, and falls back to the public path
+    if ddddocr's internals ever change.
+    """
+    import numpy as np
+
+    engine = model.ocr_engine
+    try:
+        from ddddocr.utils.image_io import load_image_from_input
+
+        prepare, session = engine._preprocess_image, engine.session
+    except (ImportError, AttributeError):  # pragma: no cover - another ddddocr layout
+        scores = np.asarray(model.classification(image, probability=True)["probabilities"])
+    else:
+        tensor = prepare(load_image_from_input(image), False)
+        scores = session.run(None, {session.get_inputs()[0].name: tensor})[0]
+    return scores.reshape(-1, scores.shape[-1])
+
+
+def ctc_text(scores: Any, allowed: Any, charset: list[str]) -> str:
+    """Greedy CTC decoding among ``allowed`` class indexes (0, the blank, among them):
+    the best allowed class per step, repeats merged, blanks dropped."""
+    import numpy as np
+
+    best = allowed[np.argmax(scores[:, allowed], axis=1)]
+    text, previous = [], -1
+    for index in best.tolist():
+        if index not in (previous, 0):
+            text.append(charset[index])
+        previous = index
+    return "".join(text)
+
+
 class LocalSolver:
-    """Recognise captcha text with ddddocr on every core of this machine."""
+    """Recognise captcha text and find slider gaps with ddddocr on every core."""
 
     def __init__(self, workers: int | None = None) -> None:
         self._ddddocr = _load_ddddocr()
@@ -68,6 +186,8 @@ class LocalSolver:
         self._local = threading.local()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._allowed: dict[str, Any] = {}  # characters -> class indexes (shared, read-only)
+        self._classes: list[str] = []  # the OCR model's characters, by class index
 
     def _model(self) -> Any:
         model = getattr(self._local, "model", None)
@@ -77,12 +197,68 @@ class LocalSolver:
             self._local.model = model
         return model
 
-    def solve(self, image: bytes) -> str:
-        """The text in ``image`` (PNG, JPEG, GIF, ... bytes). Raises ``InvalidTask``."""
+    def _slider(self) -> Any:
+        model = getattr(self._local, "slider", None)
+        if model is None:
+            model = self._ddddocr.DdddOcr(det=False, ocr=False, show_ad=False)
+            self._local.slider = model
+        return model
+
+    def _allowed_indexes(self, model: Any, characters: str) -> tuple[Any, list[str]]:
+        """The model's class indexes for ``characters`` (with the blank), and its classes."""
+        with self._lock:
+            if not self._classes:
+                self._classes = list(model.get_charset())  # the same for every model
+            found = self._allowed.get(characters)
+            if found is None:
+                import numpy as np
+
+                where = {c: i for i, c in enumerate(self._classes)}
+                indexes = {0} | {where[c] for c in characters if c in where}
+                if indexes == {0}:
+                    raise ConfigError(f"charset {characters!r} has no character ddddocr reads")
+                found = self._allowed[characters] = np.array(sorted(indexes))
+            return found, self._classes
+
+    def solve(self, image: bytes, charset: object = None) -> str:
+        """The text in ``image`` (PNG, JPEG, GIF, ... bytes), its characters from
+        ``charset`` (``resolve_charset``). Raises ``InvalidTask`` or ``ConfigError``."""
+        characters = resolve_charset(charset)
         if not image:
             raise InvalidTask("image is empty", error_code="ERROR_INVALID_IMAGE")
+        model = self._model()
+        if characters is None:
+            return self._read(lambda: str(model.classification(image)))
+        allowed, classes = self._allowed_indexes(model, characters)
+        return self._read(lambda: ctc_text(_restricted_scores(model, image), allowed, classes))
+
+    def slide(self, piece: bytes, background: bytes) -> int:
+        """The x of the gap's left edge in ``background`` where ``piece`` fits (ddddocr's
+        edge-based slide matching). Raises ``InvalidTask``."""
+        if not piece or not background:
+            raise InvalidTask("slider image is empty", error_code="ERROR_INVALID_IMAGE")
+
+        def match() -> int:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(piece)) as opened:
+                # RGBA first: ddddocr's own RGB conversion of a palette piece with a
+                # transparent colour warns on every call.
+                target = opened.convert("RGBA")
+            width: int = target.size[0]
+            found = self._slider().slide_match(target, background)
+            # ddddocr gives the centre of the best match; the distance is its left edge.
+            centre: int = int(found["target"][0])
+            return max(0, centre - width // 2)
+
+        return self._read(match)
+
+    @staticmethod
+    def _read(work: Callable[[], _T]) -> _T:
         try:
-            return str(self._model().classification(image))
+            return work()
+        except ConfigError:
+            raise
         except Exception as exc:  # ddddocr raises bare errors for unreadable images
             raise InvalidTask(
                 f"image could not be read: {type(exc).__name__}",
@@ -98,9 +274,13 @@ class LocalSolver:
                 )
             return self._executor
 
-    async def solve_async(self, image: bytes) -> str:
+    async def solve_async(self, image: bytes, charset: object = None) -> str:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.solve, image)
+        return await loop.run_in_executor(self.executor, self.solve, image, charset)
+
+    async def slide_async(self, piece: bytes, background: bytes) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.slide, piece, background)
 
     def close(self) -> None:
         with self._lock:
@@ -109,15 +289,20 @@ class LocalSolver:
                 self._executor = None
 
 
+def decode_image_field(task: Mapping[str, Any], field: str) -> bytes:
+    """The image bytes of a task field (base64, no data-URI prefix)."""
+    value = task.get(field)
+    if not isinstance(value, str) or not value:
+        raise InvalidTask(f"task has no image {field}", error_code="ERROR_INVALID_TASK_DATA")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidTask(f"{field} is not base64", error_code="ERROR_INVALID_IMAGE") from None
+
+
 def decode_body(task: Mapping[str, Any]) -> bytes:
     """The image bytes of an ImageToTextTask (``body`` is base64, no data-URI prefix)."""
-    body = task.get("body")
-    if not isinstance(body, str) or not body:
-        raise InvalidTask("task has no image body", error_code="ERROR_INVALID_TASK_DATA")
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidTask("body is not base64", error_code="ERROR_INVALID_IMAGE") from None
+    return decode_image_field(task, "body")
 
 
 class LocalService:
@@ -136,18 +321,23 @@ class LocalService:
     async def create_task(
         self, task: Mapping[str, Any], *, callback_url: str | None = None
     ) -> TaskReply:
+        """Answer ``task`` at once. A type or module it can never answer raises
+        ``ConfigError`` (the runner stops there: no row failed the same way again)."""
         task_type = task.get("type")
-        if task_type not in SUPPORTED_TASK_TYPES:
-            raise InvalidTask(
-                f"the local solver does not support task type {task_type!r}",
-                error_code="ERROR_TASK_NOT_SUPPORTED",
-            )
-        text = await self.solver.solve_async(decode_body(task))
+        check_task(task_type if isinstance(task_type, str) else repr(task_type), task)
+        solution: dict[str, Any]
+        if task_type == "VisionEngine":
+            piece = decode_image_field(task, "image")
+            background = decode_image_field(task, "imageBackground")
+            solution = {"distance": await self.solver.slide_async(piece, background)}
+        else:
+            text = await self.solver.solve_async(decode_body(task), task.get("charset"))
+            solution = {"text": text}
         return TaskReply(
             task_id=str(uuid.uuid4()),
             status="ready",
             raw_status="ready",
-            solution={"text": text},
+            solution=solution,
             cost=0.0,
         )
 

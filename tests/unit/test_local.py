@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import os
+import string
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,21 @@ pytest.importorskip("ddddocr")
 
 from PIL import Image, ImageDraw, ImageFont
 
-from capbatch._exceptions import InvalidTask, TaskExpired
+from capbatch._exceptions import ConfigError, InvalidTask, TaskExpired
 from capbatch._providers.errors import Action, classify
-from capbatch.local import LocalService, LocalSolver, decode_body
+from capbatch.local import (
+    CHARSETS,
+    DEFAULT_CHARSET,
+    LocalService,
+    LocalSolver,
+    check_task,
+    ctc_text,
+    decode_body,
+    resolve_charset,
+)
 
-SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "images" / "cap-0001.png"
+DATA = Path(__file__).resolve().parents[2] / "sample_data"
+SAMPLE = DATA / "images" / "cap-0001.png"
 
 
 def _drawn_captcha(text: str = "k7p2x") -> bytes:
@@ -81,11 +92,32 @@ async def test_create_task_not_an_image(solver: LocalSolver) -> None:
     assert classify(info.value) is Action.RECORD
 
 
-@pytest.mark.parametrize("task_type", ["ReCaptchaV2Task", None, "imagetotexttask"])
-async def test_create_task_unsupported_type(solver: LocalSolver, task_type: str | None) -> None:
-    with pytest.raises(InvalidTask) as info:
-        await LocalService(solver).create_task({"type": task_type, "body": "aGk="})
-    assert info.value.error_code == "ERROR_TASK_NOT_SUPPORTED"
+@pytest.mark.parametrize(
+    "task_type", ["ReCaptchaV2Classification", "AwsWafClassification", None, "imagetotexttask"]
+)
+async def test_a_type_it_can_never_answer_stops_the_run(
+    solver: LocalSolver, task_type: str | None
+) -> None:
+    """A ConfigError (fatal: the run stops once) rather than a failed row per row."""
+    with pytest.raises(ConfigError, match="the local solver cannot answer") as info:
+        await LocalService(solver).create_task({"type": task_type, "image": "aGk="})
+    assert classify(info.value) is Action.FATAL
+    with pytest.raises(ConfigError, match="cannot answer ReCaptchaV2Classification"):
+        check_task("ReCaptchaV2Classification", {"question": "/m/0k4j"})
+
+
+@pytest.mark.parametrize("module", ["rotate_1", None])
+async def test_vision_modules_other_than_the_slider_stop_the_run(
+    solver: LocalSolver, module: str | None
+) -> None:
+    task = {"type": "VisionEngine", "module": module, "image": "aGk=", "imageBackground": "aGk="}
+    with pytest.raises(ConfigError, match=f"VisionEngine module {module!r}: it answers slider_1"):
+        await LocalService(solver).create_task(task)
+    check_task("VisionEngine", {"module": "slider_1"})
+    check_task("VisionEngine", {})  # the module may come from a column: checked per task
+    check_task("ImageToTextTask", {"charset": "digits"})
+    with pytest.raises(ConfigError, match="charset must be"):
+        check_task("ImageToTextTask", {"charset": ""})
 
 
 @pytest.mark.parametrize(
@@ -141,14 +173,14 @@ class _BarrierSolver(LocalSolver):
         self.opened = False
         self.threads: set[str] = set()
 
-    def solve(self, image: bytes) -> str:
+    def solve(self, image: bytes, charset: object = None) -> str:
         self.threads.add(threading.current_thread().name)
         if not self.opened:
             # Every pool thread blocks here until `parties` of them arrived; later calls
             # only start once a thread got through and set `opened`.
             self.barrier.wait()
             self.opened = True
-        return super().solve(image)
+        return super().solve(image, charset)
 
 
 async def test_solve_async_runs_on_several_threads_at_once(png: bytes) -> None:
@@ -169,3 +201,109 @@ async def test_solve_async_runs_on_several_threads_at_once(png: bytes) -> None:
     finally:
         solver.barrier.abort()
         solver.close()
+
+
+# --------------------------------------------------------------------------- charset
+
+
+def test_resolve_charset_names_numbers_and_characters() -> None:
+    assert resolve_charset(None) == CHARSETS[DEFAULT_CHARSET] == string.ascii_letters + "0123456789"
+    assert resolve_charset("all") is None
+    assert resolve_charset("digits") == resolve_charset(0) == resolve_charset("0") == "0123456789"
+    # ddddocr's README numbers: 4 = lowercase + digits, 6 = letters + digits.
+    assert resolve_charset(4) == string.ascii_lowercase + "0123456789"
+    assert resolve_charset(6) == CHARSETS["letters+digits"]
+    assert resolve_charset("abca+") == "abc+"  # the characters themselves, each once
+    for bad in ("", 7, -1, True, 2.5, ["a"]):
+        with pytest.raises(ConfigError, match="charset must be"):
+            resolve_charset(bad)
+
+
+def test_ctc_text_picks_the_best_allowed_class_per_step() -> None:
+    np = pytest.importorskip("numpy")
+    classes = ["", "a", "b", "了"]
+    # Steps: 了 (b second), 了 again, blank, b, b (merged), blank, a.
+    scores = np.array(
+        [
+            [0, 1, 5, 9],
+            [0, 1, 5, 9],
+            [9, 0, 0, 0],
+            [0, 0, 9, 1],
+            [0, 0, 9, 1],
+            [9, 0, 0, 0],
+            [0, 9, 0, 0],
+        ],
+        dtype=float,
+    )
+    everything = np.arange(4)
+    assert ctc_text(scores, everything, classes) == "了ba"
+    assert ctc_text(scores, np.array([0, 1, 2]), classes) == "bba"
+    assert ctc_text(scores, np.array([0, 1]), classes) == "aa"
+
+
+def test_unrestricted_reading_is_ddddocrs_own(solver: LocalSolver, png: bytes) -> None:
+    import ddddocr
+
+    own = ddddocr.DdddOcr(show_ad=False).classification(png)
+    assert solver.solve(png, "all") == own
+    assert solver.solve(png, "digits").isdigit() or solver.solve(png, "digits") == ""
+
+
+def test_the_charset_restricts_every_answer(solver: LocalSolver) -> None:
+    images = sorted((DATA / "images").glob("cap-*.png"))[:30]
+    allowed = set(CHARSETS[DEFAULT_CHARSET])
+    digits = set("0123456789")
+    unrestricted = [solver.solve(p.read_bytes(), "all") for p in images]
+    default = [solver.solve(p.read_bytes()) for p in images]
+    assert all(set(a) <= allowed for a in default), default
+    assert all(set(solver.solve(p.read_bytes(), "digits")) <= digits for p in images[:6])
+    # The sample's first 30 rows: ddddocr's full set reads something outside [a-zA-Z0-9]
+    # somewhere, and the restriction then picks an allowed character in its place.
+    assert any(not set(a) <= allowed for a in unrestricted), unrestricted
+
+
+async def test_create_task_passes_the_charset(solver: LocalSolver, png: bytes) -> None:
+    task = {"type": "ImageToTextTask", "body": base64.b64encode(png).decode()}
+    digits = await LocalService(solver).create_task({**task, "charset": "digits"})
+    assert digits.solution == {"text": solver.solve(png, "digits")}
+    with pytest.raises(ConfigError, match="no character ddddocr reads"):
+        await LocalService(solver).create_task({**task, "charset": "\x00\x01"})
+
+
+# --------------------------------------------------------------------------- slider
+
+
+def _slider_rows(count: int) -> list[tuple[bytes, bytes, int]]:
+    import pandas as pd
+
+    table = pd.read_parquet(DATA / "slider.parquet").head(count)
+    return [
+        ((DATA / r.image_path).read_bytes(), (DATA / r.background_path).read_bytes(), int(r.label))
+        for r in table.itertuples()
+    ]
+
+
+def test_slide_finds_the_gap(solver: LocalSolver) -> None:
+    rows = _slider_rows(10)
+    errors = [abs(solver.slide(piece, background) - label) for piece, background, label in rows]
+    assert sum(e <= 5 for e in errors) >= 6, errors  # measured: 77 % of all 120 within 5 px
+
+
+async def test_create_task_slider_answers_a_distance(solver: LocalSolver) -> None:
+    piece, background, _ = _slider_rows(1)[0]
+    task = {
+        "type": "VisionEngine",
+        "module": "slider_1",
+        "image": base64.b64encode(piece).decode(),
+        "imageBackground": base64.b64encode(background).decode(),
+    }
+    reply = await LocalService(solver).create_task(task)
+    assert reply.ready and reply.cost == 0
+    assert reply.solution == {"distance": solver.slide(piece, background)}
+    assert isinstance(reply.solution["distance"], int)
+    with pytest.raises(InvalidTask) as info:
+        await LocalService(solver).create_task({**task, "imageBackground": None})
+    assert info.value.error_code == "ERROR_INVALID_TASK_DATA"
+    with pytest.raises(InvalidTask) as info:
+        await LocalService(solver).create_task({**task, "image": base64.b64encode(b"no").decode()})
+    assert info.value.error_code == "ERROR_INVALID_IMAGE"
