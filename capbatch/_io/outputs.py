@@ -52,7 +52,8 @@ from capbatch._io.file_metadata import (
     to_entries,
     to_object,
 )
-from capbatch._io.record import RowResult, output_schema, results_to_arrays
+from capbatch._io.frame_index import result_schema
+from capbatch._io.record import RowResult, results_to_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -158,7 +159,7 @@ class ResultWriter:
         self.path = Path(path)
         self.format = _format_for(self.path, format)
         self.input_schema = input_schema
-        self.schema = output_schema(input_schema)
+        self.schema = result_schema(input_schema)
         self.rows_written = 0
         self._closed = False  # the pyarrow writers are closed
         self._done = False  # finished or aborted: nothing more to do
@@ -417,10 +418,9 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def run_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The run metadata of a results file as its ``capbatch.*`` text entries (JSON text
-    for ``capbatch.settings`` and ``capbatch.run``), as stored in a Parquet file's
-    key-value metadata; for CSV, those of its ``<output>.meta.json`` sidecar (``{}``
-    without one). ``read_results(path).attrs["capbatch"]`` is the same, typed."""
+    """The run metadata of a results file as ``capbatch.*`` text entries (a Parquet file's
+    key-value metadata; for CSV, of its ``<output>.meta.json``, ``{}`` without one).
+    ``read_results(path).attrs["capbatch"]`` is the same, typed."""
     p = Path(path)
     if _format_for(p, None) != "parquet":
         return to_entries(read_sidecar(p))
@@ -442,9 +442,9 @@ class MemorySink:
                 f"the results got a batch starting at row {first_row} after {self.rows} rows"
             )
         self.rows += batch.num_rows
-        schema = output_schema(batch.schema)
+        schema = result_schema(batch.schema)
         arrays = list(batch.columns) + results_to_arrays(results)
         self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
 
     def table(self, input_schema: pa.Schema) -> pa.Table:
-        return pa.Table.from_batches(self.batches, schema=output_schema(input_schema))
+        return pa.Table.from_batches(self.batches, schema=result_schema(input_schema))

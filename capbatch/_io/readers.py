@@ -42,7 +42,6 @@ _SNIFF_BYTES: Final = 1 << 16
 _SNIFF_ROWS: Final = 20
 
 
-
 @dataclass
 class Reader:
     """One format's reader: a fixed schema and a way to stream from the first row."""
@@ -111,18 +110,27 @@ def is_data_frame(source: object) -> TypeGuard[pd.DataFrame]:
 
 
 def frame_reader(frame: pd.DataFrame) -> Reader:
-    """A DataFrame, converted one slice at a time (never a full copy); index dropped.
+    """A DataFrame, converted one slice at a time (never a full copy).
 
     Types are inferred once from the whole frame (object columns of bytes become binary)
-    so that every slice gets the same schema.
+    so that every slice gets the same schema. An index other than the default
+    ``RangeIndex`` comes along as columns at the end, described in the schema's
+    ``pandas`` metadata, so that the results get it back (``frame_index``).
     """
+    index = frame.index
+    default = (
+        type(index).__name__ == "RangeIndex"  # (pandas is not imported here)
+        and (index.start, index.step, index.name) == (0, 1, None)  # type: ignore[attr-defined]
+    )
+    keep_index = not default
     try:
-        schema = pa.Schema.from_pandas(frame, preserve_index=False)
+        schema = pa.Schema.from_pandas(frame, preserve_index=keep_index)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise TableError(
             f"cannot convert the input DataFrame to Arrow: {short_error(exc)}"
         ) from exc
-    for i, field in enumerate(schema):
+    for i in range(frame.shape[1]):  # the frame's columns (the index levels come after)
+        field = schema.field(i)
         # pyarrow silently stores str as UTF-8 *bytes* in a column that also holds bytes,
         # which would make a path look like (broken) image bytes: refuse it instead.
         if field.type == pa.binary() and any(isinstance(v, str) for v in frame.iloc[:, i]):
@@ -131,7 +139,7 @@ def frame_reader(frame: pd.DataFrame) -> Reader:
     def stream(batch_rows: int) -> Iterator[pa.RecordBatch]:
         for start in range(0, len(frame), batch_rows):
             chunk = frame.iloc[start : start + batch_rows]
-            yield pa.RecordBatch.from_pandas(chunk, schema=schema, preserve_index=False)
+            yield pa.RecordBatch.from_pandas(chunk, schema=schema, preserve_index=keep_index)
 
     return Reader(schema, stream, len(frame))
 
@@ -141,8 +149,9 @@ def _parquet_reader(path: Path) -> Reader:
         full, num_rows = pf.schema_arrow, pf.metadata.num_rows
     keep = [n for n in full.names if not _PANDAS_INDEX.fullmatch(n)]
     columns = keep if len(keep) < len(full.names) else None
-    # With the index dropped, the pandas metadata would describe columns that are gone.
-    schema = pa.schema([full.field(n) for n in keep]) if columns else full
+    # Without metadata: with the index dropped, the pandas metadata would describe columns
+    # that are gone, and a results file's run metadata is not this run's.
+    schema = pa.schema([full.field(n) for n in keep])
 
     def stream(batch_rows: int) -> Iterator[pa.RecordBatch]:
         with pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER) as pf:

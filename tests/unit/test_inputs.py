@@ -389,13 +389,15 @@ def test_dataframe_with_bytes_objects(png: bytes) -> None:
     source = TableSource(frame, batch_rows=2)
     assert (source.format, source.path, source.base_dir) == ("dataframe", None, Path.cwd())
     assert source.image_column == "blob"  # found by content: PNG signatures
-    assert source.schema.names == ["blob", "label", "kind"]  # index dropped
+    # The index comes along, last, for the results to get it back (frame_index).
+    assert source.schema.names == ["blob", "label", "kind", "__index_level_0__"]
     assert source.schema.field("blob").type == pa.binary()
     batches = check_batches(source)
     assert [b.num_rows for b in batches] == [2, 1]
     got = all_rows(source).to_pydict()
     assert got["blob"] == [png, None, png] and got["label"] == ["a", "b", None]
     assert got["kind"] == ["x", "y", "x"]
+    assert got["__index_level_0__"] == [10, 20, 30]
     out = resolve_column(batches[1], "blob", base_dir=source.base_dir, first_row=2)
     assert out == [png]
 
