@@ -63,8 +63,9 @@ from capbatch.emulator._requests import (
     developer_id,
     json_object,
 )
-from capbatch.emulator._solvers import Solver, corrupt, make_solver, solver_key
+from capbatch.emulator._solvers import Solver, make_solver, solver_key
 from capbatch.emulator._state import EmulatorState, FaultRolls, Task, TaskRolls, to_usd
+from capbatch.emulator._task_types import corrupt_label, solution_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -181,9 +182,11 @@ class Emulator:
         rolls = task.rolls
         assert rolls is not None, "a task resolves once"
         task.rolls = None
+        if answer is not None and solution_of(task.shape, answer) is None:
+            answer = None  # a label that is not this task's shape: nothing to answer
         if answer is not None and rolls.unsolvable >= cfg.unsolvable_rate:
             if rolls.error < cfg.error_rate:
-                answer = corrupt(answer, rolls.error_position, rolls.error_char)
+                answer = corrupt_label(task.shape, answer, rolls.error_position, rolls.error_char)
                 task.corrupted = True
             task.answer = answer
         task.resolved = True
@@ -282,7 +285,7 @@ class Emulator:
             reserved=reserved,
             callback_url=callback or None,
         )
-        record.ip = ip
+        record.ip, record.shape = ip, new.shape
         if deferred:
             return self._defer(record, new, now, rolls)
         answer = await self._solve(new.image, new.digest)

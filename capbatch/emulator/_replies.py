@@ -21,6 +21,7 @@ from PIL import Image
 from capbatch.emulator._config import is_loopback_host, normalize_host
 from capbatch.emulator._dialects import Dialect
 from capbatch.emulator._state import Task, to_usd
+from capbatch.emulator._task_types import solution_of
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -92,7 +93,7 @@ def task_reply(
         if dialect.failed_status is not None:
             payload["status"] = dialect.failed_status
         return {**payload, **echo}, dialect.status(code)
-    solution: dict[str, Any] = {"text": task.answer}
+    solution = solution_of(task.shape, task.answer) or {"text": task.answer}
     if dialect.solution_url:
         # Where the provider keeps the image; the emulator keeps none (.invalid: RFC 2606).
         solution["url"] = f"https://images.emulator.invalid/{task.task_id}.png"

@@ -22,6 +22,8 @@ from aiohttp import web
 
 from capbatch.emulator._dialects import DIALECTS, Dialect, Role
 from capbatch.emulator._replies import json_reply
+from capbatch.emulator._solvers import oracle_key
+from capbatch.emulator._task_types import CAPSOLVER_TYPES, check_typed_task
 
 SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
 
@@ -29,12 +31,15 @@ SUPPORTED_TASK_TYPES = frozenset({"ImageToTextTask"})
 # Slots: one of these is made per createTask, at thousands a second.
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """A createTask that passed its checks: the decoded image, its SHA-256 and the
-    callback URL as sent (not yet checked against the allowed targets)."""
+    """A createTask that passed its checks: the decoded image (a task of several: the
+    first), its key in the oracle's labels (``oracle_key``: one image's SHA-256), the
+    callback URL as sent (not yet checked against the allowed targets) and the shape of
+    its solution (``_task_types``)."""
 
     image: bytes
     digest: str
     callback: str | None
+    shape: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,29 +78,59 @@ def check_new_task(
     task_type = task.get("type")
     if not isinstance(task_type, str) or not task_type:
         return Refused("no_type", "task.type is missing")
-    if task_type not in SUPPORTED_TASK_TYPES:
+    typed = dialect.name == "capsolver" and task_type in CAPSOLVER_TYPES
+    if task_type not in SUPPORTED_TASK_TYPES and not typed:
         return Refused("unsupported", f"Task type {task_type[:64]} is not supported")
-    encoded = task.get("body")
+
+    def decode(value: object, where: str) -> bytes | tuple[Role, str]:
+        image = _image(value, where, image_size, dialect)
+        return (image.role, image.description) if isinstance(image, Refused) else image[0]
+
+    if typed:
+        checked = check_typed_task(task_type, task, decode)
+        if isinstance(checked, tuple):
+            return Refused(*checked)
+        image, shape = checked.images[0], checked.shape
+        digest = oracle_key(checked.images, checked.question)
+    else:
+        encoded = task.get("body")
+        if not isinstance(encoded, str) or not encoded:
+            return Refused("no_body", "task.body is missing")
+        one = _image(encoded, "task.body", image_size, dialect)
+        if isinstance(one, Refused):
+            return one
+        (image, digest), shape = one, "text"
+    callback = body.get("callbackUrl")  # python3-capsolver sends null
+    if callback is not None and not isinstance(callback, str):
+        return Refused("bad_field", "callbackUrl must be a string")
+    return NewTask(image, digest, callback, shape)
+
+
+def _image(
+    encoded: object,
+    where: str,
+    image_size: Callable[[bytes, str], tuple[int, int] | None],
+    dialect: Dialect,
+) -> tuple[bytes, str] | Refused:
+    """One base64 image field decoded and checked against the dialect's limits, with
+    its SHA-256."""
     if not isinstance(encoded, str) or not encoded:
-        return Refused("no_body", "task.body is missing")
+        return Refused("bad_image", f"{where} is not base64")
     try:
         image = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        return Refused("bad_image", "task.body is not base64")
+        return Refused("bad_image", f"{where} is not base64")
     refused = _size_refusal(len(image), dialect)
     if refused is not None:
         return refused
     digest = hashlib.sha256(image).hexdigest()
     size = image_size(image, digest)
     if size is None:
-        return Refused("bad_image", "task.body is not an image")
+        return Refused("bad_image", f"{where} is not an image")
     side = dialect.max_image_side
     if side is not None and max(size) > side:
         return Refused("too_big", f"Image is larger than {side} px on a side")
-    callback = body.get("callbackUrl")  # python3-capsolver sends null
-    if callback is not None and not isinstance(callback, str):
-        return Refused("bad_field", "callbackUrl must be a string")
-    return NewTask(image, digest, callback)
+    return image, digest
 
 
 def _size_refusal(size: int, dialect: Dialect) -> Refused | None:

@@ -12,9 +12,11 @@ runs ddddocr on a thread pool and is only imported when first used.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,19 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 #: images, far beyond any test set; the bound stops a wrong path (a disk image, a log)
 #: from filling memory.
 MAX_LABELS_BYTES = 64 * 1024 * 1024
+
+
+def oracle_key(images: Sequence[bytes], question: str | None) -> str:
+    """The key of a task in the oracle's labels file (its ``sha256`` column).
+
+    One image and no question: the image's SHA-256 (a text captcha's labels are keyed
+    as they always were). Otherwise the SHA-256 of every image's SHA-256 joined by
+    ``,``, then ``|`` and the question (empty when there is none); images in the order
+    body, image, images[0..n], imageBackground."""
+    if len(images) == 1 and not question:
+        return hashlib.sha256(images[0]).hexdigest()
+    joined = ",".join(hashlib.sha256(image).hexdigest() for image in images)
+    return hashlib.sha256(f"{joined}|{question or ''}".encode()).hexdigest()
 
 
 class Solver:
@@ -59,8 +74,8 @@ class ConstantSolver(Solver):
 
 
 class OracleSolver(Solver):
-    """Answers from a ``sha256,label`` CSV keyed by the image bytes' sha256; an image
-    not in the file is unsolvable."""
+    """Answers from a ``sha256,label`` CSV keyed by ``oracle_key`` (for one image and
+    no question: the image bytes' sha256); a task not in the file is unsolvable."""
 
     def __init__(self, labels_path: str | Path) -> None:
         self.labels = load_labels(labels_path)

@@ -89,6 +89,8 @@ class Task:
     resolved: bool = False
     #: The answer given (after any corruption); None while pending or if unsolvable.
     answer: str | None = None
+    #: The shape of its solution (``_task_types.solution_of``): ``text`` for images.
+    shape: str = "text"
     polls: int = 0
     #: When it resolved (emulator clock), and its last accepted poll.
     done_at: float = 0.0
