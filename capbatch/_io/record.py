@@ -132,6 +132,18 @@ class RowResult:
     reported: str | None = dataclasses.field(
         default=None, metadata=_column(pa.string(), journal="newer")
     )
+    #: How sure the solver was of ``answer``, 0 to 1, where it says (the local solver;
+    #: a provider's ``solution.confidence``); else empty.
+    confidence: float | None = dataclasses.field(default=None, metadata=_column(pa.float64()))
+    #: The cascade (``--local-first``): the local solver's answer and confidence for the
+    #: row, whichever stage answered it, so the gate can be tuned again from any output.
+    #: Not journaled: read from the local stage's own journal entry.
+    local_answer: str | None = dataclasses.field(
+        default=None, metadata=_column(pa.string(), journal=None)
+    )
+    local_confidence: float | None = dataclasses.field(
+        default=None, metadata=_column(pa.float64(), journal=None)
+    )
 
     def __post_init__(self) -> None:
         # Fail where the bad value is made, not thousands of rows later in the writer.
