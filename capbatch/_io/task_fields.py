@@ -22,7 +22,7 @@ from capbatch._exceptions import ConfigError
 
 #: Fields that hold images (base64 on the wire), in the order the emulator's oracle key
 #: lists them (``emulator._solvers.oracle_key``).
-IMAGE_FIELDS: Final = ("body", "image", "images", "imageBackground")
+IMAGE_FIELDS: Final[tuple[str, ...]] = ("body", "image", "images", "imageBackground")
 #: Image fields that hold a list of images.
 LIST_FIELDS: Final = frozenset({"images"})
 #: A default source: the table's image column (whatever it is called).
@@ -114,13 +114,13 @@ def plan_fields(
     for name, sources in spec.defaults.items():
         if name in mapped or name in constants or _group_filled(spec, name, mapped, constants):
             continue
-        column = _first_column(sources, columns, image_column)
-        if column is not None:
-            mapped[name] = column
+        found = _first_column(sources, columns, image_column)
+        if found is not None:
+            mapped[name] = found
     for group in spec.required:
         if not any(name in mapped or name in constants for name in group):
             raise ConfigError(_missing(task_type, group, spec))
-    ordered = {name: mapped[name] for name in IMAGE_FIELDS if name in mapped}
+    ordered: dict[str, str] = {name: mapped[name] for name in IMAGE_FIELDS if name in mapped}
     ordered.update({n: c for n, c in mapped.items() if n not in ordered})
     required = {g[0] for g in spec.required if len(g) == 1} | {
         n for g in spec.required if len(g) > 1 for n in g if n in mapped

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 #: Fields holding the answer as text, in order of preference.
 _TEXT_FIELDS = ("text", "gRecaptchaResponse", "token", "answer")
@@ -71,11 +71,11 @@ def number_text(value: float) -> str:
     return str(value)
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value)
 
 
-def _numbers(value: object) -> bool:
+def _numbers(value: object) -> TypeGuard[Sequence[float]]:
     return isinstance(value, Sequence) and not isinstance(value, str) and all(map(_number, value))
