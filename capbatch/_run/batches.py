@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from capbatch._run.journal import Journal, JournalEntry
 from capbatch._run.plan import BatchPlan, TaskKeys, plan_batch
 from capbatch._run.progress import Progress
 from capbatch._run.results import (
-    PENDING,
     from_journal,
     input_failure,
     pending_result,
@@ -38,7 +38,7 @@ from capbatch._run.results import (
     spend_cap_result,
 )
 from capbatch._run.retry import failed_for_good
-from capbatch._run.tally import SPEND_CAP_REACHED, Tally
+from capbatch._run.tally import Tally
 from capbatch._run.task import SpendCapReached, TaskSolver, solve_job
 
 #: How many different images in a row, at any point of a run, must fail with the same
@@ -48,10 +48,6 @@ from capbatch._run.task import SpendCapReached, TaskSolver, solve_job
 #: are far below the error rates providers ban for; a run of 20 identical refusals of
 #: different images by chance is implausible. README, "Promises"; docs/reliability.md.
 SYSTEMATIC_RUN = 20
-#: Journal meta key: rows with a final result in input order so far (for progress).
-ROWS_FINAL = "rows_final"
-#: Row codes of rows that did not finish: a later run of the same command does them.
-_NOT_FINAL = frozenset({SPEND_CAP_REACHED, PENDING})
 
 
 class ResultSink(Protocol):
@@ -134,15 +130,19 @@ class BatchRunner:
         # Keys of failed entries this run sent again (each gets one more chance a run).
         self._retried: set[str] = set()
         self._jobs_finished = 0
-        #: Rows failed in earlier runs: sent again this run / kept as they were.
-        self.retried_failed = 0
+        #: Rows failed for good in earlier runs, kept as they were.
         self.kept_failed = 0
         self.spend_capped = 0
-        self._final_rows = 0
-        self.rows_final_before = int(journal.get_meta(ROWS_FINAL) or 0)
-        counters.resumed = self.rows_final_before
-        if counters.total is not None:
-            counters.resumed = min(counters.resumed, counters.total)
+        # Where the progress bar starts: the rows earlier runs finished, as the journal
+        # says before any row is read (``Tally.shown``).
+        counters.expected_earlier = journal.counts().get("done", 0)
+        # A journal entry finished before this instant is an earlier run's.
+        self._started_wall = time.time()
+
+    @property
+    def retried_failed(self) -> int:
+        """Rows failed in earlier runs for a passing reason, sent again by this run."""
+        return self.counters.retried_failed
 
     # --- the run ----------------------------------------------------------------------
 
@@ -267,11 +267,12 @@ class BatchRunner:
                 entry = self.journal.get_many([key]).get(key)
             if entry is not None and entry.done:
                 if self._keep(key, entry):
-                    self._deliver(pending, i, from_journal(entry, row_key))
+                    earlier = self._by_earlier_run(entry)
+                    self._deliver(pending, i, from_journal(entry, row_key), earlier=earlier)
                     continue
                 # It failed for a passing reason (or --retry-failed): solve it again.
                 self._retried.add(key)
-                self.retried_failed += 1
+                self.counters.retried_failed += 1
                 entry = None
             self._waiting[key] = []
             job = Job(
@@ -284,6 +285,12 @@ class BatchRunner:
             task = asyncio.create_task(self._run_job(job, pending, i))
             self._tasks.add(task)
             task.add_done_callback(self._job_done)
+
+    def _by_earlier_run(self, entry: JournalEntry) -> bool:
+        """Whether an earlier run finished ``entry`` (not a job of this one, whose answer
+        a later row with the same image found in the journal)."""
+        finished = entry.result.finished_at
+        return finished is None or finished < self._started_wall
 
     def _keep(self, key: str, entry: JournalEntry) -> bool:
         """Whether a final journal entry stands as the row's result (else: solve again)."""
@@ -372,28 +379,32 @@ class BatchRunner:
 
     # --- results and output -----------------------------------------------------------
 
-    def _deliver(self, pending: _Pending, index: int, result: RowResult) -> None:
+    def _deliver(
+        self, pending: _Pending, index: int, result: RowResult, *, earlier: bool = False
+    ) -> None:
         if pending.results[index] is not None:
             return
         pending.results[index] = result
         pending.missing -= 1
-        self.counters.add(result)
+        self.counters.add(result, earlier=earlier, label=self._label(pending, index))
         if self.on_result is not None:
             self.on_result(pending.first_row + index, result)
         self.progress.update(self.counters, result)
 
+    def _label(self, pending: _Pending, index: int) -> object:
+        """The row's label as text, when the run counts accuracy (``Tally.labels``)."""
+        rule = self.counters.labels
+        if rule is None:
+            return None
+        value = pending.batch.column(rule.column)[index].as_py()
+        return value if value is None or isinstance(value, str) else str(value)
+
     def _flush(self) -> None:
         """Write every complete batch at the head of the window, in input order."""
-        wrote = False
         while self._window and self._window[0].missing == 0:
             pending = self._window.popleft()
             results = [r for r in pending.results if r is not None]
             # The first row's number lets the writer prove order and that none is missing.
             self.sink.write(pending.batch, results, first_row=pending.first_row)
             self._buffered_rows -= pending.batch.num_rows
-            self._final_rows += sum(1 for r in results if r.error_code not in _NOT_FINAL)
             self._room.set()
-            wrote = True
-        if wrote and self._final_rows > self.rows_final_before:
-            # So a resumed run's progress bar can start where this one got to.
-            self.journal.set_meta(ROWS_FINAL, str(self._final_rows))

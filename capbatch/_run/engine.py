@@ -46,7 +46,7 @@ from capbatch._run.signals import SignalStops
 from capbatch._run.spend import SpendGuard
 from capbatch._run.spend_watch import SpendWatch
 from capbatch._run.summary import RunSummary
-from capbatch._run.tally import Tally
+from capbatch._run.tally import Tally, label_rule
 from capbatch._run.task import TaskSolver
 from capbatch._run.unknown_shapes import watch_shapes
 from capbatch._run.workspace import Workspace, memory_journal_notice
@@ -254,8 +254,9 @@ class _Run:
             sink = self.writer = ResultWriter(setup.output, setup.table.schema)
         else:
             sink = self.memory = MemorySink()
-        tally = Tally(total=setup.table.num_rows)
         spend = self._spend_guard()
+        labels = label_rule(setup.options, setup.table.schema.names)
+        tally = Tally(total=setup.table.num_rows, money=spend, labels=labels)
         solver = self._solver(spend, tally)
         progress = make_progress(setup.options)
         runner = self._runner(sink, solver, tally, progress, live)
@@ -382,8 +383,7 @@ class _Run:
     ) -> None:
         summary = self.summary
         tally.fill(summary)
-        if solver.pacer.first_polls:
-            summary.first_poll_s = round(solver.pacer.first_delay, 3)
+        solver.pacer.fill(summary)  # the first-poll delay used, and the one learned
         # Over every run of this journal: a killed run could not report its own.
         summary.possible_double_payments = self.journal.total_uncertain()
         summary.spend_usd = spend.spent

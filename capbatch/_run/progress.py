@@ -52,8 +52,14 @@ class CallbackProgress(SilentProgress):
 class TqdmProgress:
     """A ``tqdm.auto`` bar: a widget in Jupyter, text in a terminal.
 
+    The bar starts at the rows earlier runs finished and moves one step per row this
+    run finishes (``Tally.shown``); its spend is this run's, the summary's figure.
     Postfix updates are throttled (tqdm redraws at most ``mininterval`` anyway, but
     formatting the postfix on every row would cost more than the row itself).
+
+    A widget bar leaves one plain text line in the cell when it closes: a notebook
+    executed headless (nbconvert, nbclient) saves the widget as it was first drawn,
+    ``0/240``, and the text is what a reader of the saved file sees.
     """
 
     def __init__(self, *, desc: str = "capbatch", file: Any = None, notebook: bool | None = None):
@@ -103,7 +109,7 @@ class TqdmProgress:
         if self._bar is None:
             return
         step = counters.shown - self._bar.n
-        if step > 0:
+        if step:  # back too, when rows the journal counted done are sent again
             self._bar.update(step)
         now = time.monotonic()
         if now - self._last_postfix >= 0.5:
@@ -112,6 +118,24 @@ class TqdmProgress:
 
     def close(self, counters: RunCounters) -> None:
         if self._bar is not None:
+            step = counters.shown - self._bar.n
+            if step:
+                self._bar.update(step)
             self._postfix(counters)
+            widget = type(self._bar).__module__.startswith("tqdm.notebook")
             self._bar.close()
             self._bar = None
+            if widget:
+                print(final_line(counters, self._desc), flush=True)
+
+
+def final_line(counters: RunCounters, desc: str = "capbatch") -> str:
+    """The bar's last state as one line of text: rows done, outcomes, spend, time."""
+    total = counters.total if counters.total is not None else counters.shown
+    return (
+        f"{desc}: {counters.shown}/{total} rows done: {counters.solved} solved, "
+        f"{counters.failed} failed"
+        + (f", {counters.pending} pending" if counters.pending else "")
+        + (f" ({counters.earlier} by earlier runs)" if counters.earlier else "")
+        + f"; spend ${counters.spend:.4f}; {counters.elapsed:.1f} s"
+    )

@@ -1,4 +1,10 @@
-"""The end-of-run summary: what happened, what it cost, what to look at."""
+"""The end-of-run summary: what happened, what it cost, what to look at.
+
+``format`` says what earlier runs of the journal had done and what this run did, one
+spend figure (this run's: the progress bar shows the same) with the provider's own
+balance change beside it, labelled as such, and every count in words that fit it
+("1 request", no rate when nothing was sent).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,11 @@ class RunSummary:
     #: Rows an interrupted run did not finish (written with status "pending").
     pending: int = 0
     failed_by_code: dict[str, int] = field(default_factory=dict)
+    #: Rows answered by an identical image in this run (no request of their own).
     from_cache: int = 0
+    #: Rows whose result an earlier run of the journal had found (and of them, solved).
     resumed: int = 0
+    earlier_solved: int = 0
     #: Spent by this run.
     spend_usd: float = 0.0
     #: Spent (or possibly spent, on sends with lost replies) by earlier runs of the journal.
@@ -52,6 +61,8 @@ class RunSummary:
     polls: int = 0
     #: The first-poll delay the run had learned by its end (None: nothing deferred).
     first_poll_s: float | None = None
+    #: The median age of deferred tasks at their first poll: the delay really used.
+    first_poll_median_s: float | None = None
     rate_limited: int = 0
     #: Callbacks (``--callback-url``): see ``Tally``.
     callbacks_received: int = 0
@@ -67,6 +78,13 @@ class RunSummary:
     finished_at: str = ""
     duration_s: float = 0.0
     stopped_by: str | None = None
+    #: The input's label column (``--label-column``, or a ``label`` column) and the
+    #: rows it scored: labelled rows that ran, and of them those answered right.
+    label_column: str | None = None
+    case_sensitive: bool = False
+    labelled: int = 0
+    correct: int = 0
+    accuracy: float | None = None
     notices: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,10 +96,14 @@ class RunSummary:
     def format(self) -> str:
         """The summary as a few human-readable lines."""
         lines = [self._rows_line()]
+        if self.resumed:
+            lines.append(self._earlier_line())
         if self.failed_by_code:
             codes = ", ".join(f"{c} {n}" for c, n in sorted(self.failed_by_code.items()))
             lines.append(f"failed by code: {codes}")
         lines.append(self._spend_line())
+        if self.label_column is not None:
+            lines.append(self._accuracy_line())
         if self.latency_p50_ms is not None:
             lines.append(
                 f"latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms or 0:.0f} ms"
@@ -91,12 +113,20 @@ class RunSummary:
             lines.append(
                 f"callbacks: {self.callbacks_received} received, {self.callbacks_used} used, "
                 f"{self.callbacks_refused} refused, {self.callbacks_ignored} ignored; "
-                f"{self.fallback_polls} fallback polls"
+                f"{counted(self.fallback_polls, 'fallback poll')}"
             )
         lines.append(
             f"possible double payments: {self.possible_double_payments} "
             "(requests in flight at a crash or with a lost reply, over all runs of this output)"
         )
+        lines += self._other_lines()
+        if self.output:
+            lines.append(f"results: {self.output}")
+        return "\n".join(lines)
+
+    def _other_lines(self) -> list[str]:
+        """The lines only some runs need: earlier failures, outages, odd costs, the cap."""
+        lines = []
         if self.retried_failed or self.kept_failed:
             lines.append(
                 f"failed rows of earlier runs: {self.retried_failed} sent again (passing "
@@ -105,56 +135,90 @@ class RunSummary:
             )
         if self.outages:
             lines.append(
-                f"the provider was unreachable {self.outages} time"
-                f"{'s' if self.outages != 1 else ''}: the run paused and probed until it answered"
+                f"the provider was unreachable {counted(self.outages, 'time')}: the run "
+                "paused and probed until it answered"
             )
         if self.bad_costs:
             lines.append(
-                f"{self.bad_costs} cost{'s' if self.bad_costs != 1 else ''} reported by the "
-                "provider were not a usable amount: counted at the price instead"
+                f"{counted(self.bad_costs, 'cost')} reported by the provider "
+                f"{'was' if self.bad_costs == 1 else 'were'} not a usable amount: counted at "
+                "the price instead"
             )
         if self.spend_cap_reached:
-            lines.append(f"spend cap reached: {self.rows_not_sent} rows not sent")
-        if self.output:
-            lines.append(f"results: {self.output}")
-        return "\n".join(lines)
+            lines.append(f"spend cap reached: {counted(self.rows_not_sent, 'row')} not sent")
+        return lines
+
+    @property
+    def this_run(self) -> int:
+        """Rows this run finished itself (neither pending nor done by an earlier run)."""
+        return self.rows - self.resumed - self.pending
 
     def _rows_line(self) -> str:
         """How the rows ended: solved, failed, and only the other outcomes that happened."""
         return (
             f"rows {self.rows}: {self.solved} solved, {self.failed} failed"
             + (f", {self.pending} pending" if self.pending else "")
-            + (f", {self.from_cache} from cache" if self.from_cache else "")
-            + (f", {self.resumed} done by earlier runs" if self.resumed else "")
+            + (f", {self.from_cache} from cache (identical images)" if self.from_cache else "")
+        )
+
+    def _earlier_line(self) -> str:
+        """What earlier runs of the journal had done, and what was left to this one."""
+        return (
+            f"{counted(self.resumed, 'row')} done by earlier runs ({self.earlier_solved} "
+            f"solved, cost ${self.spend_before_usd:.4f}); {self.this_run or 'none'} by this run"
         )
 
     def _spend_line(self) -> str:
-        """This run's spend, with earlier runs', the cap and the provider's balance
-        change when there are any."""
-        spend = f"spend ${self.spend_usd:.4f}"
-        if self.spend_before_usd:
-            spend += (
-                f" this run + ${self.spend_before_usd:.4f} earlier = "
-                f"${self.spend_usd + self.spend_before_usd:.4f}"
-            )
+        """This run's spend (the figure the bar shows), the cap over every run when
+        there is one, and the provider's own balance change, said to be that."""
+        spend = f"spend ${self.spend_usd:.4f}" + (" this run" if self.resumed else "")
         if self.spend_cap_usd is not None:
-            spend += f" of the ${self.spend_cap_usd:.4f} cap"
-        if self.balance_before is not None and self.balance_after is not None:
+            total = self.spend_usd + self.spend_before_usd
             spend += (
-                f" (balance ${self.balance_before:.4f} -> ${self.balance_after:.4f}, "
-                f"provider says ${self.balance_before - self.balance_after:.4f})"
+                f"; ${total:.4f} with earlier runs, of the ${self.spend_cap_usd:.4f} cap"
+                if self.spend_before_usd
+                else f" of the ${self.spend_cap_usd:.4f} cap"
+            )
+        if self.balance_before is not None and self.balance_after is not None:
+            change = round(self.balance_after - self.balance_before, 4)
+            sign = "-" if change < 0 else "+" if change > 0 else ""
+            spend += (
+                f" (provider balance change during this run: {sign}${abs(change):.4f}, "
+                f"${self.balance_before:.4f} -> ${self.balance_after:.4f})"
             )
         return spend
 
-    def _requests_line(self) -> str:
-        """Requests by kind, the learned first-poll delay, duration and rate."""
+    def _accuracy_line(self) -> str:
+        """Answers against the input's label column, by the report's rule."""
+        how = "case-sensitive" if self.case_sensitive else "case-insensitive"
+        where = f"column {self.label_column!r}, {how}"
+        if not self.labelled:
+            return f"accuracy: no labelled rows ran ({where})"
         return (
-            f"{self.requests} requests ({self.creates} createTask, {self.polls} polls"
-            + (f"; first poll after {self.first_poll_s:.1f} s" if self.first_poll_s else "")
-            + ") "
-            f"in {self.duration_s:.1f} s: {self.achieved_rate:.1f} req/s"
+            f"accuracy {100.0 * self.correct / self.labelled:.1f}% ({self.correct} of "
+            f"{counted(self.labelled, 'labelled row')} right; {where})"
+        )
+
+    def _requests_line(self) -> str:
+        """Requests by kind, the first-poll delay used and learned, duration and rate."""
+        if not self.requests:
+            return f"no requests sent, in {self.duration_s:.1f} s"
+        polling = ""
+        if self.first_poll_median_s is not None:
+            polling = f"; first poll a median {self.first_poll_median_s:.1f} s after createTask"
+            if self.first_poll_s is not None:
+                polling += f", {self.first_poll_s:.1f} s learned by the end"
+        return (
+            f"{counted(self.requests, 'request')} ({self.creates} createTask, "
+            f"{counted(self.polls, 'poll')}{polling}) in {self.duration_s:.1f} s: "
+            f"{self.achieved_rate:.1f} req/s"
             + (f", {self.rate_limited} rate-limited" if self.rate_limited else "")
         )
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 request", "2 requests"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def percentiles(values: array[float], qs: tuple[float, ...]) -> list[float | None]:

@@ -296,7 +296,7 @@ class TaskSolver:
         self.limiter.record_success()
         if state.paced:
             state.paced = False
-            self.pacer.observe_first_poll(reply.ready)
+            self.pacer.observe_first_poll(reply.ready, age=age)
         if not reply.ready:
             state.next_poll = self.clock.now() + poll.interval
         return reply

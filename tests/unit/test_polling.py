@@ -72,3 +72,32 @@ def test_a_provider_that_answers_at_once_keeps_its_schedule() -> None:
     for ready in (False, True, False):
         pacer.observe_first_poll(ready)
     assert pacer.first_delay == 0.0
+
+
+def test_the_summary_says_the_delay_used_and_the_one_learned() -> None:
+    from capbatch._run.summary import RunSummary
+
+    pacer = PollPacer(SCHEDULE)
+    # Tasks polled at about 1 s and 3 s (a second, later wave), none ready at first:
+    # the learned delay climbs past what any task waited for.
+    for age in [1.0] * 30 + [3.0] * 11:
+        pacer.observe_first_poll(False, age=age)
+    summary = RunSummary(provider="capsolver", task_type="ImageToTextTask")
+    pacer.fill(summary)
+    assert summary.first_poll_median_s == 1.0
+    assert summary.first_poll_s == pytest.approx(pacer.first_delay, abs=1e-3)
+    assert summary.first_poll_s > 2.5  # learned, but used by no task yet
+    summary.requests, summary.creates, summary.polls = 82, 41, 41
+    line = next(x for x in summary.format().splitlines() if x.startswith("82 requests"))
+    assert (
+        f"first poll a median 1.0 s after createTask, {summary.first_poll_s:.1f} s learned "
+        "by the end" in line
+    )
+
+
+def test_no_deferred_task_leaves_no_polling_figures() -> None:
+    from capbatch._run.summary import RunSummary
+
+    summary = RunSummary(provider="capsolver", task_type="ImageToTextTask")
+    PollPacer(SCHEDULE).fill(summary)
+    assert summary.first_poll_s is None and summary.first_poll_median_s is None
