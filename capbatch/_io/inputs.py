@@ -1,7 +1,8 @@
 """The streaming reader: an input table as record batches of one fixed schema.
 
 ``TableSource`` streams Parquet, CSV and JSON Lines files (CSV and JSONL may be ``.gz``),
-pandas DataFrames and pyarrow Tables as ``pyarrow.RecordBatch`` objects of at most
+a folder of image files (a row per image, ``image_folder``), pandas DataFrames and
+pyarrow Tables as ``pyarrow.RecordBatch`` objects of at most
 ``batch_rows`` rows, all with exactly ``TableSource.schema``. Files are never loaded
 whole: memory is a batch plus a few MB of reader buffers, whatever the file size.
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 
 from capbatch._exceptions import ConfigError, TableError
 from capbatch._io.image_column import guess_image_column, is_image_type
+from capbatch._io.image_folder import folder_table
 from capbatch._io.readers import (
     READ_ERRORS,
     Reader,
@@ -50,8 +52,8 @@ class TableSource:
     """A re-iterable stream of record batches from a file or an in-memory table.
 
     ``path`` is None in memory; relative image paths resolve against ``base_dir`` (the
-    table's folder, else the working directory); ``format`` is parquet, csv, jsonl,
-    dataframe or arrow; ``num_rows`` is None for CSV until ``count_rows()``;
+    table's folder, a folder input's parent, else the working directory); ``format`` is
+    parquet, csv, jsonl, folder, dataframe or arrow; ``num_rows`` is None for CSV until ``count_rows()``;
     ``delimiter`` is the CSV field separator found (None for other formats).
 
     Construction reads metadata, the first batch if the image column must be found by
@@ -77,6 +79,11 @@ class TableSource:
         elif isinstance(source, pa.Table):
             self.format = "arrow"  # zero-copy slices
             self._reader = Reader(source.schema, source.to_batches, source.num_rows)
+        elif isinstance(source, (str, os.PathLike)) and Path(source).expanduser().is_dir():
+            self.path = Path(source).expanduser().resolve()  # its name makes image paths
+            self.base_dir = self.path.parent
+            self.format, folder = "folder", folder_table(self.path)
+            self._reader = Reader(folder.schema, folder.to_batches, folder.num_rows)
         elif isinstance(source, (str, os.PathLike)):
             self.path = Path(source).expanduser().absolute()
             self.base_dir = self.path.parent

@@ -98,7 +98,7 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
     stops = SignalStops(setup.notice, enabled=options.handle_signals)
     try:
         # Paths checked, output and journal locked, stale temporaries gone: before any request.
-        workspace = Workspace.open(setup.output, setup.journal_path)
+        workspace = Workspace.open(setup.output, setup.journal_path, source=setup.table.path)
     except BaseException:
         stops.close()
         if options.service is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from capbatch._io.inputs import TableSource
 from capbatch._run.options import ResolvedRun, RunOptions
+from capbatch._run.ownership import relative_input
 from capbatch._run.summary import RunSummary
 from capbatch._version import __version__
 
@@ -55,5 +56,11 @@ def output_metadata(
         "capbatch.complete": "true" if summary.complete else "false",
         # Where relative image paths point: the report's gallery finds images with it.
         "capbatch.input": None if path is None else str(Path(path).resolve()),
+        # From the results file's folder: a folder moved with its input still resumes.
+        "capbatch.input_relative": (
+            None
+            if path is None or summary.output is None
+            else relative_input(Path(path), Path(summary.output))
+        ),
     }
     return {key: value for key, value in entries.items() if value is not None}

@@ -22,6 +22,7 @@ from capbatch._run.callbacks import check_callback_flags
 from capbatch._run.control import RunControl
 from capbatch._run.limits import Limits
 from capbatch._run.outage import DEFAULT_MAX_OUTAGE
+from capbatch._run.ownership import default_output_path
 from capbatch._run.progress import CallbackProgress, Progress, SilentProgress, TqdmProgress
 from capbatch._run.retry import RetryPolicy
 from capbatch._run.spend import check_money
@@ -169,10 +170,10 @@ def default_in_flight(profile: ProviderProfile) -> int:
 
 
 def default_output(source: object) -> Path | None:
-    """``<input stem>.results.parquet`` beside a file input; None for in-memory input."""
+    """``<input name>.results.parquet`` beside a file or folder input (``captchas.csv`` ->
+    ``captchas.csv.results.parquet``; ``ownership.default_output_path``); None in memory."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        return path.with_name(f"{path.stem}.results.parquet")
+        return default_output_path(Path(source))
     return None
 
 

@@ -13,7 +13,11 @@
    once (``InUseError``) whatever ``--journal`` it is given. See "Locks" below.
 3. **Stale temporaries.** Holding the output's lock proves no other run is writing it,
    so every temporary a killed run left beside it (``.NAME.PID.tmp``) is removed.
-4. Then the journal is opened (SQLite's own exclusive lock, and its integrity check).
+4. **One input per output and journal.** A run of another input file on an output or a
+   journal made from one stops here with one line naming the way out (``-o``), instead
+   of overwriting the other input's results (``capbatch._run.ownership``, which also
+   names the default output).
+5. Then the journal is opened (SQLite's own exclusive lock, and its integrity check).
 
 Locks
 -----
@@ -62,6 +66,12 @@ from capbatch._exceptions import ConfigError, InUseError
 from capbatch._io.inputs import TableSource
 from capbatch._io.outputs import temp_pattern
 from capbatch._run.journal import Journal
+from capbatch._run.ownership import (
+    check_same_input,
+    journal_for_input,
+    recorded_input,
+    same_file,
+)
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -182,21 +192,12 @@ def _in_cache(path: Path) -> bool:
         return False
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
-
-
 def check_distinct(output: Path, journal: str) -> None:
     """Refuse an output that is the journal (or one of SQLite's files beside it)."""
     if journal == ":memory:":
         return
     for suffix in ("", "-wal", "-shm", "-journal"):
-        if _same_file(output, Path(journal + suffix)):
+        if same_file(output, Path(journal + suffix)):
             raise ConfigError(
                 f"the output {output} and the journal {journal}{suffix} are the same file; "
                 "give --journal another path (or leave it out: it then goes beside the output)"
@@ -359,11 +360,13 @@ class Workspace:
         self.removed = removed
 
     @classmethod
-    def open(cls, output: Path | None, journal: str) -> Workspace:
+    def open(cls, output: Path | None, journal: str, *, source: Path | None = None) -> Workspace:
         """Check, lock, clean up and open the journal, before any request is sent.
+        ``source`` is the input file or folder (None for an in-memory table).
 
-        Raises ``ConfigError`` for a path that cannot work, ``InUseError`` when another
-        run holds the output or the journal, and whatever ``Journal`` raises."""
+        Raises ``ConfigError`` for a path that cannot work or that belongs to another
+        input, ``InUseError`` when another run holds the output or the journal, and
+        whatever ``Journal`` raises."""
         if output is not None:
             check_writable(output, "output")
         if journal != ":memory:":
@@ -388,8 +391,10 @@ class Workspace:
                     f"journal {os.path.realpath(journal)}",
                     f"the journal {journal} is in use by another capbatch run{{holder}}; {advice}",
                 )
+            if output is not None and source is not None and output.is_file():
+                check_same_input("output", output, recorded_input(output), source)
             removed = remove_stale_temporaries(output) if output is not None else []
-            return cls(Journal(journal), locks, removed)
+            return cls(journal_for_input(journal, source), locks, removed)
         except BaseException:
             for lock in reversed(locks):
                 lock.release()

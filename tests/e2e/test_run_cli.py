@@ -416,7 +416,7 @@ def test_no_provider_and_no_key_solves_locally_and_says_so(tmp_path: Path) -> No
     done = run_cli("run", str(table), key=None)
     assert done.returncode == 0, done.output
     assert done.stderr.count("solving locally") == 1
-    out = tmp_path / "in.results.parquet"
+    out = tmp_path / "in.parquet.results.parquet"  # the input's whole name: never shared
     assert done.stdout.strip().endswith(str(out))
     result = pd.read_parquet(out)
     assert (result["status"] == "solved").all() and (result["provider"] == "local").all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 
 from capbatch._exceptions import ConfigError, InUseError
 from capbatch._io.inputs import TableSource
+from capbatch._io.outputs import ResultWriter
+from capbatch._io.record import RowResult
+from capbatch._run.ownership import default_output_path, same_input
 from capbatch._run.workspace import (
     CACHE_ENV,
     Workspace,
@@ -151,3 +155,104 @@ def test_stale_temporaries_of_this_output_only_are_removed(tmp_path: Path) -> No
     assert not left & set(stale)
     assert set(kept) - {".out.csv.lock"} <= left
     assert remove_stale_temporaries(out) == []
+
+
+# --- one input per output and journal (capbatch._run.ownership) ----------------------
+
+
+def results_of(output: Path, source: Path) -> Path:
+    """A results file that says it holds ``source``'s results (as a run writes it)."""
+    with ResultWriter(output, pa.schema([("image", pa.string())])) as writer:
+        writer.write(pa.record_batch({"image": ["a.png"]}), [RowResult(status="solved")])
+        writer.finish({"capbatch.input": str(source.resolve()), "capbatch.run": "{}"})
+    return output
+
+
+def test_default_output_keeps_the_inputs_whole_name(tmp_path: Path) -> None:
+    assert default_output_path(tmp_path / "captchas.csv") == (
+        tmp_path / "captchas.csv.results.parquet"
+    )
+    assert default_output_path(tmp_path / "captchas.parquet") == (
+        tmp_path / "captchas.parquet.results.parquet"
+    )
+    images = tmp_path / "images"
+    images.mkdir()
+    for given in (images, Path(f"{images}/"), images / "."):
+        assert default_output_path(given) == tmp_path / "images.results.parquet"
+
+
+def test_default_output_resumes_under_the_earlier_name(tmp_path: Path) -> None:
+    """Before the whole-name rule the results of captchas.parquet were
+    captchas.results.parquet: such a file of this input is still used."""
+    parquet, csv = tmp_path / "captchas.parquet", tmp_path / "captchas.csv"
+    parquet.write_bytes(b"x")
+    csv.write_bytes(b"x")
+    legacy = results_of(tmp_path / "captchas.results.parquet", parquet)
+    assert default_output_path(parquet) == legacy
+    assert default_output_path(csv) == tmp_path / "captchas.csv.results.parquet"
+    # Once the new name exists, it wins.
+    results_of(tmp_path / "captchas.parquet.results.parquet", parquet)
+    assert default_output_path(parquet) == tmp_path / "captchas.parquet.results.parquet"
+
+
+def test_an_output_of_another_input_stops_the_run(tmp_path: Path) -> None:
+    first, other = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("image\nx.png\n")
+    other.write_text("image\nx.png\n")
+    out = results_of(tmp_path / "out.parquet", first)
+    journal = str(tmp_path / "out.journal.sqlite")
+    with pytest.raises(ConfigError) as info:
+        Workspace.open(out, journal, source=other)
+    message = str(info.value)
+    assert message == (
+        f"the output {out} belongs to the input {first}, not {other}: give this input "
+        "its own -o (or delete the output to start over)"
+    )
+    assert not Path(journal).exists()  # refused before the journal was made
+    # Its own input, and an in-memory table (its journal is named by its content), go on.
+    Workspace.open(out, journal, source=first).close()
+    Workspace.open(out, str(tmp_path / "mem.journal.sqlite"), source=None).close()
+
+
+def test_a_journal_of_another_input_stops_the_run(tmp_path: Path) -> None:
+    first, other = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("image\nx.png\n")
+    other.write_text("image\nx.png\n")
+    journal = str(tmp_path / "shared.journal.sqlite")
+    Workspace.open(tmp_path / "a.parquet", journal, source=first).close()
+    with pytest.raises(ConfigError, match=rf"the journal {journal} belongs to the input"):
+        Workspace.open(tmp_path / "b.parquet", journal, source=other)
+    # The lock files of the refused run are gone: the same input resumes at once.
+    with Workspace.open(tmp_path / "a.parquet", journal, source=first) as workspace:
+        assert workspace.journal.get_meta("input") == str(first.resolve())
+
+
+def test_a_moved_or_copied_folder_still_resumes(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "in.csv").write_text("image\nx.png\n")
+    (old / "other.csv").write_text("image\ny.png\n")
+    journal = "in.csv.results.journal.sqlite"
+    Workspace.open(old / "in.parquet", str(old / journal), source=old / "in.csv").close()
+    # The input sits where it sat from the journal: a copy, then a move, resume.
+    copy = Path(shutil.copytree(old, tmp_path / "copy"))
+    Workspace.open(copy / "in.parquet", str(copy / journal), source=copy / "in.csv").close()
+    new = old.rename(tmp_path / "new")
+    Workspace.open(new / "in.parquet", str(new / journal), source=new / "in.csv").close()
+    # Another file beside it is another input, the first one gone or not.
+    for folder in (new, copy):
+        with pytest.raises(ConfigError, match="belongs to the input"):
+            Workspace.open(folder / "x.parquet", str(folder / journal), source=folder / "other.csv")
+
+
+def test_old_records_without_a_relative_path(tmp_path: Path) -> None:
+    """Files of older versions record only the absolute input: one that is gone counts
+    as moved when the names match."""
+    here = tmp_path / "in.csv"
+    here.write_text("image\nx.png\n")
+    gone = str(tmp_path / "elsewhere" / "in.csv")
+    assert same_input(gone, None, source=here, home=tmp_path / "out.parquet")
+    assert not same_input(str(tmp_path / "elsewhere" / "b.csv"), None, source=here, home=here)
+    other = tmp_path / "b.csv"
+    other.write_text("image\n")
+    assert not same_input(str(other), None, source=here, home=here)
