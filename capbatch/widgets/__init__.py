@@ -163,6 +163,10 @@ class RunPanel:
             value=format_task_params(options.task_params), description="task params",
             placeholder="module=common, case=true", style=_WIDE,
         )  # fmt: skip
+        self.fields = w.Text(  # task fields from columns: docs/task-types.md
+            value=format_task_params(options.fields), description="fields",
+            placeholder="question=my_question_column", style=_WIDE,
+        )  # fmt: skip
 
     def _build_display(self) -> None:
         """The buttons and what shows the run: progress, counters, status, cards, tables."""
@@ -195,7 +199,7 @@ class RunPanel:
         """``widget``: the form in two columns, then the buttons and the run's display."""
         form = w.HBox(
             [
-                w.VBox([self.provider, self.api_key, self.base_url, self.task_params]),
+                w.VBox([self.provider, self.api_key, self.base_url, self.task_params, self.fields]),
                 w.VBox([self.rate, self.max_in_flight, self.max_spend]),
             ]
         )
@@ -255,6 +259,7 @@ class RunPanel:
             max_in_flight=self.max_in_flight.value or None,
             max_spend=parse_spend_cap(self.max_spend.value),
             task_params=parse_task_params(self.task_params.value),
+            fields={k: str(v) for k, v in parse_task_params(self.fields.value).items()},
             journal=self.journal,
             control=control,
             on_result=self._on_result,
