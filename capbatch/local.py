@@ -324,7 +324,12 @@ class LocalService:
         """Answer ``task`` at once. A type or module it can never answer raises
         ``ConfigError`` (the runner stops there: no row failed the same way again)."""
         task_type = task.get("type")
-        check_task(task_type if isinstance(task_type, str) else repr(task_type), task)
+        # The module is checked even when absent (check_task skips a missing one, which
+        # a column may give per row; here the task is whole).
+        check_task(
+            task_type if isinstance(task_type, str) else repr(task_type),
+            {**task, "module": task.get("module")},
+        )
         solution: dict[str, Any]
         if task_type == "VisionEngine":
             piece = decode_image_field(task, "image")

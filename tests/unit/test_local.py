@@ -113,6 +113,10 @@ async def test_vision_modules_other_than_the_slider_stop_the_run(
     task = {"type": "VisionEngine", "module": module, "image": "aGk=", "imageBackground": "aGk="}
     with pytest.raises(ConfigError, match=f"VisionEngine module {module!r}: it answers slider_1"):
         await LocalService(solver).create_task(task)
+    if module is None:
+        del task["module"]
+        with pytest.raises(ConfigError, match="VisionEngine module None"):
+            await LocalService(solver).create_task(task)
     check_task("VisionEngine", {"module": "slider_1"})
     check_task("VisionEngine", {})  # the module may come from a column: checked per task
     check_task("ImageToTextTask", {"charset": "digits"})
