@@ -121,7 +121,11 @@ if TYPE_CHECKING:
     help="How long the provider may stay unreachable (connect errors, 5xx, unavailable) "
     "before the run stops with the journal intact; meanwhile it pauses and probes.",
 )
-@click.option("--label-column", help="Column holding the true answers (for --report-wrong).")
+@click.option(
+    "--label-column",
+    help="Column holding the true answers: the summary shows accuracy [default: a column "
+    "named label, if the input has one]; --report-wrong needs it named.",
+)
 @click.option(
     "--report-wrong",
     is_flag=True,
