@@ -296,3 +296,38 @@ def test_a_task_the_provider_refuses_for_every_row_stops_the_run_in_one_line(
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "ERROR_INVALID_TASK_DATA" in errors[0], done.stderr
     assert server.stats()["create_calls"] == SYSTEMATIC_RUN
+
+
+def test_the_run_panel_takes_the_same_field_mapping(tmp_path: Path, emulator: Start) -> None:
+    from capbatch.widgets import RunPanel
+
+    table, labels = grid_table(tmp_path, 4)
+    frame = pd.read_parquet(table).rename(columns={"question": "asked"})
+    server = server_with(emulator, labels)
+    panel = RunPanel(frame, task_type="ReCaptchaV2Classification", journal=tmp_path / "j.sqlite")
+    try:
+        panel.provider.value = "capsolver"
+        panel.base_url.value = server.url
+        panel.api_key.value = KEY
+        panel.fields.value = "question=asked"
+        panel.start_button.click()
+        panel.wait(30)
+        assert panel.state == "finished", panel.status.value
+        results = panel.results
+        assert (results["status"] == "solved").all(), results[["status", "error_message"]]
+        assert list(results["answer"]) == list(results["label"])
+    finally:
+        if panel.running:  # a failed assertion must not leave the run going
+            panel.STOP_GRACE_SECONDS = 0.0
+            panel.stop()
+            panel.wait(30)
+
+
+def test_the_dry_run_counts_whole_tasks(tmp_path: Path, emulator: Start) -> None:
+    table, labels = grid_table(tmp_path, 12)  # 6 grids, each with two questions
+    server = server_with(emulator, labels)
+    args = run_args(server, table, tmp_path / "out.parquet", "--task-type")
+    done = run_cli(*args, "ReCaptchaV2Classification", "--dry-run")
+    assert done.returncode == 0, done.output
+    assert "12 rows, 12 unique" in done.stdout, done.stdout
+    assert server.stats()["create_calls"] == 0
