@@ -6,6 +6,7 @@ panel and pipelines each choose how a run looks while it works.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -122,11 +123,17 @@ class TqdmProgress:
             if step:
                 self._bar.update(step)
             self._postfix(counters)
-            widget = type(self._bar).__module__.startswith("tqdm.notebook")
+            widget = _is_widget_bar(self._bar)
             self._bar.close()
             self._bar = None
             if widget:
                 print(final_line(counters, self._desc), flush=True)
+
+
+def _is_widget_bar(bar: Any) -> bool:
+    """Whether ``bar`` is tqdm's notebook widget (only possible once it is imported)."""
+    notebook = sys.modules.get("tqdm.notebook")
+    return notebook is not None and isinstance(bar, notebook.tqdm_notebook)
 
 
 def final_line(counters: RunCounters, desc: str = "capbatch") -> str:

@@ -91,19 +91,22 @@ def test_more_earlier_rows_than_the_journal_said_still_count() -> None:
 def test_a_widget_bar_leaves_a_text_line_when_it_closes(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    class FakeWidgetBar:  # what tqdm.notebook gives in a kernel
-        n = 0
+    import tqdm.notebook
 
-        def update(self, step: int) -> None:
-            self.n += step
+    class FakeWidgetBar(tqdm.notebook.tqdm_notebook):  # what tqdm.auto gives in a kernel
+        def __init__(self) -> None:
+            self.n = 0
 
-        def set_postfix(self, **values: object) -> None:
+        def update(self, n: float | None = 1) -> bool | None:
+            self.n += int(n or 0)
+            return None
+
+        def set_postfix(self, *args: object, **values: object) -> None:
             pass
 
         def close(self) -> None:
             pass
 
-    FakeWidgetBar.__module__ = "tqdm.notebook"
     bar = TqdmProgress()
     monkeypatch.setattr(bar, "_make_bar", lambda counters: FakeWidgetBar())
     counters = RunCounters(total=3)
