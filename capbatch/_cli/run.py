@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     "--output",
     type=click.Path(path_type=Path),
     callback=lambda _ctx, _param, value: _check_output(value),
-    help="Results file, .parquet or .csv [default: INPUT_STEM.results.parquet beside INPUT].",
+    help="Results file, .parquet or .csv [default: INPUT.results.parquet beside INPUT, "
+    "e.g. captchas.csv.results.parquet].",
 )
 @click.option(
     "--provider",
@@ -153,7 +154,8 @@ if TYPE_CHECKING:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)
 def run_command(input_path: Path, **flags: Any) -> None:
-    """Solve every image in INPUT (Parquet, CSV or JSONL) and write the results.
+    """Solve every image in INPUT (Parquet, CSV or JSONL, or a folder of images)
+    and write the results.
 
     The API key comes from CAPSOLVER_API_KEY, ANTICAPTCHA_API_KEY,
     CAPMONSTER_API_KEY or TWOCAPTCHA_API_KEY (by --provider), or --api-key-file.
