@@ -22,13 +22,14 @@ from capbatch._exceptions import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from capbatch._reports.compare import Comparison
     from capbatch._reports.report import Report
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # The metrics the terminal table shows, in order; the page and --json have them all.
 _TERMINAL = tuple(
-    "rows labelled unlabelled not_run solved_rate accuracy accuracy_solved exact_accuracy"  # noqa: SIM905
+    "rows labelled unlabelled not_run failed solved_rate accuracy accuracy_solved exact_accuracy"  # noqa: SIM905
     " ci_accuracy cer latency_p50_ms latency_p95_ms latency_p99_ms throughput_rps cost_usd"
     " cost_per_1000_usd cost_per_correct_usd".split()
 )
@@ -38,10 +39,18 @@ _GROUP = {
     "accuracy": "accuracy",
     "ci_accuracy": "ci accuracy",
     "cer": "CER",
+    "set_exact_rate": "exact sets",
+    "set_f1": "F1",
+    "has_object_rate": "yes/no",
+    **{f"{kind}_hit_rate": "within tol" for kind in ("distance", "angle", "point")},
+    **{f"{kind}_error_p50": "error p50" for kind in ("distance", "angle", "point")},
+    "box_hit_rate": "IoU hits",
+    "iou_mean": "mean IoU",
     "latency_p50_ms": "p50",
     "latency_p95_ms": "p95",
     "cost_per_correct_usd": "$/correct",
 }
+NO_COST = "cost: none recorded (a local run, or a provider that reported no cost)"
 
 
 def _shared_options(func: F) -> F:
@@ -51,7 +60,8 @@ def _shared_options(func: F) -> F:
             "--label-column",
             default="label",
             show_default=True,
-            help="Column holding the true answers.",
+            help="Column holding the true answers. Without the default column the report "
+            "shows solved rate, latency, cost and failures, and says accuracy needs labels.",
         ),
         click.option(
             "--by",
@@ -64,6 +74,21 @@ def _shared_options(func: F) -> F:
             "--case-sensitive",
             is_flag=True,
             help="Count an answer as correct only if its case matches too.",
+        ),
+        click.option(
+            "--tolerance",
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            help="Largest absolute error counted right for distances and points (px) "
+            "and angles (degrees).",
+        ),
+        click.option(
+            "--iou-threshold",
+            type=click.FloatRange(min=0, max=1, min_open=True),
+            default=0.5,
+            show_default=True,
+            help="Smallest intersection over union counted right for boxes.",
         ),
         click.option(
             "--base-dir",
@@ -103,18 +128,40 @@ def _grid(frame: pd.DataFrame, columns: Sequence[str], index_name: str) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _metrics_block(summary: pd.DataFrame) -> str:
-    """Metrics as rows, one column per run (``all`` for a single report)."""
+def _metrics_block(summary: pd.DataFrame, columns: Sequence[str]) -> str:
+    """Metrics as rows, one column per run (``all`` for a single report). Cost rows that
+    are all zero give way to one line saying no cost was recorded."""
     from capbatch._reports.metrics import LABELS, fmt, shown
 
-    width = max(len(LABELS[m]) for m in _TERMINAL)
+    free = not (summary["cost_usd"] > 0).any()
+    columns = [c for c in columns if not (free and c.startswith("cost"))]
+    width = max(len(LABELS[m]) for m in columns)
     names = [shown(n, 16) for n in summary.index]
     col = max(12, *(len(n) for n in names))
     out = ["metric".ljust(width) + "".join(f"  {n:>{col}}" for n in names)]
-    for metric in _TERMINAL:
+    for metric in columns:
         cells = "".join(f"  {fmt(metric, v):>{col}}" for v in summary[metric])
         out.append(LABELS[metric].ljust(width) + cells)
-    return "\n".join(out)
+    return "\n".join([*out, NO_COST] if free else out)
+
+
+def _shown_columns(view: Report | Comparison) -> tuple[list[str], list[str]]:
+    """The terminal's summary rows and group columns for these kinds and labels."""
+    from capbatch._reports.metrics_types import LABELS as TYPED
+
+    free = not (view.summary["cost_usd"] > 0).any()
+    groups = [c for c in view.columns(list(_GROUP)) if not (free and c.endswith("_usd"))]
+    return view.columns([*_TERMINAL, *TYPED]), groups
+
+
+def _group_lines(groups: dict[str, pd.DataFrame], columns: list[str]) -> list[str]:
+    from capbatch._reports.metrics import shown
+
+    lines = []
+    for column, frame in groups.items():
+        head = shown(column, 30) if frame.index.nlevels == 1 else f"run · {shown(column, 24)}"
+        lines += ["", f"by {shown(column)}:", _grid(frame, columns, head)]
+    return lines
 
 
 def _print_report(rep: Report, page: Path) -> None:
@@ -125,9 +172,9 @@ def _print_report(rep: Report, page: Path) -> None:
     if run.get("provider"):
         lines[0] += f" (provider {shown(run['provider'])}, {shown(run.get('task_type'))})"
     lines += [f"note: {shown(n, 300)}" for n in rep.notes]
-    lines += ["", _metrics_block(rep.summary)]
-    for column, frame in rep.groups.items():
-        lines += ["", f"by {shown(column)}:", _grid(frame, list(_GROUP), shown(column, 30))]
+    rows, group_columns = _shown_columns(rep)
+    lines += ["", _metrics_block(rep.summary, rows)]
+    lines += _group_lines(rep.groups, group_columns)
     if len(rep.errors):
         codes = ", ".join(
             f"{shown(c)} {n:,}"
@@ -160,18 +207,32 @@ def report(
     label_column: str,
     by: tuple[str, ...],
     case_sensitive: bool,
+    tolerance: float,
+    iou_threshold: float,
     base_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Measure accuracy, latency and cost of a results table against its labels.
 
-    RESULTS is the output of `capbatch run` (Parquet or CSV) with a label column.
+    RESULTS is the output of `capbatch run` (Parquet or CSV), with a label column for
+    accuracy. Text is scored by exact match and CER; object sets (tile indexes) by
+    exact set match and micro-averaged precision, recall and F1; distances and angles
+    by absolute error within --tolerance; boxes by IoU against --iou-threshold.
     Prints a summary (or JSON with --json) and writes a self-contained HTML page.
-    Rows without a label are counted as unlabelled, not as wrong.
+    Rows without a label are counted as unlabelled, not as wrong; a table without a
+    label column is reported on speed, cost and failures.
     """
     from capbatch._reports.report import report as make_report
 
-    rep = make_report(results, label_column, list(by), case_sensitive, base_dir=base_dir)
+    rep = make_report(
+        results,
+        label_column,
+        list(by),
+        case_sensitive,
+        base_dir=base_dir,
+        tolerance=tolerance,
+        iou_threshold=iou_threshold,
+    )
     page = output or results.with_name(f"{rep.name}.report.html")
     _write_page(rep.to_html, page)
     if as_json:
@@ -188,7 +249,7 @@ def report(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="HTML page [default: compare.html in the working directory].",
+    help="HTML page [default: FIRST_STEM.compare.html beside the first RESULTS].",
 )
 @click.option(
     "--name",
@@ -208,6 +269,8 @@ def compare(
     label_column: str,
     by: tuple[str, ...],
     case_sensitive: bool,
+    tolerance: float,
+    iou_threshold: float,
     base_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -218,7 +281,6 @@ def compare(
     JSON with --json) and writes a self-contained HTML page with the agreement
     between runs and the rows where they disagree.
     """
-    page = output or Path("compare.html")
     if len(results) < 2:
         raise ConfigError("compare needs two or more results files")
     from capbatch._reports.compare import compare as make_comparison
@@ -232,7 +294,10 @@ def compare(
         case_sensitive=case_sensitive,
         id_column=id_column,
         base_dir=base_dir,
+        tolerance=tolerance,
+        iou_threshold=iou_threshold,
     )
+    page = output or results[0].with_name(f"{_stem(results[0])}.compare.html")
     _write_page(cmp.to_html, page)
     if as_json:
         data = cmp.to_dict()
@@ -244,13 +309,22 @@ def compare(
         f"{len(cmp.matched):,} rows matched by {shown(cmp.key)}"
     ]
     lines += [f"note: {shown(n, 300)}" for n in cmp.notes]
-    lines += ["", _metrics_block(cmp.summary), ""]
+    rows, group_columns = _shown_columns(cmp)
+    lines += ["", _metrics_block(cmp.summary, rows), ""]
     lines += [
         f"agreement {shown(a)} / {shown(b)}: {fmt('agreement', r)} of {n:,} rows"
         for a, b, n, _, r in cmp.pairs.itertuples(index=False)
     ]
-    lines += [f"rows where the runs disagree: {len(cmp.disagreements):,}", "", f"report: {page}"]
+    lines.append(f"rows where the runs disagree: {len(cmp.disagreements):,}")
+    lines += _group_lines(cmp.groups, group_columns)
+    lines += ["", f"report: {page}"]
     click.echo("\n".join(lines))
+
+
+def _stem(path: Path) -> str:
+    """``captchas`` for ``captchas.results.parquet``, as the report names its page."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return stem.removesuffix(".results") or stem
 
 
 def _write_page(write: Callable[[Path], object], page: Path) -> None:

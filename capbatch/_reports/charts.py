@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _COLOURS = ("#3b6ea8", "#d0893a", "#4c9a6a", "#b5475b", "#7a68a6", "#6b7b8c")
+#: Right, wrong and missed, in charts and drawn on images alike.
+RIGHT, WRONG, MISSED = "#1a9850", "#d73027", "#4575b4"
 
 
 def _figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -113,4 +115,40 @@ def bar_chart(frame: pd.DataFrame, columns: Sequence[str], title: str, percent: 
             frameon=False, fontsize=8, loc="outside upper right", ncols=min(len(columns), 4)
         )
         _plain(legend.get_texts())
+    return _png(fig)
+
+
+def error_chart(
+    errors: np.ndarray, limit: float, xlabel: str, *, upper: float | None = None
+) -> str | None:
+    """Histogram of per-row errors (or IoUs), NaN dropped, with the pass line at ``limit``;
+    None if there are none. ``upper`` fixes the axis (1 for IoU), else the far tail goes
+    into the last bin."""
+    values = errors[~np.isnan(errors)]
+    if values.size == 0:
+        return None
+    top = upper if upper is not None else max(float(np.percentile(values, 99)), 2 * limit, 1.0)
+    bins = np.linspace(0.0, top, 31)
+    fig, ax = _figure(7.5, 2.6)
+    counts, _ = np.histogram(np.clip(values, 0.0, top), bins=bins)
+    ax.stairs(counts, bins, fill=True, color=_COLOURS[0], alpha=0.85)
+    ax.axvline(limit, color="#333", linestyle="--", linewidth=1, label=f"pass line {limit:g}")
+    ax.set_xlabel(shown(xlabel, 90), parse_math=False)
+    ax.set_ylabel("rows")
+    _plain(ax.legend(frameon=False, fontsize=8).get_texts())
+    return _png(fig)
+
+
+def tile_chart(right: np.ndarray, extra: np.ndarray, missed: np.ndarray) -> str:
+    """Per tile index: how often it was chosen rightly, chosen wrongly and missed."""
+    fig, ax = _figure(7.5, 2.6)
+    x = np.arange(len(right))
+    parts = ((right, "chosen, right", RIGHT), (extra, "chosen, wrong", WRONG),
+             (missed, "missed", MISSED))  # fmt: skip
+    for i, (values, name, colour) in enumerate(parts):
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, color=colour, label=name)
+    ax.set_xticks(x, labels=[str(i) for i in x])
+    ax.set_xlabel("tile index (0 = top left, row by row)")
+    ax.set_ylabel("rows")
+    _plain(ax.legend(frameon=False, fontsize=8).get_texts())
     return _png(fig)

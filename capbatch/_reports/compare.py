@@ -21,6 +21,7 @@ from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.inputs import ID_COLUMN_NAMES
 from capbatch._io.keys import image_hash
 from capbatch._reports import metrics as _metrics
+from capbatch._reports import metrics_types as _types
 from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE
 from capbatch._reports.report import DEFAULT_LABEL, Report, Results, Shown, require_column
 from capbatch._reports.report import report as make_report
@@ -111,6 +112,10 @@ class Comparison(Shown):
         self.key, keys = _match_keys(reports, id_column)
         self.names = _names(reports, names, {self.key, "label"})
         self.reports = dict(zip(self.names, reports, strict=True))
+        self.case_sensitive = reports[0].case_sensitive
+        self.has_labels = any(r.has_labels for r in reports)
+        seen = {kind for r in reports for kind in r.kinds}
+        self.kinds = [k for k in _types.KINDS if k in seen]
         self.notes: list[str] = []
         firsts = [self._first_of_each(n, k) for n, k in zip(self.names, keys, strict=True)]
         common = firsts[0].index
@@ -154,6 +159,10 @@ class Comparison(Shown):
         self.agree, self.pairs = agreement(normalised)
         self.agreement = float(self.agree.mean()) if len(self.agree) else math.nan
         self.disagreements = self.matched[~self.agree.to_numpy()]
+
+    def columns(self, columns: Sequence[str] = _metrics.SUMMARY_COLUMNS) -> list[str]:
+        """The summary ``columns`` that mean something for these runs' kinds and labels."""
+        return _types.relevant(columns, self.kinds, self.has_labels)
 
     def _first_of_each(self, name: str, keys: pd.Series) -> pd.Series:
         """Row positions indexed by key, the first row of each key value (rows without

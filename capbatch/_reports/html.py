@@ -15,10 +15,8 @@ A strict Content-Security-Policy forbids scripts and remote content as defence i
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import functools
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -26,16 +24,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from capbatch._exceptions import RowInputError
-from capbatch._io.images import (
-    INPUT_TOO_LARGE,
-    INPUT_TRUNCATED_IMAGE,
-    image_format,
-    pillow_guard,
-    pixel_error,
-)
-from capbatch._reports import metrics as _metrics
+from capbatch._reports import sections as _sections
 from capbatch._reports.charts import bar_chart, latency_chart
+from capbatch._reports.gallery import Gallery, Tile, drawing_of, gallery, picture, thumbnail
 from capbatch._reports.metrics import LABELS, fmt, missing, shown, usd
 from capbatch._version import __version__
 
@@ -47,20 +38,17 @@ if TYPE_CHECKING:
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 TEMPLATES = Path(__file__).with_name("templates")
-GALLERY_LIMIT = 48
 DISAGREEMENT_LIMIT = 200
-_THUMB = (320, 120)
-_EMBED_AS_IS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
-_MAX_EMBED_BYTES = 256 * 1024
-_THUMB_MAX_PIXELS = 16_000_000  # 64 MB as RGBA while the thumbnail is made
+NEEDS_LABELS = (
+    "Accuracy needs labels: this table has no label column. Add one (the true answers) "
+    "and name it with --label-column (label= in Python) to measure accuracy."
+)
+#: Names the templates and tests import from here (the gallery is its own module).
+__all__ = ["CSP", "Cell", "Cost", "Gallery", "Group", "Table", "Tile", "environment", "render"]
 
 GROUP_COLUMNS = tuple(
     "rows labelled solved_rate accuracy ci_accuracy cer latency_p50_ms latency_p95_ms"  # noqa: SIM905
     " cost_per_correct_usd".split()
-)
-HEADLINE = tuple(
-    "accuracy ci_accuracy cer solved_rate latency_p50_ms latency_p95_ms throughput_rps"  # noqa: SIM905
-    " cost_per_1000_usd cost_per_correct_usd".split()
 )
 
 
@@ -96,12 +84,14 @@ def render(template: str, **context: Any) -> str:
 
 
 class Cell(NamedTuple):
-    """One table cell: its text, a class name, whether it is a row header or code."""
+    """One table cell: its text, a class name, whether it is a row header or code, and
+    an image shown above the text (a data: URI, "" for none)."""
 
     text: str
     cls: str = ""  # "", "num" (right-aligned number), "ok" or "bad" (a marked answer)
     head: bool = False  # a <th> in the body: the row's key
     code: bool = False  # the text in <code>: an answer or a label
+    img: str = ""
 
 
 class Table(NamedTuple):
@@ -116,22 +106,6 @@ class Group(NamedTuple):
     column: str
     chart: str | None
     table: Table
-
-
-class Tile(NamedTuple):
-    """One wrong answer in the gallery."""
-
-    src: str | None  # the image as a data: URI, or None and why there is none
-    why: str
-    who: str | None  # the row's id, if the table has an id column
-    label: str
-    answer: str | None  # None when the row has no answer, then the error code
-    code: str
-
-
-class Gallery(NamedTuple):
-    tiles: list[Tile]
-    more: str  # how many wrong answers are left out, "" if none
 
 
 class Cost(NamedTuple):
@@ -174,90 +148,6 @@ def cards(items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(shown(k), shown(v)) for k, v in items]
 
 
-# -- images ---------------------------------------------------------------------------------
-
-
-def thumbnail(report: Report, value: Any) -> str | None:
-    """A ``data:`` URI of the image a cell stands for, or None when it cannot be read."""
-    try:
-        return _thumbnail_uri(report, value)
-    except RowInputError:
-        return None
-
-
-def _picture(report: Report, value: Any) -> tuple[str | None, str]:
-    """The gallery's image as a ``data:`` URI, or None and why there is none."""
-    try:
-        return _thumbnail_uri(report, value), ""
-    except RowInputError as exc:
-        too_large = exc.error_code == INPUT_TOO_LARGE
-        return None, "image too large to show" if too_large else "image not available"
-
-
-def _thumbnail_uri(report: Report, value: Any) -> str:
-    # report.image reads at most MAX_IMAGE_BYTES, and refuses FIFOs and devices unopened.
-    data = report.image(value)
-    mime = _EMBED_AS_IS.get(image_format(data) or "")
-    if mime is None or len(data) > _MAX_EMBED_BYTES:
-        from PIL import Image
-
-        try:
-            with pillow_guard(), Image.open(io.BytesIO(data)) as image:
-                # A small file can still decode to a huge bitmap (PNG compresses a plain
-                # area to almost nothing): bound what thumbnail() decodes.
-                if image.width * image.height > _THUMB_MAX_PIXELS:
-                    pixels = f"{image.width}x{image.height} pixels"
-                    raise RowInputError(f"{pixels}, too many", error_code=INPUT_TOO_LARGE)
-                image.thumbnail(_THUMB)
-                buffer = io.BytesIO()
-                image.convert("RGBA").save(buffer, "PNG")
-        except RowInputError:
-            raise
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, bomb warnings...
-            code = INPUT_TOO_LARGE if pixel_error(exc) else INPUT_TRUNCATED_IMAGE
-            raise RowInputError(str(exc), error_code=code) from None
-        data, mime = buffer.getvalue(), "image/png"
-    # A fixed MIME type and base64: nothing in it that escaping would change. It is not
-    # marked safe all the same: the template escapes it into the src attribute.
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def gallery(report: Report, limit: int = GALLERY_LIMIT) -> Gallery:
-    """Wrong answers first, then failed rows: image, label and answer of each."""
-    wrong = report.wrong_rows()
-    answered = _metrics.flag(report.scored["answer"].iloc[wrong].str.len() > 0)
-    chosen = np.concatenate([wrong[answered], wrong[~answered]])[:limit]
-    if chosen.size == 0:
-        return Gallery([], "")
-    rows = report.results.iloc[chosen]
-    column = report.image_column
-    id_column = _id_column(rows)
-    tiles = []
-    for i in range(len(rows)):
-        src, why = _picture(report, rows[column].iloc[i]) if column else (None, "")
-        answer = rows["answer"].iloc[i]
-        no_answer = missing(answer) or not str(answer).strip()
-        code = rows["error_code"].iloc[i] if no_answer and "error_code" in rows.columns else None
-        tiles.append(
-            Tile(
-                src=src,
-                why=why or "image not available",
-                who=shown(rows[id_column].iloc[i]) if id_column else None,
-                label=shown(rows[report.label].iloc[i]),
-                answer=None if no_answer else shown(answer),
-                code=shown(code),
-            )
-        )
-    more = len(wrong) - chosen.size
-    return Gallery(tiles, f"{more:,}" if more > 0 else "")
-
-
-def _id_column(frame: pd.DataFrame) -> str | None:
-    from capbatch._io.inputs import ID_COLUMN_NAMES
-
-    return next((c for c in ID_COLUMN_NAMES if c in frame.columns), None)
-
-
 # -- pages ----------------------------------------------------------------------------------
 
 
@@ -272,6 +162,7 @@ def _run_line(report: Report) -> list[str]:
         rate = "unlimited" if rate >= 1e5 else f"{rate:g} req/s"
     if isinstance(price, (int, float)):
         price = f"{usd(price)} per task"
+    numeric = {"distance", "angle", "point"} & set(report.kinds)
     parts = {
         "results": report.source.name if report.source else "DataFrame",
         "provider": run.get("provider"),
@@ -280,31 +171,46 @@ def _run_line(report: Report) -> list[str]:
         "in flight": settings.get("max_in_flight"),
         "price": price,
         "params": settings.get("task_params") or None,
-        "label column": report.label,
+        "label column": report.label or "none (accuracy needs labels)",
         "matching": "case-sensitive" if report.case_sensitive else "case-insensitive",
+        "tolerance": f"{report.scoring.tolerance:g} (px, degrees)" if numeric else None,
+        "IoU threshold": f"{report.scoring.iou_threshold:g}" if "box" in report.kinds else None,
     }
+    if "text" not in report.kinds or not report.has_labels:
+        del parts["matching"]
     return [f"{shown(k)}: {shown(v)}" for k, v in parts.items() if not missing(v)]
 
 
-def headline(row: pd.Series) -> list[tuple[str, str]]:
-    return cards([(LABELS[k], fmt(k, row[k])) for k in HEADLINE])
+def accuracy_columns(view: Report | Comparison) -> list[str]:
+    """What an accuracy chart shows: accuracy beside the other case rule (text), the key
+    rate of each other kind, or the solved rate when there are no labels."""
+    if not view.has_labels:
+        return ["solved_rate"]
+    columns = ["accuracy"]
+    if "text" in view.kinds:
+        columns.append("ci_accuracy" if view.case_sensitive else "exact_accuracy")
+    rates = [c for k in view.kinds for c in _sections.KEY_METRICS.get(k, ()) if "rate" in c]
+    return [*columns, *rates][:3]
 
 
-def _groups(groups: Mapping[str, pd.DataFrame]) -> list[Group]:
+def _groups(groups: Mapping[str, pd.DataFrame], view: Report | Comparison) -> list[Group]:
     """Per group column: a chart of accuracy and a table (runs side by side if several)."""
+    metric = "accuracy" if view.has_labels else "solved_rate"
+    typed = [c for k in view.kinds for c in _sections.KEY_METRICS.get(k, ())]
+    columns = list(dict.fromkeys([*view.columns(GROUP_COLUMNS), *typed]))
     parts = []
     for column, frame in groups.items():
         chart = None
         if len(frame) and frame.index.nlevels == 2:  # (run, value): one bar per run
             runs = list(dict.fromkeys(frame.index.get_level_values(0)))
-            wide = frame["accuracy"].unstack(0)[runs]
+            wide = frame[metric].unstack(0)[runs]
             wide.columns = [f"run {n}" if n in LABELS else str(n) for n in wide.columns]
-            title = f"accuracy by {column}, per run"
+            title = f"{LABELS[metric]} by {column}, per run"
             chart = bar_chart(wide, list(wide.columns), title, percent=True)
         elif len(frame):
-            title = f"accuracy by {column}"
-            chart = bar_chart(frame, ["accuracy", "ci_accuracy"], title, percent=True)
-        parts.append(Group(shown(column), chart, table(frame[list(GROUP_COLUMNS)])))
+            title = f"{LABELS[metric]} by {column}"
+            chart = bar_chart(frame, accuracy_columns(view), title, percent=True)
+        parts.append(Group(shown(column), chart, table(frame[columns])))
     return parts
 
 
@@ -312,10 +218,20 @@ def _errors(errors: pd.DataFrame, index: Sequence[str]) -> Table | None:
     return table(errors.set_index(list(index))) if len(errors) else None
 
 
-def _cost(summary: pd.DataFrame, run: Mapping[str, Any]) -> Cost:
-    cost = summary[["cost_usd", "cost_per_1000_usd", "cost_per_correct_usd"]]
+def _cost(summary: pd.DataFrame, run: Mapping[str, Any], has_labels: bool = True) -> Cost:
+    """Cost cards (a table for several runs). A run that cost nothing shows what it took
+    in time instead of cards of zeros."""
+    names = ["cost_usd", "cost_per_1000_usd", "cost_per_correct_usd"][: 3 if has_labels else 2]
+    cost = summary[names]
     if len(cost) > 1:
         return Cost(metric_table(cost), [])
+    row = summary.iloc[0]
+    if not row["cost_usd"] > 0:
+        rps = row["throughput_rps"]
+        per_row = "—" if missing(rps) or rps <= 0 else fmt("latency_ms", 1000 / rps)
+        items = [("cost", "none recorded"), (LABELS["throughput_rps"], fmt("throughput_rps", rps)),
+                 ("time per row (run time / rows sent)", per_row)]  # fmt: skip
+        return Cost(None, cards(items))
     items = [(LABELS[c], fmt(c, cost[c].iloc[0])) for c in cost.columns]
     before, after = run.get("balance_before"), run.get("balance_after")
     if isinstance(before, (int, float)) and isinstance(after, (int, float)):
@@ -330,12 +246,16 @@ def _latency(report: Report, rows: np.ndarray | None = None) -> np.ndarray:
 
 def _report_parts(report: Report) -> dict[str, Any]:
     """What the page and the notebook view of a report both show."""
+    row = report.summary.iloc[0]
     return {
         "name": shown(report.name),
         "notes": _notes(report.notes),
-        "headline": headline(report.summary.iloc[0]),
-        "summary": metric_table(report.summary),
+        "headline": cards(
+            _sections.headline(row, report.kinds, report.has_labels, report.case_sensitive)
+        ),
+        "summary": metric_table(report.summary[report.columns()]),
         "latency": latency_chart({report.name: _latency(report)}),
+        "needs_labels": "" if report.has_labels else NEEDS_LABELS,
     }
 
 
@@ -344,14 +264,18 @@ def report_page(report: Report) -> str:
     confusions = report.confusions.rename(
         columns={"label_char": "label character", "answer_char": "answer character"}
     )
+    text = report.has_labels and "text" in report.kinds
     return render(
         "report.html",
         title=shown(f"capbatch report: {report.name}"),
         meta=_run_line(report),
-        cost=_cost(report.summary, report.run.get("summary") or {}),
-        groups=_groups(report.groups),
+        cost=_cost(report.summary, report.run.get("summary") or {}, report.has_labels),
+        groups=_groups(report.groups, report),
+        typed=_sections.typed_sections(report),
         errors=_errors(report.errors, ["error_code"]),
+        text=text,
         confusions=table(confusions, index=False, numeric=["count"]) if len(confusions) else None,
+        gallery_title="Wrong answers" if report.has_labels else "Failed rows",
         gallery=gallery(report),
         **_report_parts(report),
     )
@@ -360,16 +284,19 @@ def report_page(report: Report) -> str:
 def report_fragment(report: Report) -> str:
     """The compact notebook view: headline, summary, latency and accuracy by group."""
     first_group = dict(list(report.groups.items())[:1])
-    return render("report_fragment.html", groups=_groups(first_group), **_report_parts(report))
+    return render(
+        "report_fragment.html", groups=_groups(first_group, report), **_report_parts(report)
+    )
 
 
 def comparison_page(c: Comparison) -> str:
     """The whole page for a comparison of runs."""
     names = ", ".join(c.names)
-    accuracy = [(f"accuracy · {shown(n, 20)}", fmt("accuracy", a)) for n, a in
-                c.summary["accuracy"].items()]  # fmt: skip
+    metric = "accuracy" if c.has_labels else "solved_rate"
+    per_run = [(f"{LABELS[metric]} · {shown(n, 20)}", fmt(metric, a)) for n, a in
+               c.summary[metric].items()]  # fmt: skip
     latencies = {n: _latency(r, c.positions[n]) for n, r in c.reports.items()}
-    by_run = bar_chart(c.summary, ["accuracy", "ci_accuracy"], "accuracy by run", percent=True)
+    by_run = bar_chart(c.summary, accuracy_columns(c), f"{LABELS[metric]} by run", percent=True)
     return render(
         "compare.html",
         title=shown(f"capbatch comparison: {names}"),
@@ -378,35 +305,58 @@ def comparison_page(c: Comparison) -> str:
         matched=f"{len(c.matched):,}",
         notes=_notes(c.notes),
         headline=cards([("agreement (all runs)", fmt("agreement", c.agreement)),
-                        ("rows where runs disagree", f"{len(c.disagreements):,}"), *accuracy]),
-        summary=metric_table(c.summary),
+                        ("rows where runs disagree", f"{len(c.disagreements):,}"), *per_run]),
+        summary=metric_table(c.summary[c.columns()]),
         pairs=table(c.pairs, index=False, numeric=["rows", "agree", "agreement"]),
         latency=latency_chart(latencies),
         by_run=by_run,
-        groups=_groups(c.groups),
+        needs_labels="" if c.has_labels else NEEDS_LABELS,
+        groups=_groups(c.groups, c),
         cost_chart=bar_chart(c.summary, ["cost_per_1000_usd"], "cost per 1,000 rows (USD)", False),
-        cost=_cost(c.summary, {}),
+        cost=_cost(c.summary, {}, c.has_labels),
         errors=_errors(c.errors, ["run", "error_code"]),
         **disagreements(c),
     )  # fmt: skip
 
 
 def disagreements(c: Comparison, limit: int = DISAGREEMENT_LIMIT) -> dict[str, Any]:
-    """The first ``limit`` rows where the runs disagree (None if there are none), answers
+    """The first ``limit`` rows where the runs disagree (None if there are none): the
+    image beside each run's answer (drawn on it for answers other than text), answers
     marked right or wrong, and how many more there are ("" if none)."""
     if c.disagreements.empty:
         return {"disagreements": None, "more": ""}
     rows = c.disagreements.head(limit)
+    first = c.reports[c.names[0]]
+    drawn = bool(set(c.kinds) & set(_sections.TITLES) - {"has_object"})
     body = []
     for at, row in rows.iterrows():
+        where = int(c.positions[c.names[0]][at])
+        image = first.results[first.image_column].iloc[where] if first.image_column else None
         cells = [Cell(shown(row.iloc[0])), Cell(shown(row.iloc[1]), code=True)]
+        if not drawn:
+            cells.append(Cell("" if image is not None else "—", img=_thumb(first, image)))
         for name in c.names:
-            mark = "ok" if c.correct.at[at, name] else "bad"
-            cells.append(Cell(shown(row[name]), mark, code=True))
+            mark = "ok" if c.correct.at[at, name] else "bad" if c.has_labels else ""
+            report, here = c.reports[name], int(c.positions[name][at])
+            img = _drawn(report, here, image) if drawn else ""
+            cells.append(Cell(shown(row[name]), mark, code=True, img=img))
         body.append(cells)
     more = len(c.disagreements) - len(rows)
-    head = [Cell(shown(x)) for x in rows.columns]
+    head = [Cell(shown(x)) for x in rows.columns[:2]]
+    head += [Cell("image")] if not drawn else []
+    head += [Cell(shown(x)) for x in rows.columns[2:]]
     return {"disagreements": Table(head, body), "more": f"{more:,}" if more else ""}
+
+
+def _thumb(report: Report, image: Any) -> str:
+    return (thumbnail(report, image) or "") if image is not None else ""
+
+
+def _drawn(report: Report, at: int, image: Any) -> str:
+    """Row ``at``'s image with its answer (and label) drawn on it, "" if none."""
+    if image is None:
+        return ""
+    return picture(report, image, drawing_of(report, at))[0] or ""
 
 
 def comparison_fragment(c: Comparison) -> str:
@@ -418,6 +368,6 @@ def comparison_fragment(c: Comparison) -> str:
         names=shown(", ".join(c.names), 200),
         notes=_notes(c.notes),
         headline=cards(agreement),
-        summary=metric_table(c.summary),
-        by_run=bar_chart(c.summary, ["accuracy", "ci_accuracy"], "accuracy by run", percent=True),
+        summary=metric_table(c.summary[c.columns()]),
+        by_run=bar_chart(c.summary, accuracy_columns(c), "accuracy by run", percent=True),
     )

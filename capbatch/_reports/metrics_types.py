@@ -151,13 +151,23 @@ def kind_of_task(task_type: Any, params: Mapping[str, Any] | None = None) -> str
     return "text" if "text" in name else None
 
 
-def row_kinds(frame: pd.DataFrame, task_kind: str | None) -> pd.Series:
-    """Each row's kind: its solution's, else ``task_kind``, else the table's usual kind."""
-    if "solution" not in frame.columns:
-        return pd.Series(task_kind or "text", index=frame.index, dtype=object)
-    solutions = frame["solution"]
-    known = {s: kind_of_solution(s) for s in pd.unique(solutions.dropna())}
-    kinds = solutions.map(known)
+def row_kinds(
+    frame: pd.DataFrame, task_type: Any = None, params: Mapping[str, Any] | None = None
+) -> pd.Series:
+    """Each row's kind: its solution's; else its task's (``task_type`` with ``params``,
+    and the row's own ``question`` when the table has that column); else the most
+    common kind among the solutions; else text."""
+    params = dict(params or {})
+    task_kind = kind_of_task(task_type, params)
+    kinds = pd.Series(None, index=frame.index, dtype=object)
+    if "solution" in frame.columns:
+        solutions = frame["solution"]
+        known = {s: kind_of_solution(s) for s in pd.unique(solutions.dropna())}
+        kinds = solutions.map(known).astype(object)
+    if task_type and "question" in frame.columns:
+        asked = {q: kind_of_task(task_type, {**params, "question": q})
+                 for q in pd.unique(frame["question"].dropna())}  # fmt: skip
+        kinds = kinds.fillna(frame["question"].map(asked))
     usual = kinds.dropna().mode()
     default = task_kind or (str(usual.iloc[0]) if len(usual) else "text")
     filled: pd.Series = kinds.fillna(default).astype(object)

@@ -201,8 +201,7 @@ class Report(Shown):
         if "status" not in frame.columns:
             answered = frame["answer"].notna()
             frame = frame.assign(status=np.where(answered, "solved", "failed"))
-        task_kind = _types.kind_of_task(self.run.get("task_type"), self._task_params())
-        kinds = _types.row_kinds(frame, task_kind)
+        kinds = _types.row_kinds(frame, self.run.get("task_type"), self._task_params())
         self.scored = _metrics.score(
             frame, label, case_sensitive=case_sensitive, by=by, kinds=kinds, scoring=self.scoring
         )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +48,7 @@ def results(tmp_path: Path, name: str, answers: list[str | None]) -> Path:
             "error_code": [None if a is not None else "ERROR_CAPTCHA_UNSOLVABLE" for a in answers],
             "latency_ms": [100.0, 200.0, 300.0, 400.0],
             "cost_usd": [0.001, 0.001, 0.001, 0.0],
+            "image_path": ["a.png", "b.png", "c.png", "d.png"],
         }
     )
     path = tmp_path / name
@@ -81,7 +86,9 @@ def test_report_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_compare(tmp_path: Path) -> None:
     a = results(tmp_path, "local.results.csv", ["k7mq", "0042", "PQR5", None])
     b = results(tmp_path, "service.results.parquet", ["k7mq", "0042", "pqrs", "mnop"])
-    done = capbatch("compare", a, b, "--name", "x", "--name", "y", cwd=tmp_path)
+    for name, shade in zip("abcd", (10, 60, 110, 160), strict=True):
+        Image.new("RGB", (60, 20), (shade, 200, 200)).save(tmp_path / f"{name}.png")
+    done = capbatch("compare", a, b, "--name", "x", "--name", "y", "--by", "style", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "runs: x, y; 4 rows matched by id"
@@ -89,8 +96,119 @@ def test_compare(tmp_path: Path) -> None:
                for line in lines)  # fmt: skip
     assert "agreement x / y: 50.0 % of 4 rows" in lines
     assert "rows where the runs disagree: 2" in lines
-    assert lines[-1] == "report: compare.html"
-    assert (tmp_path / "compare.html").is_file()
+    # --by prints a table per group, runs side by side, as report does.
+    at = lines.index("by style:")
+    assert lines[at + 1].split()[:4] == ["run", "·", "style", "rows"]
+    grid = {" ".join(line.split()[:3]): line.split() for line in lines[at + 2 : at + 6]}
+    assert grid["x · noisy"][3:6] == ["2", "50.0", "%"]  # solved rate: one of two failed
+    assert grid["y · noisy"][6:8] == ["100.0", "%"]  # accuracy
+    # The page goes beside the first results file, as report's does.
+    page = tmp_path / "local.compare.html"
+    assert lines[-1] == f"report: {page}"
+    html = page.read_text(encoding="utf-8")
+    # The disagreeing rows c and d show their image beside the runs' answers.
+    table = html[html.index("Rows where the runs disagree") :]
+    for name in ("c", "d"):
+        pixels = Image.open(tmp_path / f"{name}.png").tobytes()
+        assert any(decoded(uri).tobytes() == pixels for uri in data_uris(table)), name
+    assert not any(
+        decoded(uri).tobytes() == Image.open(tmp_path / "a.png").tobytes()
+        for uri in data_uris(table)
+    )  # row a: the runs agree
+
+
+def data_uris(html: str) -> list[str]:
+    return re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+
+
+def decoded(uri: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB")
+
+
+def test_report_without_labels(tmp_path: Path) -> None:
+    """A production run with no label column: speed, cost and failures, and a gallery of
+    the failed rows; accuracy sections say they need labels (issue 14, item 4)."""
+    path = results(tmp_path, "prod.results.parquet", ["k7mq", None, "pqrs", None])
+    pd.read_parquet(path).drop(columns=["label"]).to_parquet(path)
+    for name, shade in zip("abcd", (10, 60, 110, 160), strict=True):
+        Image.new("RGB", (60, 20), (shade, 200, 200)).save(tmp_path / f"{name}.png")
+    done = capbatch("report", path, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "note: no label column: accuracy needs labels (name one with --label-column)" in lines
+    assert any(line.split()[:2] == ["solved", "rate"] and line.endswith("50.0 %") for line in lines)
+    assert any(line.split()[:1] == ["failed"] and line.endswith(" 2") for line in lines)
+    assert "failures by code: ERROR_CAPTCHA_UNSOLVABLE 2" in lines
+    assert not any(line.startswith(("accuracy", "character error")) for line in lines)
+    html = (tmp_path / "prod.report.html").read_text(encoding="utf-8")
+    assert "Accuracy needs labels" in html
+    assert "<h2>Failed rows</h2>" in html
+    gallery = html[html.index("<h2>Failed rows</h2>") :]
+    shown = [decoded(uri).tobytes() for uri in data_uris(gallery)]
+    for name, failed in zip("abcd", (False, True, False, True), strict=True):
+        assert (Image.open(tmp_path / f"{name}.png").tobytes() in shown) is failed, name
+    # An explicitly named label column that is missing is still a usage error.
+    wrong = capbatch("report", path, "--label-column", "truth", cwd=tmp_path)
+    assert wrong.returncode == 2
+
+
+def test_report_on_typed_answers(tmp_path: Path) -> None:
+    """Object sets and slider distances against labels written as JSON and comma lists,
+    with the tolerance chosen on the command line (issue 13, item 4)."""
+    frame = pd.DataFrame(
+        {
+            "id": ["g1", "g2", "g3", "g4", "g5", "s1", "s2", "s3"],
+            "label": ["[1,4,7]", "2,5", "[0]", "8", "6", "120", "80", "[40]"],
+            "answer": ["1,4,7", "2", None, "8", "6", "124", "89", "40"],
+            "solution": [
+                '{"objects": [1, 4, 7]}', '{"objects": [2]}', None, '{"objects": [8]}',
+                '{"objects": [6]}',
+                '{"distance": 124}', '{"distance": 89}', '{"distance": 40}',
+            ],
+            "status": ["solved", "solved", "failed"] + ["solved"] * 5,
+            "error_code": [None, None, "ERROR_CAPTCHA_UNSOLVABLE"] + [None] * 5,
+            "latency_ms": [100.0] * 8,
+            # a failed row (no solution) takes the table's most common kind: objects
+            "image_path": ["grid.png"] * 5 + ["slide.png"] * 3,
+        }
+    )  # fmt: skip
+    frame.to_parquet(tmp_path / "typed.results.parquet")
+    Image.new("RGB", (90, 90), (240, 240, 240)).save(tmp_path / "grid.png")
+    Image.new("RGB", (200, 60), (240, 240, 240)).save(tmp_path / "slide.png")
+    args = ("report", "typed.results.parquet", "--json")
+    data = json.loads(capbatch(*args, "--tolerance", "7", cwd=tmp_path).stdout)
+    s = data["summary"]
+    assert data["kinds"] == ["objects", "distance"]
+    assert data["scoring"] == {"tolerance": 7.0, "iou_threshold": 0.5}
+    # Sets: tp 3 + 1 + 1 + 1 = 6, fp 0, fn 1 (tile 5) + 1 (the failed row's tile 0):
+    # P = 1, R = 6/8, F1 = 12/14; three of five rows exact.
+    assert s["set_exact_rate"] == pytest.approx(3 / 5)
+    assert (s["set_precision"], s["set_recall"]) == (1.0, pytest.approx(6 / 8))
+    assert s["set_f1"] == pytest.approx(12 / 14)
+    # Distances: errors 4, 9 and 0; 4 is within 7 px (not within the default 5).
+    assert s["distance_hit_rate"] == pytest.approx(2 / 3)
+    assert s["distance_error_mean"] == pytest.approx(13 / 3)
+    assert s["accuracy"] == pytest.approx(5 / 8)
+    html = (tmp_path / "typed.report.html").read_text(encoding="utf-8")
+    assert "Object sets (tiles)" in html and "Distances (slider offsets)" in html
+    assert "at most 7 px (--tolerance)" in html
+    # The wrong grid answer is drawn on its image (30 px tiles): tile 2 (row 0, column 2)
+    # chosen and right, outlined in green; tile 5 (row 1, column 2) missed, in blue.
+    gallery = html[html.index("<h2>Wrong answers</h2>") :]
+    drawn = [decoded(uri) for uri in data_uris(gallery)]
+    assert any(
+        image.getpixel((62, 15)) == (26, 152, 80) and image.getpixel((62, 45)) == (69, 117, 180)
+        for image in drawn
+    )
+    # The slider's answer 89 is a red line at x = 89, its label a green one at x = 80.
+    assert any(
+        image.size == (200, 60)
+        and image.getpixel((89, 30)) == (215, 48, 39)
+        and image.getpixel((80, 30)) == (26, 152, 80)
+        for image in drawn
+    )
+    bad = capbatch("report", "typed.results.parquet", "--tolerance", "-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "--tolerance" in bad.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ddddocr") is None, reason="needs ddddocr")
@@ -100,7 +218,7 @@ def test_local_run_then_report(tmp_path: Path) -> None:
     table = pd.read_csv(SAMPLE / "captchas.csv", dtype=str).head(6)
     shutil.copytree(SAMPLE / "images", tmp_path / "images")
     table.to_csv(tmp_path / "six.csv", index=False)
-    run = capbatch("run", "six.csv", "-q", cwd=tmp_path)
+    run = capbatch("run", "six.csv", "-o", "six.results.parquet", "-q", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     (tmp_path / "out").mkdir()
     done = capbatch(

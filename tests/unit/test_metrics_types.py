@@ -33,7 +33,7 @@ def typed(kind_key: str, rows: list[tuple[Any, Any]], **extra: list[Any]) -> pd.
 
 
 def summary(frame: pd.DataFrame, **kwargs: Any) -> pd.Series:
-    kinds = _types.row_kinds(frame, None)
+    kinds = _types.row_kinds(frame)
     return aggregate(score(frame, "label", kinds=kinds, **kwargs)).iloc[0]
 
 
@@ -65,7 +65,7 @@ def test_object_sets_exact_match_and_micro_precision_recall_f1() -> None:
 
 def test_object_sets_per_group_are_micro_averaged_within_each_group() -> None:
     frame = OBJECTS.assign(grid=["a", "a", "b", "b", "b", "b"])
-    scored = score(frame, "label", kinds=_types.row_kinds(frame, None), by=["grid"])
+    scored = score(frame, "label", kinds=_types.row_kinds(frame), by=["grid"])
     groups = aggregate(scored, "grid")
     # a: tp 5, fp 1, fn 0; b: tp 1, fp 0, fn 3.
     assert groups.loc["a", "set_precision"] == pytest.approx(5 / 6)
@@ -129,7 +129,7 @@ def test_points_and_yes_no() -> None:
     points = typed("box", [("[100,100]", "103,104"), ("[0,0]", "6,8")])
     points["solution"] = [json.dumps({"box": [1.0, 2.0]})] * 2  # two numbers: a point
     s = summary(points)
-    assert _types.row_kinds(points, None).tolist() == ["point", "point"]
+    assert _types.row_kinds(points).tolist() == ["point", "point"]
     assert s["point_error_mean"] == pytest.approx((5 + 10) / 2)
     assert s["point_hit_rate"] == pytest.approx(1 / 2)  # 5 px is within 5 px
     yes_no = typed("hasObject", [("true", "true"), ("false", "true"), ("0", "false")])
@@ -187,6 +187,18 @@ def test_failed_rows_take_the_run_task_kind() -> None:
     assert rep.kinds == ["distance"]
     assert rep.metrics()["distance_hit_rate"] == 0.0
     assert "label_length" not in rep.groups  # label length means nothing for numbers
+
+
+def test_failed_rows_take_their_own_question_kind() -> None:
+    frame = pd.DataFrame(
+        {
+            "question": ["aws:grid:bed", "aws:toycarcity:carcity", "aws:grid:bag", "other"],
+            "solution": [None, None, '{"box": [1, 2]}', None],
+        }
+    )
+    kinds = _types.row_kinds(frame, "AwsWafClassification", {})
+    # the unknown question takes the most common kind of the solutions (the point)
+    assert kinds.tolist() == ["objects", "point", "point", "point"]
 
 
 @pytest.mark.parametrize(

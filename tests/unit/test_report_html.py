@@ -21,6 +21,7 @@ from PIL import Image
 import capbatch
 from capbatch._exceptions import RowInputError
 from capbatch._reports import charts as _report_charts
+from capbatch._reports import gallery as _report_gallery
 from capbatch._reports import html as _report_html
 from capbatch._reports.html import CSP
 
@@ -230,7 +231,7 @@ def test_gallery_bounds_what_it_reads_and_decodes(
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (9, 9, 9)).save(buffer, "BMP")
     (tmp_path / "wide.bmp").write_bytes(buffer.getvalue())
-    monkeypatch.setattr(_report_html, "_THUMB_MAX_PIXELS", 1000)
+    monkeypatch.setattr(_report_gallery, "_THUMB_MAX_PIXELS", 1000)
     (tmp_path / "ok.png").write_bytes(png(2))
     frame = pd.DataFrame(
         {
@@ -262,17 +263,21 @@ def template_context(full: bool) -> dict[str, object]:
     """A value for every name any template uses, each holding hostile text; ``full``
     picks one side of each choice a template makes (a table or none, an image or none)."""
     from capbatch._reports.html import Cell, Cost, Gallery, Group, Table, Tile
+    from capbatch._reports.sections import Section
 
     grid = Table(
         [Cell(XSS), Cell(XSS, "num")],
-        [[Cell(XSS, head=True), Cell(XSS, "num"), Cell(XSS, "ok", code=True)]],
+        [[Cell(XSS, head=True), Cell(XSS, "num"), Cell(XSS, "ok", code=True, img=XSS)]],
         "metrics",
     )
-    tiles = [Tile(XSS, XSS, XSS, XSS, XSS, XSS), Tile(None, XSS, None, XSS, None, XSS)]
+    tiles = [Tile(XSS, XSS, XSS, XSS, XSS, XSS, XSS), Tile(None, XSS, None, None, None, XSS)]
     maybe = grid if full else None
     return {
         **dict.fromkeys(["title", "name", "names", "key", "matched", "more", "by_run"], XSS),
-        **dict.fromkeys(["cost_chart", "csp", "version", "now", "scope"], XSS),
+        **dict.fromkeys(["cost_chart", "csp", "version", "now", "scope", "gallery_title"], XSS),
+        "needs_labels": XSS if full else "",
+        "text": full,
+        "typed": [Section(XSS, [(XSS, XSS)], XSS if full else None, XSS)],
         "latency": XSS if full else None,
         "meta": [XSS],
         "notes": [XSS],
@@ -306,8 +311,10 @@ def test_every_template_escapes_what_it_prints(full: bool) -> None:
             assert not any(n.startswith("on") for n, _ in parsed.attributes)
     # Each macro, called on its own, escapes too.
     macros = env.get_template("macros.html").module
-    for macro in ("table", "cards", "notes", "groups", "errors", "cost", "gallery"):
-        argument = {"table": "summary", "cards": "headline", "errors": "summary"}.get(macro, macro)
+    every = ("table", "cards", "notes", "groups", "errors", "cost", "gallery", "typed", "needs")
+    for macro in every:
+        argument = {"table": "summary", "cards": "headline", "errors": "summary",
+                    "needs": "needs_labels"}.get(macro, macro)  # fmt: skip
         out = str(getattr(macros, macro)(context[argument]))
         assert "<script" not in out and (ESCAPED in out or not full), macro
 
