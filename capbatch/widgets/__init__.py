@@ -47,6 +47,7 @@ from capbatch._run.control import RunControl, RunStoppedByUser
 from capbatch._run.engine import execute
 from capbatch._run.options import RunOptions, default_in_flight, default_journal, default_output
 from capbatch._run.progress import RunCounters
+from capbatch._run.summary import RunSummary
 from capbatch.widgets._results import (
     PanelResults,
     format_counters,
@@ -117,6 +118,8 @@ class RunPanel:
         self._counters: RunCounters | None = None
         #: The report of the last finished run (None before, or without labels).
         self.report: Report | None = None
+        #: The last finished run's summary (``summary.format()``: its text).
+        self.summary: RunSummary | None = None
         #: ``idle``, ``running``, ``paused``, ``stopping``, ``stopped``, ``finished``, ``failed``.
         self.state = "idle"
         self.error: BaseException | None = None
@@ -286,7 +289,7 @@ class RunPanel:
                 return
             self._control = control
             self.error = None
-            self.report = None
+            self.report = self.summary = None
             self.state = "running"
             self._set_buttons(running=True)
             self._set_status("starting…")
@@ -368,7 +371,7 @@ class RunPanel:
             self.state, message = "failed", f"failed: {exc}"
         else:
             self._results.set_final(outcome.frame)
-            s = outcome.summary
+            s = self.summary = outcome.summary
             self.state = "finished"
             message = f"finished: {s.solved} solved, {s.failed} failed, spend ${s.spend_usd:.4f}"
         try:
