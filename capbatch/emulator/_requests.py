@@ -78,7 +78,9 @@ def check_new_task(
     task_type = task.get("type")
     if not isinstance(task_type, str) or not task_type:
         return Refused("no_type", "task.type is missing")
-    typed = dialect.name == "capsolver" and task_type in CAPSOLVER_TYPES
+    # CapSolver's other types, and its ImageToTextTask with ``images`` (number module).
+    several = task_type == "ImageToTextTask" and not task.get("body") and "images" in task
+    typed = dialect.name == "capsolver" and (task_type in CAPSOLVER_TYPES or several)
     if task_type not in SUPPORTED_TASK_TYPES and not typed:
         return Refused("unsupported", f"Task type {task_type[:64]} is not supported")
 

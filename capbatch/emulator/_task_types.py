@@ -11,6 +11,7 @@ grid) makes the task unsolvable, like an image the oracle has no label for.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -24,8 +25,8 @@ CAPSOLVER_TYPES: Final = frozenset(
 )
 #: The image fields, in the order the oracle key lists their images.
 IMAGE_FIELDS: Final = ("body", "image", "images", "imageBackground")
-#: Most images in one AwsWafClassification task (a 3x3 grid).
-MAX_AWS_IMAGES: Final = 9
+#: Most images in one task: an AwsWafClassification grid, ImageToTextTask (number).
+MAX_IMAGES: Final = 9
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,12 @@ def check_typed_task(
     task_type: str, task: Mapping[str, Any], decode: Decode
 ) -> TypedTask | Refusal:
     """The images, question and solution shape of a task, or why it is refused."""
-    if task_type == "AwsWafClassification":
+    if task_type in {"AwsWafClassification", "ImageToTextTask"}:  # a list of images
         listed = task.get("images")
         if not isinstance(listed, list) or not listed:
             return ("no_body", "task.images is missing")
-        if len(listed) > MAX_AWS_IMAGES:
-            return ("bad_field", f"task.images holds more than {MAX_AWS_IMAGES} images")
+        if len(listed) > MAX_IMAGES:
+            return ("bad_field", f"task.images holds more than {MAX_IMAGES} images")
         encoded: list[tuple[object, str]] = [(v, f"task.images[{i}]") for i, v in enumerate(listed)]
     else:
         wanted = ["image", "imageBackground"] if task_type == "VisionEngine" else ["image"]
@@ -68,14 +69,18 @@ def check_typed_task(
     question = task.get("question")
     if question is not None and not isinstance(question, str):
         return ("bad_field", "task.question must be a string")
-    if task_type != "VisionEngine" and not question:
+    if task_type in NEEDS_QUESTION and not question:
         return ("bad_field", "task.question is missing")
     module = task.get("module")
+    if task_type == "ImageToTextTask" and module != "number":
+        return ("bad_field", "task.images is only for the number module")
     if task_type == "VisionEngine" and (not isinstance(module, str) or module not in MODULES):
         return ("bad_field", "task.module is missing or not a VisionEngine module")
     return TypedTask(images, question or None, _shape(task_type, question, module))
 
 
+#: Types whose tasks must carry a question.
+NEEDS_QUESTION: Final = frozenset({"ReCaptchaV2Classification", "AwsWafClassification"})
 #: VisionEngine modules (docs/task-types.md) and the solution each answers with.
 MODULES: Final[Mapping[str, str]] = {
     "slider_1": "distance",
@@ -87,6 +92,8 @@ MODULES: Final[Mapping[str, str]] = {
 
 
 def _shape(task_type: str, question: str | None, module: object) -> str:
+    if task_type == "ImageToTextTask":
+        return "answers"  # the number module: one answer per image
     if task_type == "ReCaptchaV2Classification":
         return "recaptcha"
     if task_type == "AwsWafClassification":
@@ -101,6 +108,13 @@ def solution_of(shape: str, label: str) -> dict[str, Any] | None:
     as one (the task is then unsolvable)."""
     if shape == "text":
         return {"text": label}
+    if shape == "answers":  # the label is the answer as capbatch writes it: a JSON list
+        try:
+            answers = json.loads(label)
+        except ValueError:
+            return None
+        ok = isinstance(answers, list) and all(isinstance(a, str) for a in answers)
+        return {"answers": answers} if ok else None
     text = label.strip()
     if shape == "recaptcha" and text.lower() in {"true", "false"}:
         return {"type": "single", "hasObject": text.lower() == "true", "size": 1}
@@ -138,6 +152,9 @@ def corrupt_label(shape: str, label: str, position_roll: float, char_roll: float
     solution = solution_of(shape, label)
     if shape == "text" or solution is None:
         return corrupt(label, position_roll, char_roll)
+    if "answers" in solution:
+        first, *rest = solution["answers"] or [""]
+        return json.dumps([corrupt(first, position_roll, char_roll), *rest])
     if "hasObject" in solution:
         return "false" if solution["hasObject"] else "true"
     if "objects" in solution:

@@ -78,6 +78,7 @@ def labelled(tmp_path: Path) -> Path:
             oracle_key([GRID], "aws:toycarcity:carcity"): "116.7,164.1",
             oracle_key([PIECE, BACK], None): "123",
             oracle_key([GRID], None): "abc12",  # one image, no question: its sha256
+            oracle_key(TILES[:2], None): '["12","7"]',  # ImageToTextTask, number module
         },
     )
 
@@ -132,6 +133,10 @@ def labelled(tmp_path: Path) -> Path:
             {"angle": 123},
         ),
         ({"type": "ImageToTextTask", "body": b64(GRID)}, {"text": "abc12"}),
+        (
+            {"type": "ImageToTextTask", "module": "number", "images": [b64(t) for t in TILES[:2]]},
+            {"answers": ["12", "7"]},
+        ),
     ],
 )
 def test_each_type_answers_in_its_shape_from_labels_keyed_by_the_whole_task(
@@ -178,6 +183,7 @@ def test_each_type_answers_in_its_shape_from_labels_keyed_by_the_whole_task(
             "ERROR_INVALID_IMAGE",
         ),
         ({"type": "HCaptchaClassificationX", "body": b64(GRID)}, "ERROR_TASK_NOT_SUPPORTED"),
+        ({"type": "ImageToTextTask", "images": [b64(GRID)]}, "ERROR_INVALID_TASK_DATA"),
     ],
 )
 def test_missing_or_wrong_fields_are_refused_as_capsolver_refuses_them(
@@ -331,3 +337,24 @@ def test_the_dry_run_counts_whole_tasks(tmp_path: Path, emulator: Start) -> None
     assert done.returncode == 0, done.output
     assert "12 rows, 12 unique" in done.stdout, done.stdout
     assert server.stats()["create_calls"] == 0
+
+
+def test_image_to_text_number_takes_a_list_column_into_images(
+    tmp_path: Path, emulator: Start
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    digits = [[b64(t) for t in TILES[:2]], [b64(t) for t in TILES[2:5]]]
+    labels = {
+        oracle_key(TILES[:2], None): '["12","7"]',
+        oracle_key(TILES[2:5], None): '["1","2","3"]',
+    }
+    table = tmp_path / "digits.parquet"
+    pq.write_table(pa.table({"image": [b64(GRID)] * 2, "digits": digits}), table)
+    server = server_with(emulator, labels_file(tmp_path / "labels.csv", labels))
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--field", "images=digits", "--task-param", "module=number")
+    done = run_cli(*args)
+    assert done.returncode == 0, done.output
+    assert list(pd.read_parquet(out)["answer"]) == ['["12","7"]', '["1","2","3"]']
