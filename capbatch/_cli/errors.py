@@ -98,10 +98,14 @@ def _error_lines(error: BaseException, *, journal: bool) -> list[str]:
     """The line (two for a fatal run) that says what stopped a command."""
     status = exit_status(error)
     if isinstance(error, RunInterrupted):
-        from capbatch._run.summary import RunSummary  # loaded by the run that raised this
+        from capbatch._run.summary import RunSummary, counted  # loaded by the run
 
         summary = error.summary
-        pending = f"{summary.pending} rows pending; " if isinstance(summary, RunSummary) else ""
+        pending = (
+            f"{counted(summary.pending, 'row')} pending; "
+            if isinstance(summary, RunSummary)
+            else ""
+        )
         return [f"capbatch: {error}; {pending}{_RESUME}"]
     if status in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         what = "interrupted" if status == EXIT_INTERRUPTED else "terminated"

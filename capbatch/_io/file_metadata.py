@@ -134,17 +134,25 @@ def read_sidecar(output: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def publish_with_sidecar(temporary: Path, output: Path, entries: Mapping[str, str] | None) -> None:
+def publish_with_sidecar(
+    temporary: Path,
+    output: Path,
+    entries: Mapping[str, str] | None,
+    index: list[list[str | None]] | None = None,
+) -> None:
     """Rename the finished CSV ``temporary`` to ``output``, its metadata object (of
-    ``entries``) in the sidecar beside it. A sidecar of an earlier run is removed first:
-    a crash in between leaves results without metadata, never with another run's."""
+    ``entries``) in the sidecar beside it; with ``index`` (a DataFrame input's index
+    levels, ``frame_index.index_levels``) under ``index``, for ``read_results`` to set it
+    back. A sidecar of an earlier run is removed first: a crash in between leaves results
+    without metadata, never with another run's."""
     sidecar = sidecar_path(output)
     # Named as ``outputs.temp_pattern`` expects: a later run removes it if this one dies.
     staged = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
     try:
         if entries:
+            info = to_object(entries) | ({"index": index} if index else {})
             with open(staged, "w", encoding="utf-8") as fh:
-                json.dump(to_object(entries), fh, indent=2, sort_keys=True, default=str)
+                json.dump(info, fh, indent=2, sort_keys=True, default=str)
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -158,8 +166,9 @@ def publish_with_sidecar(temporary: Path, output: Path, entries: Mapping[str, st
 
 
 def replace_parquet_footer(path: Path, schema: pa.Schema, entries: Mapping[str, str]) -> None:
-    """Give the closed Parquet file ``path`` a footer whose Arrow schema is ``schema``
-    and whose key-value metadata is ``entries``, keeping every row group as written.
+    """Give the closed Parquet file ``path`` (written with the Arrow schema ``schema``) a
+    footer whose key-value metadata is ``entries`` and whose schema's metadata adds their
+    typed object (``schema_metadata``), keeping every row group as written.
 
     A Parquet file is ``PAR1``, the row groups, the footer (its ``FileMetaData``), the
     footer's length (4 bytes, little-endian) and ``PAR1`` again; the footer points at the
@@ -173,6 +182,9 @@ def replace_parquet_footer(path: Path, schema: pa.Schema, entries: Mapping[str, 
     end as a Parquet file.
     """
     written = pq.read_metadata(path)
+    schema = schema.with_metadata(
+        {**(schema.metadata or {}), **schema_metadata(to_object(entries))}
+    )
     empty = pa.BufferOutputStream()
     with pq.ParquetWriter(empty, schema) as writer:
         if entries:

@@ -11,7 +11,9 @@
 * ``result_schema`` (here) is the output schema with that description kept: in memory,
   ``to_pandas()`` rebuilds the index, and a Parquet output holds it as a file written by
   ``DataFrame.to_parquet`` does, so ``pd.read_parquet`` and ``read_results`` rebuild it.
-  A CSV output has the index levels as ordinary columns (as text, like every CSV column).
+  A CSV output has the index levels as columns (as text, like every CSV column), named
+  in its metadata sidecar (``index_levels``), so ``read_results`` sets them back as the
+  index (``with_index``).
 
 Only a DataFrame or Arrow input has this description: the Parquet reader leaves out a
 file's own (its ``__index_level_N__`` columns are dropped, not read as data).
@@ -20,27 +22,59 @@ file's own (its ``__index_level_N__`` columns are dropped, not read as data).
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
 from capbatch._io.record import output_schema
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 PANDAS_KEY: Final = b"pandas"
+
+
+def _description(schema: pa.Schema) -> dict[str, Any] | None:
+    raw = (schema.metadata or {}).get(PANDAS_KEY)
+    try:
+        description = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None  # not pandas' own: nothing to carry
+    return description if isinstance(description, dict) else None
+
+
+def index_levels(schema: pa.Schema) -> list[list[str | None]]:
+    """``[column, index name]`` for each index level the schema holds in a column (none
+    for the default index or a ``RangeIndex``, kept as a description only)."""
+    description = _description(schema) or {}
+    names = {c.get("field_name"): c.get("name") for c in description.get("columns", [])}
+    levels = description.get("index_columns", [])
+    return [[c, names.get(c)] for c in levels if isinstance(c, str) and c in schema.names]
+
+
+def with_index(frame: pd.DataFrame, levels: Any) -> pd.DataFrame:
+    """``frame`` with the columns ``levels`` names (``index_levels``) as its index, named
+    as they were; ``frame`` unchanged if any is missing or ``levels`` is not a list."""
+    if not isinstance(levels, list) or not levels:
+        return frame
+    try:
+        columns = [str(column) for column, _ in levels]
+        names = [None if name is None else str(name) for _, name in levels]
+    except (TypeError, ValueError):
+        return frame  # a damaged sidecar: the results as they are
+    if not set(columns) <= set(frame.columns):
+        return frame
+    frame = frame.set_index(columns)
+    frame.index.names = names
+    return frame
 
 
 def result_schema(input_schema: pa.Schema) -> pa.Schema:
     """``output_schema(input_schema)`` with the input's ``pandas`` metadata kept, its
     column names following the renames (an input column named like a result column)."""
     out = output_schema(input_schema)
-    raw = (input_schema.metadata or {}).get(PANDAS_KEY)
-    if raw is None:
-        return out
-    try:
-        description = json.loads(raw)
-    except ValueError:
-        return out  # not pandas' own: nothing to carry
-    if not isinstance(description, dict):
+    description = _description(input_schema)
+    if description is None:
         return out
     renamed = {
         old: new for old, new in zip(input_schema.names, out.names, strict=False) if old != new

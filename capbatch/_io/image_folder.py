@@ -112,6 +112,6 @@ def _label_columns(path: Path, names: list[str], ids: list[str]) -> dict[str, li
                 f"{path} line {line}: {value!r} has a row already (line {seen[row_index]})"
             )
         seen[row_index] = line
-        for column in out:
-            out[column][row_index] = row.get(column) or None
+        for column, values in out.items():
+            values[row_index] = row.get(column) or None
     return out

@@ -48,13 +48,15 @@ ID_COLUMN_NAMES: Final = ("id", "row_id", "uuid", "key")
 _FORMATS: Final = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
 _FORMATS.update({".ndjson": "jsonl", ".json": "jsonl"})  # .json must hold JSON Lines
 
+
 class TableSource:
     """A re-iterable stream of record batches from a file or an in-memory table.
 
     ``path`` is None in memory; relative image paths resolve against ``base_dir`` (the
     table's folder, a folder input's parent, else the working directory); ``format`` is
-    parquet, csv, jsonl, folder, dataframe or arrow; ``num_rows`` is None for CSV until ``count_rows()``;
-    ``delimiter`` is the CSV field separator found (None for other formats).
+    parquet, csv, jsonl, folder, dataframe or arrow; ``num_rows`` is None for CSV until
+    ``count_rows()``; ``delimiter`` is the CSV field separator found (None for other
+    formats).
 
     Construction reads metadata, the first batch if the image column must be found by
     content, and (JSON Lines only) the whole file once to fix column types. It raises
@@ -197,5 +199,3 @@ def _check_file(path: Path) -> tuple[str, bool]:
     if size == 0:
         raise TableError(f"input file is empty (0 bytes): {path}")
     return fmt, gz
-
-

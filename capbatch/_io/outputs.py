@@ -47,12 +47,10 @@ from capbatch._io.file_metadata import (
     publish_with_sidecar,
     read_sidecar,
     replace_parquet_footer,
-    schema_metadata,
     sidecar_path,
     to_entries,
-    to_object,
 )
-from capbatch._io.frame_index import result_schema
+from capbatch._io.frame_index import index_levels, result_schema, with_index
 from capbatch._io.record import RowResult, results_to_arrays
 
 if TYPE_CHECKING:
@@ -322,7 +320,8 @@ class ResultWriter:
                     os.fsync(fh.fileno())
                 doing = "moving it into place"
                 if self.format == "csv":
-                    publish_with_sidecar(self._tmp, self.path, metadata)
+                    levels = index_levels(self.schema)
+                    publish_with_sidecar(self._tmp, self.path, metadata, levels)
                 else:
                     os.replace(self._tmp, self.path)
             except OSError as exc:
@@ -334,10 +333,8 @@ class ResultWriter:
         return self.path
 
     def _write_parquet_metadata(self, metadata: Mapping[str, str]) -> None:
-        info = schema_metadata(to_object(metadata))
-        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **info})
         try:
-            replace_parquet_footer(self._tmp, schema, metadata)
+            replace_parquet_footer(self._tmp, self.schema, metadata)
         except (pa.ArrowException, ValueError) as exc:
             why = " ".join(str(exc).split())[:200]
             raise self._fail(
@@ -402,7 +399,8 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     provider's text (an answer written ``'=x`` reads ``=x``, as it was answered), and
     every input column is text, as ``capbatch run`` reads a CSV input (a label ``0042``
     stays ``"0042"``). An empty quoted field reads as ``""``, an empty unquoted one as
-    missing. The one reader of results: the API and the reports both use it.
+    missing. A DataFrame input's index is the frame's index again (``frame_index``).
+    The run metadata is in ``attrs["capbatch"]``. The API and the reports both use it.
     """
     p = Path(path)
     if _format_for(p, None) == "parquet":
@@ -410,8 +408,8 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
         frame = table.to_pandas()
         info = parquet_object(table.schema, p)
     else:
-        frame = read_results_csv(p).to_pandas()
         info = read_sidecar(p)
+        frame = with_index(read_results_csv(p).to_pandas(), info.pop("index", None))
     if info:
         frame.attrs["capbatch"] = info
     return frame

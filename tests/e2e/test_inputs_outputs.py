@@ -27,6 +27,10 @@ def test_a_dataframe_keeps_its_index(tmp_path: Path) -> None:
     again = capbatch.run(multi, provider="local", quiet=True, output=out)
     assert again.index.equals(multi.index) and list(again.index.names) == ["style", "id"]
     assert pd.read_parquet(out).index.equals(multi.index)  # as DataFrame.to_parquet keeps it
+    # A CSV output holds the levels as columns, and the returned frame has them as index.
+    csv = capbatch.run(frame, provider="local", quiet=True, output=tmp_path / "named.csv")
+    assert csv.index.equals(frame.index) and csv.index.name == "id"
+    assert pd.read_csv(tmp_path / "named.csv", dtype=str)["id"].tolist() == list(frame.index)
 
 
 def test_run_metadata_where_pandas_and_pyarrow_look(tmp_path: Path) -> None:

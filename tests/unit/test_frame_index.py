@@ -72,14 +72,43 @@ def test_parquet_output_keeps_the_index_as_pandas_does(tmp_path: Path, name: str
     assert read_results(out).attrs["capbatch"] == {"provider": "local"}
 
 
-def test_csv_output_holds_the_index_levels_as_columns(tmp_path: Path) -> None:
-    source = TableSource(FRAMES["named"], batch_rows=2)
+@pytest.mark.parametrize("name", ["named", "unnamed", "multi"])
+def test_csv_output_has_the_index_levels_as_columns_named_in_its_sidecar(
+    tmp_path: Path, name: str
+) -> None:
+    frame = FRAMES[name]
+    source = TableSource(frame, batch_rows=2)
     with ResultWriter(tmp_path / "out.csv", source.schema) as writer:
         for batch, results in results_of(source):
             writer.write(batch, results)
-        out = writer.finish()
-    back = read_results(out)
-    assert back["id"].tolist() == ["a", "b", "c"]
+        out = writer.finish({"capbatch.provider": "local"})
+    levels = [
+        list(pair)
+        for pair in zip(source.schema.names[-frame.index.nlevels :], frame.index.names, strict=True)
+    ]
+    sidecar = json.loads((tmp_path / "out.csv.meta.json").read_text())
+    assert sidecar == {"provider": "local", "index": levels}
+    assert pd.read_csv(out, dtype=str).columns.tolist()[: len(source.schema)] == (
+        source.schema.names
+    )
+    back = read_results(out)  # the index is set back, as text like every CSV input column
+    assert back.index.names == frame.index.names
+    assert back.index.equals(
+        frame.index.map(lambda v: tuple(map(str, v)) if isinstance(v, tuple) else str(v))
+    )
+    assert list(back.columns) == [*frame.columns, *RESULT_COLUMNS]
+    assert back.attrs["capbatch"] == {"provider": "local"}
+
+
+def test_a_damaged_index_in_the_sidecar_leaves_the_columns(tmp_path: Path) -> None:
+    source = TableSource(FRAMES["named"])
+    with ResultWriter(tmp_path / "out.csv", source.schema) as writer:
+        for batch, results in results_of(source):
+            writer.write(batch, results)
+        out = writer.finish({"capbatch.provider": "local"})
+    for damaged in ([["nope", "id"]], "id", [[1]]):
+        (tmp_path / "out.csv.meta.json").write_text(json.dumps({"index": damaged}))
+        assert read_results(out)["id"].tolist() == ["a", "b", "c"]
 
 
 def test_default_index_adds_no_column() -> None:
