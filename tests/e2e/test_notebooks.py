@@ -58,6 +58,7 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs() -> None:
         "01_quickstart.ipynb",
         "02_accuracy_report.ipynb",
         "03_run_panel.ipynb",
+        "04_task_types.ipynb",
     ]
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -101,6 +102,32 @@ def test_run_panel_notebook_runs_and_keeps_the_key_out_of_the_file(tmp_path: Pat
     assert any(WIDGET_VIEW in o.get("data", {}) for o in panel_cell.outputs)
     status = next(c for c in nb.cells if "panel.wait(" in c.source)
     assert "finished: 240 solved" in outputs_text(status)
+
+
+def test_task_types_notebook_scores_grids_and_sliders(tmp_path: Path) -> None:
+    """Grids and sliders through the emulator with each type's default fields, their
+    per-type reports, and the local solver's slider answers and one-line grid refusal."""
+    pytest.importorskip("ddddocr")
+    nb = nbformat.read(NOTEBOOKS / "04_task_types.ipynb", as_version=4)
+    # The emulator corrupts 10 % of answers in arrival order, so which rows are wrong
+    # may vary: the probe checks shares, not rows.
+    probe = nbformat.v4.new_code_cell(
+        "print(grid_results.status.eq('solved').all(), slider_results.status.eq('solved').all())\n"
+        "print((grid_results.answer == grid_results.label).mean() >= 0.7)\n"
+        "print(grid_results.solution.str.contains('\"objects\":').all())\n"
+        "print(grid_report.summary.set_f1.iloc[0] > 0.8)\n"
+        "print(slider_report.summary.distance_hit_rate.iloc[0] >= 0.7)\n"
+        "print(comparison.summary.loc['local', 'distance_hit_rate'] > 0.3)"
+    )
+    nb.cells.append(probe)
+    execute(nb, tmp_path)
+    assert outputs_text(probe).split() == ["True"] * 7, outputs_text(probe)
+    text = {c.id: outputs_text(c) for c in nb.cells if c.cell_type == "code" and "id" in c}
+    assert "set_f1" in text["04_task_types-07"]
+    assert "distance_hit_rate" in text["04_task_types-08"]
+    refusal = text["04_task_types-11"].strip().splitlines()
+    assert len(refusal) == 1 and refusal[0].startswith("local solver: "), refusal
+    assert "grids.report.html" in text["04_task_types-13"]
 
 
 def progress_notebook(*, without_ipywidgets: bool) -> nbformat.NotebookNode:

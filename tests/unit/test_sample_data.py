@@ -195,3 +195,9 @@ def test_oracle_key_contract() -> None:
     assert script.oracle_key([b"png"]) == _sha(b"png")
     assert script.oracle_key([b"png"], "/m/0k4j") == _sha(f"{_sha(b'png')}|/m/0k4j".encode())
     assert script.oracle_key([b"a", b"b"]) == _sha(f"{_sha(b'a')},{_sha(b'b')}|".encode())
+    # The generator keeps its own copy (a script, no private imports); the emulator's
+    # oracle must key every task the same way.
+    from capbatch.emulator._solvers import oracle_key
+
+    for images, question in [([b"png"], None), ([b"png"], "/m/0k4j"), ([b"a", b"b"], None)]:
+        assert script.oracle_key(images, question) == oracle_key(images, question)
