@@ -219,8 +219,16 @@ def compare(
     stems. Other arguments are as for ``report`` (a table without the default ``"label"``
     column is compared without labels: agreement, latency, cost and failures).
     """
-    judge = dict(tolerance=tolerance, iou_threshold=iou_threshold)
     reports = [
-        make_report(r, label, by, case_sensitive, base_dir=base_dir, **judge) for r in results
+        make_report(
+            r,
+            label,
+            by,
+            case_sensitive,
+            base_dir=base_dir,
+            tolerance=tolerance,
+            iou_threshold=iou_threshold,
+        )
+        for r in results
     ]
     return Comparison(reports, names, id_column)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 TEMPLATES = Path(__file__).with_name("templates")
 DISAGREEMENT_LIMIT = 200
+NO_COST = "No cost recorded: a local run, or a provider that reported none."
 NEEDS_LABELS = (
     "Accuracy needs labels: this table has no label column. Add one (the true answers) "
     "and name it with --label-column (label= in Python) to measure accuracy."
@@ -111,6 +112,7 @@ class Group(NamedTuple):
 class Cost(NamedTuple):
     table: Table | None  # several runs: a table; one run: cards
     cards: list[tuple[str, str]]
+    note: str = ""  # said above the cards ("" for nothing)
 
 
 def table(frame: pd.DataFrame, *, index: bool = True, numeric: Iterable[str] = ()) -> Table:
@@ -229,9 +231,9 @@ def _cost(summary: pd.DataFrame, run: Mapping[str, Any], has_labels: bool = True
     if not row["cost_usd"] > 0:
         rps = row["throughput_rps"]
         per_row = "—" if missing(rps) or rps <= 0 else fmt("latency_ms", 1000 / rps)
-        items = [("cost", "none recorded"), (LABELS["throughput_rps"], fmt("throughput_rps", rps)),
+        items = [(LABELS["throughput_rps"], fmt("throughput_rps", rps)),
                  ("time per row (run time / rows sent)", per_row)]  # fmt: skip
-        return Cost(None, cards(items))
+        return Cost(None, cards(items), NO_COST)
     items = [(LABELS[c], fmt(c, cost[c].iloc[0])) for c in cost.columns]
     before, after = run.get("balance_before"), run.get("balance_after")
     if isinstance(before, (int, float)) and isinstance(after, (int, float)):

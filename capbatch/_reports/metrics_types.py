@@ -290,7 +290,8 @@ def score_typed(
             out[f"{kind}_error"][i] = error(kind, answer, truth)
             out["typed_hit"][i] = out[f"{kind}_error"][i] <= scoring.tolerance
     out["typed_hit"] &= ~out["label_unreadable"]
-    return pd.DataFrame(out, index=answers.index)
+    table: pd.DataFrame = pd.DataFrame(out, index=answers.index)
+    return table
 
 
 def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:

@@ -60,7 +60,7 @@ def results(tmp_path: Path, name: str, answers: list[str | None]) -> Path:
 
 
 def test_report_prints_a_summary_and_writes_the_page(tmp_path: Path) -> None:
-    path = results(tmp_path, "run.results.csv", ["k7mq", "0042", "PQR5", None])
+    path = results(tmp_path, "run.results.csv", ["K7MQ", "0042", "PQR5", None])
     done = capbatch("report", path, "--by", "style", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     page = tmp_path / "run.report.html"
@@ -69,10 +69,24 @@ def test_report_prints_a_summary_and_writes_the_page(tmp_path: Path) -> None:
     assert any(line.split()[:1] == ["accuracy"] and line.endswith("50.0 %") for line in lines)
     assert "by style:" in done.stdout
     assert "ERROR_CAPTCHA_UNSOLVABLE 1" in done.stdout
-    # 0.003 USD spent on labelled rows, 2 correct answers (k7mq, 0042; PQR5 is wrong).
+    # 0.003 USD spent on labelled rows, 2 correct answers (K7MQ, 0042; PQR5 is wrong).
     assert any(line.startswith("cost per correct answer") and line.endswith("$0.0015")
                for line in lines)  # fmt: skip
-    assert "<table" in page.read_text(encoding="utf-8")
+    html = page.read_text(encoding="utf-8")
+    assert "<table" in html
+    # Case-insensitive matching: exact accuracy beside it, not the same number twice.
+    cards = cards_of(html)
+    assert cards["accuracy (case-insensitive)"] == "50.0 %"  # K7MQ and 0042
+    assert cards["exact accuracy (case-sensitive)"] == "25.0 %"  # 0042 only
+    assert "case-insensitive accuracy" not in cards
+
+
+def cards_of(page: str) -> dict[str, str]:
+    """The headline and cost cards of a page: name -> value."""
+    found = re.findall(
+        r'<div class="card"><div class="value">([^<]*)</div><div class="name">([^<]*)</div>', page
+    )
+    return {name: value for value, name in found}
 
 
 def test_report_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -240,3 +254,9 @@ def test_local_run_then_report(tmp_path: Path) -> None:
     assert data["html"] == "out/page.html"
     page = (tmp_path / "out" / "page.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= 6 - exact  # wrong answers' images shown
+    cards = cards_of(page)  # the local solver costs nothing: no cards of zeros
+    assert not any(name.startswith("cost") for name in cards)
+    solved = int(answers["status"].eq("solved").sum())
+    assert cards["rows solved (no cost recorded)"] == f"{solved} of 6"
+    assert "case-insensitive accuracy" in cards and "exact accuracy (case-sensitive)" not in cards
+    assert "cost: none recorded" in capbatch("report", "six.results.parquet", cwd=tmp_path).stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def template_context(full: bool) -> dict[str, object]:
         "headline": [(XSS, XSS)],
         "summary": grid,
         "pairs": grid,
-        "cost": Cost(maybe, [(XSS, XSS)]),
+        "cost": Cost(maybe, [(XSS, XSS)], XSS if full else ""),
         "groups": [Group(XSS, XSS if full else None, grid)],
         "errors": maybe,
         "confusions": maybe,
@@ -380,3 +381,125 @@ def test_importing_the_module_does_not_import_jinja2() -> None:
 
     code = "import sys, capbatch._reports.html; assert 'jinja2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- what the page shows per answer type, without labels, on free runs ----------------------
+
+
+def cards_of(page: str) -> dict[str, str]:
+    """The headline cards of a page: name -> value."""
+    found = re.findall(
+        r'<div class="card"><div class="value">([^<]*)</div><div class="name">([^<]*)</div>', page
+    )
+    return {name: value for value, name in found}
+
+
+def test_headline_shows_exact_accuracy_beside_the_case_insensitive_one() -> None:
+    frame = pd.DataFrame(
+        {
+            "label": ["Ab", "cd", "ef", "gh"],
+            "answer": ["ab", "cd", "EF", "xx"],
+            "status": "solved",
+            "cost_usd": 0.001,
+        }
+    )
+    first = cards_of(capbatch.report(frame).to_html())
+    assert first["accuracy (case-insensitive)"] == "75.0 %"  # ab, cd, EF
+    assert first["exact accuracy (case-sensitive)"] == "25.0 %"  # cd
+    assert "case-insensitive accuracy" not in first  # never the same number twice
+    strict = cards_of(capbatch.report(frame, case_sensitive=True).to_html())
+    assert strict["accuracy (case-sensitive)"] == "25.0 %"
+    assert strict["case-insensitive accuracy"] == "75.0 %"
+    assert "exact accuracy (case-sensitive)" not in strict
+    assert strict["cost per 1,000 rows"] == "$1.00"
+
+
+def test_a_run_that_cost_nothing_shows_time_instead_of_zero_cost_cards() -> None:
+    frame = pd.DataFrame(
+        {
+            "label": ["ab", "cd", "ef", "gh"],
+            "answer": ["ab", "cd", None, "gh"],
+            "status": ["solved", "solved", "failed", "solved"],
+            "cost_usd": 0.0,
+            "latency_ms": [100.0, 200.0, 300.0, 400.0],
+            "submitted_at": pd.Timestamp("2026-01-01T00:00:00Z"),
+            "finished_at": pd.Timestamp("2026-01-01T00:00:02Z"),
+        }
+    )
+    page = capbatch.report(frame).to_html()
+    cards = cards_of(page)
+    assert not any(name.startswith("cost") for name in cards)
+    assert cards["rows solved (no cost recorded)"] == "3 of 4"
+    assert cards["latency p99"] == "397 ms"  # 300 + 0.97 x 100
+    # The cost section: 4 rows sent over 2 s, 0.5 s a row.
+    assert cards["throughput"] == "2.0 rows/s"
+    assert cards["time per row (run time / rows sent)"] == "500 ms"
+    assert "No cost recorded" in "".join(parse(page).text)
+
+
+def test_page_without_labels_says_accuracy_needs_them() -> None:
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "image_b64": [base64.b64encode(png(i)).decode() for i in (1, 2)],
+            "answer": ["k7mq", None],
+            "status": ["solved", "failed"],
+            "error_code": [None, "ERROR_ZERO_BALANCE"],
+            "cost_usd": [0.001, 0.0],
+        }
+    )
+    rep = capbatch.report(frame)
+    page = rep.to_html()
+    text = "".join(parse(page).text)
+    assert "Accuracy needs labels" in text and "Failed rows" in text
+    assert "ERROR_ZERO_BALANCE" in text
+    cards = cards_of(page)
+    assert cards["failed rows"] == "1" and cards["solved rate"] == "50.0 %"
+    assert not any("accuracy" in name for name in cards)
+    assert base64.b64encode(png(2)).decode() in page  # the failed row's image, as is
+    assert base64.b64encode(png(1)).decode() not in page
+    assert rep.to_dict()["label_column"] is None
+    assert "Accuracy needs labels" in rep._repr_html_()
+
+
+def test_compare_without_labels_and_with_drawn_answers(tmp_path: Path) -> None:
+    Image.new("RGB", (90, 90), (240, 240, 240)).save(tmp_path / "g.png")
+    base = {"id": ["a", "b"], "image_path": ["g.png", "g.png"], "status": "solved"}
+    one = pd.DataFrame({**base, "answer": ["0", "4"], "solution": ['{"objects": [0]}'] * 2})
+    two = pd.DataFrame({**base, "answer": ["0", "8"], "solution": ['{"objects": [0]}'] * 2})
+    c = capbatch.compare(one, two, names=["one", "two"], base_dir=tmp_path)
+    assert not c.has_labels and c.kinds == ["objects"]
+    assert "accuracy" not in c.columns() and "solved_rate" in c.columns()
+    page = c.to_html()
+    assert "Accuracy needs labels" in "".join(parse(page).text)
+    table = page[page.index("Rows where the runs disagree") :]
+    drawn = [
+        Image.open(io.BytesIO(base64.b64decode(u))).convert("RGB")
+        for u in re.findall(r'src="data:image/png;base64,([^"]+)"', table)
+    ]
+    # Row b, each run's answer on the image: tile 4 (centre) for one, tile 8 for two,
+    # outlined in red (chosen; no label to say it is right).
+    assert len(drawn) == 2
+    assert drawn[0].getpixel((32, 45)) == (215, 48, 39) and drawn[0].getpixel((62, 75)) != (
+        215, 48, 39)  # fmt: skip
+    assert drawn[1].getpixel((62, 75)) == (215, 48, 39)
+
+
+def test_typed_sections_on_the_page() -> None:
+    frame = pd.DataFrame(
+        {
+            "label": ["[0,0,10,10]", "[0,0,10,10]", "90"],
+            "answer": ["0,0,10,5", "20,20,30,30", "100"],
+            "status": "solved",
+            "solution": ['{"box": [0, 0, 10, 5]}', '{"box": [20, 20, 30, 30]}', '{"angle": 100}'],
+        }
+    )
+    rep = capbatch.report(frame, iou_threshold=0.4, tolerance=10)
+    page = rep.to_html()
+    text = "".join(parse(page).text)
+    assert "Boxes" in text and "Angles (rotations)" in text
+    assert "IoU at least 0.4 (--iou-threshold)" in text
+    assert "at most 10 ° (--tolerance)" in text or "at most 10 °" in text
+    assert rep.metrics()["box_hit_rate"] == pytest.approx(1 / 2)  # IoU 0.5 and 0
+    assert rep.metrics()["angle_hit_rate"] == 1.0
+    assert "character error rate" not in text  # no text answers: no CER
