@@ -123,10 +123,13 @@ def looks_like_image_value(value: object) -> bool:
     """A cheap guess, without I/O, that a cell holds an image (for column detection).
 
     True for bytes with an image signature, data URIs, base64 whose first bytes carry an
-    image signature, and strings ending in an image file extension.
+    image signature, strings ending in an image file extension, and lists whose first
+    item is one of these.
     """
     if isinstance(value, (bytes, bytearray, memoryview)):
         return image_format(value) is not None
+    if isinstance(value, list) and value:  # a list column: several images a row
+        return looks_like_image_value(value[0])
     if not isinstance(value, str):
         return False
     text = value.strip()

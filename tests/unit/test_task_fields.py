@@ -178,6 +178,9 @@ def test_a_parquet_list_column_fills_images_and_a_single_image_becomes_a_list() 
     )
     result = plan(table, "AwsWafClassification", image_column="tiles")
     assert result.tasks[0].images["images"] == tuple(tiles)
+    # A list column is found as the image column when it comes first, like any other.
+    found = plan(table.select(["tiles", "question"]), "AwsWafClassification", image_column=None)
+    assert found.tasks[0].images["images"] == tuple(tiles)
     assert result.tasks[1].images["images"] == (tiles[0],)
     single = plan(table, "AwsWafClassification", image_column="single")
     assert task_body("AwsWafClassification", {}, single.tasks[0])["images"] == [b64(tiles[1])]
