@@ -175,12 +175,18 @@ def _run_line(report: Report) -> list[str]:
         "params": settings.get("task_params") or None,
         "label column": report.label or "none (accuracy needs labels)",
         "matching": "case-sensitive" if report.case_sensitive else "case-insensitive",
-        "tolerance": f"{report.scoring.tolerance:g} (px, degrees)" if numeric else None,
+        "tolerance": tolerance(report.scoring.tolerance, numeric) if numeric else None,
         "IoU threshold": f"{report.scoring.iou_threshold:g}" if "box" in report.kinds else None,
     }
     if "text" not in report.kinds or not report.has_labels:
         del parts["matching"]
     return [f"{shown(k)}: {shown(v)}" for k, v in parts.items() if not missing(v)]
+
+
+def tolerance(value: float, kinds: set[str]) -> str:
+    """The tolerance with the units of the kinds it applies to ("5 px", "5°")."""
+    units = sorted({"°" if k == "angle" else " px" for k in kinds}, reverse=True)
+    return " or ".join(f"{value:g}{u}" for u in units)
 
 
 def accuracy_columns(view: Report | Comparison) -> list[str]:

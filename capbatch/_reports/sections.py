@@ -57,6 +57,11 @@ def accuracy_cards(
     """Accuracy, and beside it what differs from it: for text, the other case rule (the
     exact accuracy under case-insensitive matching, and the other way round) and CER;
     for other kinds, their key metrics."""
+    if "text" not in kinds and len(kinds) == 1:
+        # One kind: accuracy is its rate, named as such rather than shown twice.
+        rate, *others = KEY_METRICS.get(kinds[0], ("accuracy",))
+        return [(f"accuracy ({LABELS[rate]})", fmt("accuracy", row["accuracy"])),
+                *(_card(row, c) for c in others)]  # fmt: skip
     if "text" not in kinds:
         items = [_card(row, "accuracy")]
     elif case_sensitive:
@@ -134,7 +139,8 @@ def _section(report: Report, kind: str) -> Section:
         errors = scored[f"{kind}_error"].to_numpy(dtype=float)[rows]
         chart = error_chart(errors, tolerance, f"absolute {kind} error ({unit})")
         note = (
-            f"A row is right when its absolute error is at most {tolerance:g} {unit} "
+            f"A row is right when its absolute error is at most {tolerance:g}"
+            f"{unit if unit == '°' else ' ' + unit} "
             "(--tolerance). Error statistics are over rows with an answer; the rate counts "
             "failed rows as misses."
             + (" Angles are compared the short way round the circle." if kind == "angle" else "")

@@ -394,6 +394,22 @@ def cards_of(page: str) -> dict[str, str]:
     return {name: value for value, name in found}
 
 
+def test_one_kind_names_its_accuracy_instead_of_showing_it_twice() -> None:
+    frame = pd.DataFrame(
+        {
+            "label": ["120", "80"],
+            "answer": ["121", "90"],
+            "status": "solved",
+            "solution": ['{"distance": 121}', '{"distance": 90}'],
+        }
+    )
+    page = capbatch.report(frame).to_html()
+    cards = cards_of(page[: page.index('<div class="cols">')])  # the headline only
+    assert cards["accuracy (distance within tolerance)"] == "50.0 %"
+    assert "distance within tolerance" not in cards
+    assert cards["distance error p50"] == "5.5 px"  # errors 1 and 10
+
+
 def test_headline_shows_exact_accuracy_beside_the_case_insensitive_one() -> None:
     frame = pd.DataFrame(
         {
@@ -499,7 +515,12 @@ def test_typed_sections_on_the_page() -> None:
     text = "".join(parse(page).text)
     assert "Boxes" in text and "Angles (rotations)" in text
     assert "IoU at least 0.4 (--iou-threshold)" in text
-    assert "at most 10 ° (--tolerance)" in text or "at most 10 °" in text
+    assert "at most 10° (--tolerance)" in text
+    assert "tolerance: 10°" in text and "IoU threshold: 0.4" in text  # the run line
+    cards = cards_of(page)  # two kinds: accuracy, then each kind's key metrics
+    assert cards["accuracy"] == "66.7 %"
+    assert cards["IoU at or above threshold"] == "50.0 %"
+    assert cards["mean IoU"] == "0.250"
     assert rep.metrics()["box_hit_rate"] == pytest.approx(1 / 2)  # IoU 0.5 and 0
     assert rep.metrics()["angle_hit_rate"] == 1.0
     assert "character error rate" not in text  # no text answers: no CER
