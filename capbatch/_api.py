@@ -22,6 +22,7 @@ import difflib
 import functools
 import inspect
 import os
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -48,8 +49,8 @@ _R = TypeVar("_R")
 
 #: What each run option does, one entry per ``RunOptions`` field (a test checks).
 OPTION_DOCS: dict[str, str] = {
-    "output": "Results file (.parquet or .csv). Default: <input stem>.results.parquet "
-    "beside a file input; none for a DataFrame or Arrow table (results only returned).",
+    "output": "Results file (.parquet or .csv). Default: one named after a file input, "
+    "beside it; none for a DataFrame or Arrow table (the results are returned).",
     "provider": "capsolver, anticaptcha, capmonster, twocaptcha or local. Default: "
     "capsolver when a key is found, else the local solver (ddddocr).",
     "base_url": "The provider's API base URL (an emulator's, a proxy's). Default: the "
@@ -103,11 +104,13 @@ OPTION_DOCS: dict[str, str] = {
 }
 
 
-def _options_doc() -> str:
-    lines = ["", "Options (keyword-only; ``RunOptions`` holds the same):", ""]
+def _with_options_doc(doc: str | None) -> str:
+    """``doc`` followed by every option: its name, type and what it does."""
+    lines = [inspect.cleandoc(doc or ""), "", "Options (keyword-only, as in ``RunOptions``):"]
     for field in dataclasses.fields(RunOptions):
         lines.append(f"{field.name}: {field.type}")
-        lines.append(f"    {OPTION_DOCS.get(field.name, '')}")
+        text = OPTION_DOCS.get(field.name, "")
+        lines += textwrap.wrap(text, 84, initial_indent="    ", subsequent_indent="    ")
     return "\n".join(lines)
 
 
@@ -150,7 +153,7 @@ def _suggesting(func: Callable[_P, _R]) -> Callable[_P, _R]:
             check(kwargs)
             return await func(*args, **kwargs)
 
-        checked_async.__doc__ = (func.__doc__ or "") + _options_doc()
+        checked_async.__doc__ = _with_options_doc(func.__doc__)
         return checked_async  # type: ignore[return-value]
 
     @functools.wraps(func)
@@ -158,7 +161,7 @@ def _suggesting(func: Callable[_P, _R]) -> Callable[_P, _R]:
         check(kwargs)
         return func(*args, **kwargs)
 
-    checked.__doc__ = (func.__doc__ or "") + _options_doc()
+    checked.__doc__ = _with_options_doc(func.__doc__)
     return checked
 
 
@@ -217,9 +220,6 @@ async def arun(
     Table) and return the results table: the input's columns, then ``answer``,
     ``status``, ``error_code``, ``cost_usd``, ``latency_ms`` and the other result
     columns. The run's summary is in ``frame.attrs["capbatch"]``.
-
-    Why this long: one explicit keyword per ``RunOptions`` field, so that help() and
-    editors show every option with its type and default.
     """
     return await _results(source, _collect(locals()))
 
@@ -269,9 +269,6 @@ def run(
     """``arun`` for synchronous callers; also works inside a running event loop
     (Jupyter), by running a private loop in a worker thread. Returns the results
     table, the run's summary in ``frame.attrs["capbatch"]``.
-
-    Why this long: one explicit keyword per ``RunOptions`` field, so that help() and
-    editors show every option with its type and default.
     """
     options = _collect(locals())
     try:
