@@ -94,7 +94,8 @@ class Comparison(Shown):
     ``groups`` (column -> rows per run and value), ``errors``, ``matched`` (key, label
     and each run's answer per matched row), ``agree`` (all runs agree, per matched row),
     ``agreement`` (its share), ``pairs`` (agreement of each pair of runs),
-    ``disagreements`` and ``notes``.
+    ``disagreements`` and ``notes``; ``kinds`` (the kinds of answer of all runs) and
+    ``has_labels`` (any run has a label column) decide what is shown (``columns``).
     """
 
     def _render(self, *, fragment: bool) -> str:
@@ -188,6 +189,8 @@ class Comparison(Shown):
         return {
             "runs": self.names,
             "key": self.key,
+            "kinds": list(self.kinds),
+            "has_labels": self.has_labels,
             "matched_rows": len(self.matched),
             "agreement": _metrics.jsonable(self.agreement),
             "disagreements": len(self.disagreements),

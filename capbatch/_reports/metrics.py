@@ -135,7 +135,8 @@ def score(
 
     ``frame`` needs an ``answer`` column and the ``label`` column (None: no labels, every
     row unlabelled); other result columns are optional. ``kinds`` gives each row's kind
-    of answer (``metrics_types``; default all text), judged with ``scoring``. The ``by``
+    of answer (``metrics_types``; default: from the ``solution`` column, else text), judged
+    with ``scoring``. The ``by``
     columns are copied through for grouping, plus ``label_length`` (text rows only).
     """
     status = text(_column(frame, "status", "string"))
@@ -143,7 +144,7 @@ def score(
     answer = text(frame["answer"]).str.strip()
     no_labels = pd.Series(pd.NA, index=frame.index, dtype="string")
     truth = text(frame[label] if label is not None else no_labels).str.strip()
-    kinds = pd.Series("text", index=frame.index, dtype=object) if kinds is None else kinds
+    kinds = _types.row_kinds(frame) if kinds is None else kinds
     is_text = kinds.to_numpy(dtype=object) == "text"
     ran = flag(status.notna()) & ~flag(code.isin(NOT_RUN_CODES))
     solved = ran & flag(status == "solved")

@@ -254,3 +254,12 @@ def test_format_of_typed_metrics() -> None:
     assert _types.fmt("set_f1", 0.75) == "75.0 %"
     assert _types.fmt("iou_mean", 0.5) == "0.500"
     assert _types.fmt("accuracy", 0.5) is None
+
+
+def test_score_reads_kinds_from_solutions_by_default() -> None:
+    """``capbatch feedback`` scores with ``score(frame, label)``: a grid answered "1,4,7"
+    against the label "[1,4,7]" must not be reported as wrong."""
+    frame = typed("objects", [("[1,4,7]", "1,4,7"), ("[2]", "3")])
+    scored = score(frame, "label")
+    assert scored["correct"].tolist() == [True, False]
+    assert scored["kind"].tolist() == ["objects", "objects"]
