@@ -151,6 +151,31 @@ def kind_of_task(task_type: Any, params: Mapping[str, Any] | None = None) -> str
     return "text" if "text" in name else None
 
 
+#: ``{"text": "..."}`` with no escape in it: a text solution, known without parsing.
+_PLAIN_TEXT = r'\{\s*"text"\s*:\s*"[^"\\]*"\s*\}'
+
+
+def solution_kinds(solutions: pd.Series) -> pd.Series:
+    """``kind_of_solution`` of each value (None where missing). Plain text solutions,
+    most of a text run, are recognised by one vectorised match; the others are parsed
+    once per distinct value."""
+    is_text = solutions.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+    strings = solutions.where(is_text).astype("string")
+    plain = strings.str.fullmatch(_PLAIN_TEXT).to_numpy(dtype=bool, na_value=False)
+    kinds = np.full(len(solutions), None, dtype=object)
+    kinds[plain] = "text"
+    others = np.flatnonzero(~plain & solutions.notna().to_numpy(dtype=bool))
+    known: dict[str, str | None] = {}
+    for at in others:
+        value = solutions.iloc[at]
+        if not isinstance(value, str):
+            kinds[at] = kind_of_solution(value)
+        else:
+            kinds[at] = known[value] if value in known else known.setdefault(
+                value, kind_of_solution(value))  # fmt: skip
+    return pd.Series(kinds, index=solutions.index, dtype=object)
+
+
 def row_kinds(
     frame: pd.DataFrame, task_type: Any = None, params: Mapping[str, Any] | None = None
 ) -> pd.Series:
@@ -161,9 +186,7 @@ def row_kinds(
     task_kind = kind_of_task(task_type, params)
     kinds = pd.Series(None, index=frame.index, dtype=object)
     if "solution" in frame.columns:
-        solutions = frame["solution"]
-        known = {s: kind_of_solution(s) for s in pd.unique(solutions.dropna())}
-        kinds = solutions.map(known).astype(object)
+        kinds = solution_kinds(frame["solution"])
     if task_type and "question" in frame.columns:
         asked = {q: kind_of_task(task_type, {**params, "question": q})
                  for q in pd.unique(frame["question"].dropna())}  # fmt: skip

@@ -263,3 +263,17 @@ def test_score_reads_kinds_from_solutions_by_default() -> None:
     scored = score(frame, "label")
     assert scored["correct"].tolist() == [True, False]
     assert scored["kind"].tolist() == ["objects", "objects"]
+
+
+def test_solution_kinds_fast_path_agrees_with_parsing() -> None:
+    values = [
+        '{"text": "ab12"}',  # plain: matched without parsing
+        '{"text":"a\\"b"}',  # an escape: parsed
+        '{"text": "x", "confidence": 0.9}',
+        '{"type": "multi", "objects": [1], "size": 3}',
+        {"angle": 30},  # a dict, as a DataFrame made in Python may hold
+        None,
+        "not json",
+    ]
+    kinds = _types.solution_kinds(pd.Series(values, dtype=object))
+    assert kinds.tolist() == ["text", "text", "text", "objects", "angle", None, None]
