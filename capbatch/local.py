@@ -9,7 +9,7 @@ from a provider that always answers synchronously, at cost 0.
 What it answers (``check_task`` says so before a run; ``create_task`` refuses the rest
 with a ``ConfigError``, which stops the run once rather than failing every row):
 
-* ``ImageToTextTask``: ``{"text": ...}``, the characters restricted to the task's
+* ``ImageToTextTask``: ``{"text": ..., "confidence": ...}``, the characters restricted to the task's
   ``charset`` (``CHARSETS``; default ``letters+digits``, ``all`` for ddddocr's whole set);
 * ``VisionEngine`` with ``module`` ``slider_1``: ``{"distance": x}``, the gap's left x in
   ``imageBackground`` found by ddddocr's slide matching for the piece in ``image``.
@@ -177,6 +177,18 @@ def ctc_text(scores: Any, allowed: Any, charset: list[str]) -> str:
     return "".join(text)
 
 
+def restricted_confidence(scores: Any, allowed: Any) -> float:
+    """How sure the model is of its reading among ``allowed`` classes: per CTC step the
+    best class's probability (a softmax over the allowed classes only), averaged over the
+    steps. ddddocr's own ``confidence`` is the same mean over its whole character set."""
+    import numpy as np
+
+    logits = scores[:, allowed]
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    best = shifted.max(axis=1) / shifted.sum(axis=1)
+    return float(best.mean()) if best.size else 0.0
+
+
 class LocalSolver:
     """Recognise captcha text and find slider gaps with ddddocr on every core."""
 
@@ -223,14 +235,25 @@ class LocalSolver:
     def solve(self, image: bytes, charset: object = None) -> str:
         """The text in ``image`` (PNG, JPEG, GIF, ... bytes), its characters from
         ``charset`` (``resolve_charset``). Raises ``InvalidTask`` or ``ConfigError``."""
+        return self.read(image, charset)[0]
+
+    def read(self, image: bytes, charset: object = None) -> tuple[str, float]:
+        """``solve``'s text and the model's confidence in it, 0 to 1, taken over the
+        characters ``charset`` allows (``restricted_confidence``)."""
         characters = resolve_charset(charset)
         if not image:
             raise InvalidTask("image is empty", error_code="ERROR_INVALID_IMAGE")
         model = self._model()
         if characters is None:
-            return self._read(lambda: str(model.classification(image)))
+            reading = self._read(lambda: model.classification(image, probability=True))
+            return str(reading["text"]), float(reading["confidence"])
         allowed, classes = self._allowed_indexes(model, characters)
-        return self._read(lambda: ctc_text(_restricted_scores(model, image), allowed, classes))
+
+        def scored() -> tuple[str, float]:
+            scores = _restricted_scores(model, image)
+            return ctc_text(scores, allowed, classes), restricted_confidence(scores, allowed)
+
+        return self._read(scored)
 
     def slide(self, piece: bytes, background: bytes) -> int:
         """The x of the gap's left edge in ``background`` where ``piece`` fits (ddddocr's
@@ -277,6 +300,10 @@ class LocalSolver:
     async def solve_async(self, image: bytes, charset: object = None) -> str:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.solve, image, charset)
+
+    async def read_async(self, image: bytes, charset: object = None) -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.read, image, charset)
 
     async def slide_async(self, piece: bytes, background: bytes) -> int:
         loop = asyncio.get_running_loop()
@@ -336,8 +363,8 @@ class LocalService:
             background = decode_image_field(task, "imageBackground")
             solution = {"distance": await self.solver.slide_async(piece, background)}
         else:
-            text = await self.solver.solve_async(decode_body(task), task.get("charset"))
-            solution = {"text": text}
+            text, confidence = await self.solver.read_async(decode_body(task), task.get("charset"))
+            solution = {"text": text, "confidence": round(confidence, 6)}
         return TaskReply(
             task_id=str(uuid.uuid4()),
             status="ready",

@@ -28,6 +28,7 @@ from capbatch.local import (
     ctc_text,
     decode_body,
     resolve_charset,
+    restricted_confidence,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "sample_data"
@@ -269,7 +270,9 @@ def test_the_charset_restricts_every_answer(solver: LocalSolver) -> None:
 async def test_create_task_passes_the_charset(solver: LocalSolver, png: bytes) -> None:
     task = {"type": "ImageToTextTask", "body": base64.b64encode(png).decode()}
     digits = await LocalService(solver).create_task({**task, "charset": "digits"})
-    assert digits.solution == {"text": solver.solve(png, "digits")}
+    text, confidence = solver.read(png, "digits")
+    assert digits.solution == {"text": text, "confidence": round(confidence, 6)}
+    assert text == solver.solve(png, "digits") and 0.0 < confidence <= 1.0
     with pytest.raises(ConfigError, match="no character ddddocr reads"):
         await LocalService(solver).create_task({**task, "charset": "\x00\x01"})
 
@@ -311,3 +314,30 @@ async def test_create_task_slider_answers_a_distance(solver: LocalSolver) -> Non
     with pytest.raises(InvalidTask) as info:
         await LocalService(solver).create_task({**task, "image": base64.b64encode(b"no").decode()})
     assert info.value.error_code == "ERROR_INVALID_IMAGE"
+
+
+# --------------------------------------------------------------------------- confidence
+
+
+def test_restricted_confidence_is_the_mean_best_probability_among_the_allowed() -> None:
+    import numpy as np
+
+    # Step 1: allowed classes 0 and 2 with logits 0 and ln 3 -> best p = 3/4; class 1
+    # (not allowed) is ignored however large. Step 2: equal logits -> 1/2.
+    scores = np.array([[0.0, 50.0, np.log(3.0)], [1.0, 9.0, 1.0]])
+    allowed = np.array([0, 2])
+    assert restricted_confidence(scores, allowed) == pytest.approx((0.75 + 0.5) / 2)
+
+
+def test_confidence_tells_right_from_wrong_readings_on_the_sample_data(solver: LocalSolver) -> None:
+    import pandas as pd
+
+    table = pd.read_parquet(DATA / "captchas.parquet").head(45)
+    right, wrong = [], []
+    for row in table.itertuples():
+        text, confidence = solver.read((DATA / row.image_path).read_bytes(), "lowercase+digits")
+        assert 0.0 <= confidence <= 1.0
+        (right if text == row.label else wrong).append(confidence)
+    assert right and wrong  # the three styles give both
+    assert sum(right) / len(right) > sum(wrong) / len(wrong)
+    assert solver.read((DATA / table.image_path[0]).read_bytes(), "all")[1] <= 1.0
