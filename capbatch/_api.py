@@ -92,8 +92,9 @@ OPTION_DOCS: dict[str, str] = {
     "outage_timeout": "Seconds the provider may stay unreachable before the run stops.",
     "retry_failed": "Send again rows that failed for good in earlier runs (unsolvable, "
     "refused); rows that failed for a passing reason are always retried.",
-    "label_column": "Column of true answers: the summary shows accuracy (a 'label' column "
-    "is used when this is not given) and report_wrong checks answers against it.",
+    "label_column": "Column of true answers: the summary shows the accuracy of text "
+    "answers (a 'label' column is used when this is not given), and report_wrong checks "
+    "answers against it.",
     "report_wrong": "Report each answer that does not match its label to the provider as "
     "it arrives (needs label_column).",
     "callback_url": "Where the provider POSTs answers (a per-run token is appended); "

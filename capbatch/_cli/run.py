@@ -124,8 +124,8 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--label-column",
-    help="Column holding the true answers: the summary shows accuracy [default: a column "
-    "named label, if the input has one]; --report-wrong needs it named.",
+    help="Column holding the true answers: the summary shows the accuracy of text answers "
+    "[default: a column named label, if the input has one]; --report-wrong needs it named.",
 )
 @click.option(
     "--report-wrong",

@@ -27,6 +27,8 @@ from capbatch._run.summary import RunSummary, percentiles
 SPEND_CAP_REACHED = "SPEND_CAP_REACHED"
 #: The column a run checks answers against when none is named (the report's default).
 DEFAULT_LABEL_COLUMN = "label"
+#: Task types whose answer is text, compared with its label as text.
+TEXT_TASK_TYPES = frozenset({"ImageToTextTask"})
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,21 @@ class LabelOptions(Protocol):
     @property
     def task_params(self) -> Mapping[str, Any]: ...
 
+    @property
+    def task_type(self) -> str: ...
+
 
 def label_rule(options: LabelOptions, names: Sequence[str]) -> LabelRule | None:
     """The run's label column: the one named (it must exist), else a ``label`` column
-    when the input has one, else none (no accuracy in the summary)."""
+    when the input has one, else none (no accuracy in the summary). Only text answers
+    are scored here: other task types' answers (tiles, distances) are judged by kind
+    in the report (``capbatch report``), not as text."""
     column, task_params = options.label_column, options.task_params
     if column is not None and column not in names:
         listed = ", ".join(map(repr, names))
         raise ConfigError(f"--label-column {column!r} is not in the input; columns: {listed}")
+    if options.task_type not in TEXT_TASK_TYPES:
+        return None
     chosen = column or (DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in names else None)
     return None if chosen is None else LabelRule(chosen, case_sensitive_run(task_params))
 

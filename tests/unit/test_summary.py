@@ -107,8 +107,14 @@ def test_accuracy_line_by_the_report_rule() -> None:
 
 
 class Options:
-    def __init__(self, label_column: str | None, task_params: dict[str, object]) -> None:
+    def __init__(
+        self,
+        label_column: str | None,
+        task_params: dict[str, object],
+        task_type: str = "ImageToTextTask",
+    ) -> None:
         self.label_column, self.task_params = label_column, task_params
+        self.task_type = task_type
 
 
 def test_the_label_column_is_the_named_one_or_a_label_column() -> None:
@@ -116,6 +122,8 @@ def test_the_label_column_is_the_named_one_or_a_label_column() -> None:
     assert label_rule(Options(None, {"case": True}), ["label"]) == LabelRule("label", True)
     assert label_rule(Options("truth", {}), ["truth", "label"]) == LabelRule("truth", False)
     assert label_rule(Options(None, {}), ["image"]) is None
+    # Grid tiles or slider distances are not text: the report judges them by kind.
+    assert label_rule(Options(None, {}, "ReCaptchaV2Classification"), ["label"]) is None
     with pytest.raises(ConfigError, match="'truth' is not in the input"):
         label_rule(Options("truth", {}), ["image"])
 
