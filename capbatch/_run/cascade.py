@@ -20,15 +20,18 @@ the local stage's journal entry (``annotate_reused``).
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
 
 from capbatch._exceptions import CapbatchError, ConfigError
 from capbatch._io.record import RowResult
 from capbatch._providers.client import TaskService
 from capbatch._run.job import Job, JobState
 from capbatch._run.journal import Journal
-from capbatch._run.results import failed_result, from_journal, journal_result, row_result
+from capbatch._run.results import (
+    failed_result,
+    from_journal,
+    journal_result,
+    row_result,
+)
 from capbatch._run.task import TaskSolver, solve_job
 
 #: Prefix of the local stage's journal keys (the paid stage's key follows it).
@@ -53,17 +56,6 @@ def check_threshold(value: float | None, task_type: str, *, provider_is_local: b
             f"--local-first: the local solver gives no confidence for {task_type} "
             f"(it does for {', '.join(sorted(GATED_TYPES))})"
         )
-
-
-def confidence_of(solution: Any) -> float | None:
-    """A solution's ``confidence`` when it is a number in [0, 1], else None."""
-    if not isinstance(solution, dict):
-        return None
-    value = solution.get("confidence")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
 
 
 class LocalStage:
@@ -99,7 +91,6 @@ class LocalStage:
                 "solved" if reply.ready and answer else "failed",
                 answer=answer,
                 solution=reply.solution,
-                confidence=confidence_of(reply.solution),
                 error_code=None if answer else "LOCAL_NO_ANSWER",
                 error_message=None if answer else "the local solver read no text",
             )

@@ -10,6 +10,7 @@ an interrupted run).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -29,8 +30,21 @@ POLL_LIMIT = "POLL_LIMIT_REACHED"
 # --- from a job's state ---------------------------------------------------------------
 
 
+def confidence_of(solution: Any) -> float | None:
+    """A solution's ``confidence`` when it is a number from 0 to 1 (the local solver's;
+    a provider's that sends one), else None."""
+    if not isinstance(solution, dict):
+        return None
+    value = solution.get("confidence")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
 def row_result(state: JobState, provider: str, status: str, **fields: Any) -> RowResult:
-    """The row result of ``state``, finished now."""
+    """The row result of ``state``, finished now (its confidence from its solution)."""
+    fields.setdefault("confidence", confidence_of(fields.get("solution")))
     finished = time.time()
     return RowResult(
         status=status,

@@ -17,9 +17,10 @@ from capbatch._run.cascade import (
     LocalStage,
     cascade_job,
     check_threshold,
-    confidence_of,
 )
 from capbatch._run.journal import Journal
+from capbatch._run.results import confidence_of
+from capbatch._run.task import solve_job
 from tests.unit.test_scheduler import JOB, PRICE, FakeProvider, error, make_solver, ok_ready
 
 
@@ -166,3 +167,11 @@ def test_bad_local_first_settings_stop_before_anything(
 )
 def test_only_a_number_from_0_to_1_is_a_confidence(solution: Any, expected: float | None) -> None:
     assert confidence_of(solution) == expected
+
+
+async def test_a_provider_that_sends_a_confidence_fills_the_column() -> None:
+    body = {"errorId": 0, "status": "ready", "solution": {"text": "q", "confidence": 0.8}}
+    provider = FakeProvider(createTask=[(200, body, {})])
+    solver, _, _ = make_solver(provider)
+    result = await solve_job(solver, JOB)
+    assert result.answer == "q" and result.confidence == 0.8
