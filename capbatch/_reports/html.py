@@ -28,6 +28,7 @@ from capbatch._reports import sections as _sections
 from capbatch._reports.charts import bar_chart, latency_chart
 from capbatch._reports.gallery import Gallery, Tile, drawing_of, gallery, picture, thumbnail
 from capbatch._reports.metrics import LABELS, fmt, missing, shown, usd
+from capbatch._reports.metrics_types import KIND_COLUMNS
 from capbatch._version import __version__
 
 if TYPE_CHECKING:
@@ -190,15 +191,20 @@ def tolerance(value: float, kinds: set[str]) -> str:
 
 
 def accuracy_columns(view: Report | Comparison) -> list[str]:
-    """What an accuracy chart shows: accuracy beside the other case rule (text), the key
-    rate of each other kind, or the solved rate when there are no labels."""
+    """What an accuracy chart shows: accuracy beside the other case rule (text) and the
+    rate of each other kind, or, for a table of one such kind (whose rate accuracy
+    is), its other rates (precision, recall, F1); the solved rate without labels."""
     if not view.has_labels:
         return ["solved_rate"]
     columns = ["accuracy"]
     if "text" in view.kinds:
         columns.append("ci_accuracy" if view.case_sensitive else "exact_accuracy")
-    rates = [c for k in view.kinds for c in _sections.KEY_METRICS.get(k, ()) if "rate" in c]
-    return [*columns, *rates][:3]
+    typed = [k for k in view.kinds if k in KIND_COLUMNS and k != "text"]
+    if len(view.kinds) == 1 and typed:
+        columns += [c for c in KIND_COLUMNS[typed[0]][1:] if fmt(c, 0.5).endswith("%")]
+    else:
+        columns += [KIND_COLUMNS[k][0] for k in typed]
+    return columns[:4]
 
 
 def _groups(groups: Mapping[str, pd.DataFrame], view: Report | Comparison) -> list[Group]:

@@ -524,3 +524,24 @@ def test_typed_sections_on_the_page() -> None:
     assert rep.metrics()["box_hit_rate"] == pytest.approx(1 / 2)  # IoU 0.5 and 0
     assert rep.metrics()["angle_hit_rate"] == 1.0
     assert "character error rate" not in text  # no text answers: no CER
+
+
+def test_accuracy_charts_never_draw_the_same_number_twice() -> None:
+    from capbatch._reports.html import accuracy_columns
+
+    sets = pd.DataFrame(
+        {"label": ["1", "2"], "answer": ["1", "3"], "status": "solved",
+         "solution": ['{"objects": [1]}', '{"objects": [3]}']}
+    )  # fmt: skip
+    # One kind: accuracy is its exact set match, so the chart shows the other rates.
+    assert accuracy_columns(capbatch.report(sets)) == [
+        "accuracy", "set_precision", "set_recall", "set_f1"]  # fmt: skip
+    mixed = pd.DataFrame(
+        {"label": ["ab", "2"], "answer": ["AB", "3"], "status": "solved",
+         "solution": ['{"text": "AB"}', '{"distance": 3}']}
+    )  # fmt: skip
+    assert accuracy_columns(capbatch.report(mixed)) == [
+        "accuracy", "exact_accuracy", "distance_hit_rate"]  # fmt: skip
+    strict = capbatch.report(mixed, case_sensitive=True)
+    assert accuracy_columns(strict) == ["accuracy", "ci_accuracy", "distance_hit_rate"]
+    assert accuracy_columns(capbatch.report(mixed.drop(columns="label"))) == ["solved_rate"]
