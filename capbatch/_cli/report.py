@@ -68,7 +68,7 @@ def _shared_options(func: F) -> F:
             "by",
             multiple=True,
             metavar="COL",
-            help="Group metrics by this column, repeatable (label length always).",
+            help="Group metrics by this column, repeatable (label length too, for text).",
         ),
         click.option(
             "--case-sensitive",
@@ -277,9 +277,10 @@ def compare(
     """Compare two or more runs over the same rows, side by side.
 
     For example two providers, or the local solver against a service. Rows are
-    matched by an id column, else by image. Prints the metrics side by side (or
-    JSON with --json) and writes a self-contained HTML page with the agreement
-    between runs and the rows where they disagree.
+    matched by an id column, else by image. Prints the metrics side by side, per
+    group with --by (or JSON with --json), and writes a self-contained HTML page
+    with the agreement between runs and the rows where they disagree, each row's
+    image beside every run's answer. Answers are scored as by `capbatch report`.
     """
     if len(results) < 2:
         raise ConfigError("compare needs two or more results files")
