@@ -134,9 +134,8 @@ def score(
     """One row per row of ``frame``: what it counts towards (see the module docstring).
 
     ``frame`` needs an ``answer`` column and the ``label`` column (None: no labels, every
-    row unlabelled); other result columns are optional. ``kinds`` gives each row's kind
-    of answer (``metrics_types``; default: from the ``solution`` column, else text), judged
-    with ``scoring``. The ``by``
+    row unlabelled); other result columns are optional. ``kinds``: each row's kind of
+    answer (default ``metrics_types.row_kinds``), judged with ``scoring``. The ``by``
     columns are copied through for grouping, plus ``label_length`` (text rows only).
     """
     status = text(_column(frame, "status", "string"))

@@ -173,7 +173,8 @@ def solution_kinds(solutions: pd.Series) -> pd.Series:
         else:
             kinds[at] = known[value] if value in known else known.setdefault(
                 value, kind_of_solution(value))  # fmt: skip
-    return pd.Series(kinds, index=solutions.index, dtype=object)
+    found: pd.Series = pd.Series(kinds, index=solutions.index, dtype=object)
+    return found
 
 
 def row_kinds(
