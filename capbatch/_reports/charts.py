@@ -119,19 +119,23 @@ def bar_chart(frame: pd.DataFrame, columns: Sequence[str], title: str, percent: 
 
 
 def error_chart(
-    errors: np.ndarray, limit: float, xlabel: str, *, upper: float | None = None
+    errors: Mapping[str, np.ndarray], limit: float, xlabel: str, *, upper: float | None = None
 ) -> str | None:
-    """Histogram of per-row errors (or IoUs), NaN dropped, with the pass line at ``limit``;
-    None if there are none. ``upper`` fixes the axis (1 for IoU), else the far tail goes
-    into the last bin."""
-    values = errors[~np.isnan(errors)]
-    if values.size == 0:
+    """Histogram of per-row errors (or IoUs) of each run, NaN dropped, with the pass line
+    at ``limit``; None if there are none. ``upper`` fixes the axis (1 for IoU), else the
+    far tail goes into the last bin."""
+    values = {n: v[~np.isnan(v)] for n, v in errors.items()}
+    every = np.concatenate([v for v in values.values()] or [np.zeros(0)])
+    if every.size == 0:
         return None
-    top = upper if upper is not None else max(float(np.percentile(values, 99)), 2 * limit, 1.0)
+    top = upper if upper is not None else max(float(np.percentile(every, 99)), 2 * limit, 1.0)
     bins = np.linspace(0.0, top, 31)
     fig, ax = _figure(7.5, 2.6)
-    counts, _ = np.histogram(np.clip(values, 0.0, top), bins=bins)
-    ax.stairs(counts, bins, fill=True, color=_COLOURS[0], alpha=0.85)
+    for (name, v), colour in zip(values.items(), _COLOURS * 9, strict=False):
+        counts, _ = np.histogram(np.clip(v, 0.0, top), bins=bins)
+        one = len(values) == 1
+        ax.stairs(counts, bins, fill=one, color=colour, alpha=0.85, label=None if one else
+                  shown(name, 24), linewidth=1.5)  # fmt: skip
     ax.axvline(limit, color="#333", linestyle="--", linewidth=1, label=f"pass line {limit:g}")
     ax.set_xlabel(shown(xlabel, 90), parse_math=False)
     ax.set_ylabel("rows")

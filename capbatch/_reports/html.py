@@ -299,7 +299,10 @@ def report_fragment(report: Report) -> str:
     """The compact notebook view: headline, summary, latency and accuracy by group."""
     first_group = dict(list(report.groups.items())[:1])
     return render(
-        "report_fragment.html", groups=_groups(first_group, report), **_report_parts(report)
+        "report_fragment.html",
+        groups=_groups(first_group, report),
+        typed=_sections.typed_sections(report),
+        **_report_parts(report),
     )
 
 
@@ -324,6 +327,7 @@ def comparison_page(c: Comparison) -> str:
         pairs=table(c.pairs, index=False, numeric=["rows", "agree", "agreement"]),
         latency=latency_chart(latencies),
         by_run=by_run,
+        typed=_sections.comparison_sections(c),
         needs_labels="" if c.has_labels else NEEDS_LABELS,
         groups=_groups(c.groups, c),
         cost_chart=bar_chart(c.summary, ["cost_per_1000_usd"], "cost per 1,000 rows (USD)", False),

@@ -8,17 +8,18 @@ escaped (``html``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from capbatch._reports.charts import error_chart, tile_chart
+from capbatch._reports.charts import bar_chart, error_chart, tile_chart
 from capbatch._reports.metrics import LABELS, fmt, shown
-from capbatch._reports.metrics_types import KIND_COLUMNS, NUMERIC_UNITS, parse
+from capbatch._reports.metrics_types import KIND_COLUMNS, NUMERIC_UNITS, Scoring, parse
 
 if TYPE_CHECKING:
+    from capbatch._reports.compare import Comparison
     from capbatch._reports.report import Report
 
 #: The one or two metrics of each kind that make the headline.
@@ -119,41 +120,55 @@ def _tile_counts(report: Report, rows: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(counts[:, :used])
 
 
-def _section(report: Report, kind: str) -> Section:
-    row, scored = report.summary.iloc[0], report.scored
-    rows = np.flatnonzero(scored[f"{kind}_labelled"].to_numpy(dtype=bool))
-    cards = [_card(row, c) for c in KIND_COLUMNS[kind]]
-    cards.insert(0, ("labelled rows", f"{rows.size:,}"))
-    chart, note = None, ""
+def how_measured(kind: str, scoring: Scoring) -> str:
+    """One line saying when a row of ``kind`` is right and what the numbers are over."""
     if kind == "objects":
-        right, extra, missed = _tile_counts(report, rows)
-        chart = tile_chart(right, extra, missed) if rows.size else None
-        note = (
+        return (
             "A row is right when its set of tiles equals the label's. Precision, recall and "
             "F1 are micro-averaged: tiles are counted over all rows, then divided. A failed "
             "row chose no tile."
         )
-    elif kind in NUMERIC_UNITS:
+    if kind in NUMERIC_UNITS:
         unit = NUMERIC_UNITS[kind]
-        tolerance = report.scoring.tolerance
-        errors = scored[f"{kind}_error"].to_numpy(dtype=float)[rows]
-        chart = error_chart(errors, tolerance, f"absolute {kind} error ({unit})")
-        note = (
-            f"A row is right when its absolute error is at most {tolerance:g}"
+        return (
+            f"A row is right when its absolute error is at most {scoring.tolerance:g}"
             f"{unit if unit == '°' else ' ' + unit} "
             "(--tolerance). Error statistics are over rows with an answer; the rate counts "
             "failed rows as misses."
             + (" Angles are compared the short way round the circle." if kind == "angle" else "")
         )
-    elif kind == "box":
-        threshold = report.scoring.iou_threshold
-        ious = scored["iou"].to_numpy(dtype=float)[rows]
-        chart = error_chart(ious, threshold, "intersection over union", upper=1.0)
-        note = (
-            f"A row is right when its box overlaps the label's with IoU at least {threshold:g} "
-            "(--iou-threshold). Boxes are x1,y1,x2,y2 in pixels."
+    if kind == "box":
+        return (
+            "A row is right when its box overlaps the label's with IoU at least "
+            f"{scoring.iou_threshold:g} (--iou-threshold). Boxes are x1,y1,x2,y2 in pixels."
         )
-    return Section(shown(TITLES[kind]), cards, chart, note)
+    return "A row is right when its true/false equals the label's."
+
+
+def _errors_chart(kind: str, scored: Mapping[str, pd.DataFrame], scoring: Scoring) -> str | None:
+    """The error (or IoU) histogram of each run's labelled rows of ``kind``."""
+    column = "iou" if kind == "box" else f"{kind}_error"
+    values = {
+        name: frame[column].to_numpy(dtype=float)[frame[f"{kind}_labelled"].to_numpy(dtype=bool)]
+        for name, frame in scored.items()
+    }
+    if kind == "box":
+        return error_chart(values, scoring.iou_threshold, "intersection over union", upper=1.0)
+    unit = NUMERIC_UNITS[kind]
+    return error_chart(values, scoring.tolerance, f"absolute {kind} error ({unit})")
+
+
+def _section(report: Report, kind: str) -> Section:
+    row, scored = report.summary.iloc[0], report.scored
+    rows = np.flatnonzero(scored[f"{kind}_labelled"].to_numpy(dtype=bool))
+    cards = [_card(row, c) for c in KIND_COLUMNS[kind]]
+    cards.insert(0, ("labelled rows", f"{rows.size:,}"))
+    chart = None
+    if kind == "objects" and rows.size:
+        chart = tile_chart(*_tile_counts(report, rows))
+    elif kind in NUMERIC_UNITS or kind == "box":
+        chart = _errors_chart(kind, {report.name: scored}, report.scoring)
+    return Section(shown(TITLES[kind]), cards, chart, how_measured(kind, report.scoring))
 
 
 def typed_sections(report: Report) -> list[Section]:
@@ -161,3 +176,21 @@ def typed_sections(report: Report) -> list[Section]:
     if not report.has_labels:
         return []
     return [_section(report, kind) for kind in report.kinds if kind in TITLES]
+
+
+def comparison_sections(c: Comparison) -> list[Section]:
+    """A section per kind of answer other than text, runs side by side: the kind's rates
+    per run, or each run's error histogram, over the matched rows (with labels only)."""
+    if not c.has_labels:
+        return []
+    scoring = next(iter(c.reports.values())).scoring
+    scored = {n: r.scored.iloc[c.positions[n]] for n, r in c.reports.items()}
+    out = []
+    for kind in (k for k in c.kinds if k in TITLES):
+        if kind in NUMERIC_UNITS or kind == "box":
+            chart = _errors_chart(kind, scored, scoring)
+        else:
+            rates = [k for k in KIND_COLUMNS[kind] if fmt(k, 0.5).endswith("%")]
+            chart = bar_chart(c.summary, rates, f"{TITLES[kind].lower()} by run", percent=True)
+        out.append(Section(shown(TITLES[kind]), [], chart, how_measured(kind, scoring)))
+    return out

@@ -545,3 +545,28 @@ def test_accuracy_charts_never_draw_the_same_number_twice() -> None:
     strict = capbatch.report(mixed, case_sensitive=True)
     assert accuracy_columns(strict) == ["accuracy", "ci_accuracy", "distance_hit_rate"]
     assert accuracy_columns(capbatch.report(mixed.drop(columns="label"))) == ["solved_rate"]
+
+
+def test_comparison_has_a_section_per_kind_and_the_notebook_view_too() -> None:
+    def run(answers: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "id": ["a", "b", "c"],
+                "label": ["[1,2]", "100", "50"],
+                "answer": answers,
+                "status": "solved",
+                "solution": ['{"objects": [1]}', '{"distance": 1}', '{"distance": 1}'],
+            }
+        )
+
+    c = capbatch.compare(run(["1,2", "103", "50"]), run(["1", "120", "50"]), names=["a", "b"])
+    page = c.to_html()
+    text = "".join(parse(page).text)
+    assert "Object sets (tiles)" in text and "Distances (slider offsets)" in text
+    assert "at most 5 px (--tolerance)" in text
+    summary = c.summary
+    assert summary.loc["a", "distance_hit_rate"] == 1.0  # errors 3 and 0
+    assert summary.loc["b", "distance_hit_rate"] == 0.5  # errors 20 and 0
+    assert summary.loc["b", "set_recall"] == 0.5
+    fragment = capbatch.report(run(["1,2", "103", "50"]))._repr_html_()
+    assert "Distances (slider offsets)" in fragment
