@@ -215,7 +215,7 @@ def drawing_of(report: Report, at: int) -> Drawing | None:
     if kind not in LEGENDS:
         return None
     answer = report.results["answer"].iloc[at]
-    label = report.results[report.label].iloc[at] if report.label is not None else None
+    label = report.labels.iloc[at] if report.labels is not None else None
     return Drawing(kind, parse(kind, answer), parse(kind, label))
 
 
@@ -239,7 +239,7 @@ def gallery(report: Report, limit: int = GALLERY_LIMIT) -> Gallery:
         if drawing is not None and drawing.kind == "objects" and not missing(answer):
             no_answer = False  # "" is the empty set: an answer
         code = rows["error_code"].iloc[i] if no_answer and "error_code" in rows.columns else None
-        label = rows[report.label].iloc[i] if report.label is not None else None
+        label = report.labels.iloc[at] if report.labels is not None else None
         tiles.append(
             Tile(
                 src=src,

@@ -140,9 +140,9 @@ def score(
     """
     status = text(_column(frame, "status", "string"))
     code = text(_column(frame, "error_code", "string"))
-    answer = text(frame["answer"]).str.strip()
+    answer = text(_types.as_text(frame["answer"])).str.strip()
     no_labels = pd.Series(pd.NA, index=frame.index, dtype="string")
-    truth = text(frame[label] if label is not None else no_labels).str.strip()
+    truth = text(_types.as_text(frame[label]) if label is not None else no_labels).str.strip()
     kinds = _types.row_kinds(frame) if kinds is None else kinds
     is_text = kinds.to_numpy(dtype=object) == "text"
     ran = flag(status.notna()) & ~flag(code.isin(NOT_RUN_CODES))

@@ -201,6 +201,19 @@ def row_kinds(
 # -- reading answers and labels ---------------------------------------------------------
 
 
+def as_text(values: pd.Series) -> pd.Series:
+    """``values`` with each list (a Parquet list column, read as numpy arrays) written as
+    JSON, so ``[1, 4, 7]`` reads as a set of tiles rather than as ``"[1 4 7]"``."""
+    if values.dtype != object:
+        return values
+    listed = values.map(lambda v: isinstance(v, (list, tuple, np.ndarray)))
+    if not listed.any():
+        return values
+    dumped = values[listed].map(lambda v: json.dumps(np.asarray(v).tolist()))
+    out: pd.Series = values.where(~listed, dumped)
+    return out
+
+
 def _values(text: str) -> list[Any] | None:
     """A JSON value or comma/space-separated text as a list of values, None if neither."""
     text = text.strip()

@@ -193,6 +193,8 @@ class Report(Shown):
         self.scoring = scoring or Scoring()
         dirs = [base_dir] if base_dir is not None else [source.parent] if source else []
         self.results = frame
+        #: The labels as text (a list label as JSON), None without labels.
+        self.labels = None if label is None else _types.as_text(frame[label])
         self.run = run_info(source, frame)
         if base_dir is None and self.run.get("input"):
             dirs.append(Path(self.run["input"]).parent)

@@ -105,9 +105,9 @@ def headline(
 
 def _tile_counts(report: Report, rows: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per tile index, over the labelled object rows: chosen right, chosen wrong, missed."""
-    assert report.label is not None
+    assert report.labels is not None
     answers = report.results["answer"].to_numpy(dtype=object)[rows]
-    labels = report.results[report.label].to_numpy(dtype=object)[rows]
+    labels = report.labels.to_numpy(dtype=object)[rows]
     counts = np.zeros((3, 16), dtype=int)
     for answer, label in zip(answers, labels, strict=True):
         guess = (parse("objects", answer) if isinstance(answer, str) else None) or frozenset()

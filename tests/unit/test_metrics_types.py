@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import capbatch
@@ -277,3 +280,21 @@ def test_solution_kinds_fast_path_agrees_with_parsing() -> None:
     ]
     kinds = _types.solution_kinds(pd.Series(values, dtype=object))
     assert kinds.tolist() == ["text", "text", "text", "objects", "angle", None, None]
+
+
+def test_a_parquet_list_column_of_labels_reads_as_tile_sets(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "label": pa.array([[1, 4, 7], [2], []], pa.list_(pa.int64())),
+            "answer": ["1,4,7", "3", ""],
+            "status": ["solved"] * 3,
+            "solution": ['{"objects": [1, 4, 7]}', '{"objects": [3]}', '{"objects": []}'],
+        }
+    )
+    pq.write_table(table, tmp_path / "lists.results.parquet")
+    rep = capbatch.report(tmp_path / "lists.results.parquet")
+    s = rep.metrics()
+    assert (s["labelled"], s["correct"]) == (3, 2)  # [1,4,7] and the empty set
+    assert s["set_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # tp 3, fp 1, fn 1
+    assert rep.notes == []
+    assert rep.labels is not None and rep.labels.tolist() == ["[1, 4, 7]", "[2]", "[]"]
