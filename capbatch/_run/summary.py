@@ -85,6 +85,8 @@ class RunSummary:
     labelled: int = 0
     correct: int = 0
     accuracy: float | None = None
+    #: The cascade (``--local-first``): ``cascade.CascadeCounts`` as a dict, else None.
+    cascade: dict[str, Any] | None = None
     notices: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +103,8 @@ class RunSummary:
         if self.failed_by_code:
             codes = ", ".join(f"{c} {n}" for c, n in sorted(self.failed_by_code.items()))
             lines.append(f"failed by code: {codes}")
+        if self.cascade is not None:
+            lines.append(self._cascade_line())
         lines.append(self._spend_line())
         if self.label_column is not None:
             lines.append(self._accuracy_line())
@@ -123,6 +127,16 @@ class RunSummary:
         if self.output:
             lines.append(f"results: {self.output}")
         return "\n".join(lines)
+
+    def _cascade_line(self) -> str:
+        cascade = self.cascade or {}
+        kept, sent = int(cascade.get("kept", 0)), int(cascade.get("sent_on", 0))
+        read, reused = int(cascade.get("read", 0)), int(cascade.get("reused", 0))
+        return (
+            f"cascade at confidence {cascade.get('threshold')}: {counted(kept, 'row')} "
+            f"answered locally, {sent} sent on to {self.provider}; "
+            f"{read} read by the local solver, {reused} readings reused from the journal"
+        )
 
     def _other_lines(self) -> list[str]:
         """The lines only some runs need: earlier failures, outages, odd costs, the cap."""
@@ -171,7 +185,8 @@ class RunSummary:
     def _spend_line(self) -> str:
         """This run's spend (the figure the bar shows), the cap over every run when
         there is one, and the provider's own balance change, said to be that."""
-        spend = f"spend ${self.spend_usd:.4f}" + (" this run" if self.resumed else "")
+        earlier = self.resumed or self.spend_before_usd
+        spend = f"spend ${self.spend_usd:.4f}" + (" this run" if earlier else "")
         if self.spend_cap_usd is not None:
             total = self.spend_usd + self.spend_before_usd
             spend += (
