@@ -102,6 +102,8 @@ OPTION_DOCS: dict[str, str] = {
     "callback_listen": "HOST:PORT the callback receiver listens on (loopback unless "
     "callback_listen_public).",
     "callback_listen_public": "Allow callback_listen on an address other machines reach.",
+    "local_first": "The cascade: the local solver reads each row first and keeps answers "
+    "with at least this confidence (0 to 1); only the rest go to the provider.",
 }
 
 
@@ -216,6 +218,7 @@ async def arun(
     callback_url: str | None = None,
     callback_listen: str | None = None,
     callback_listen_public: bool = False,
+    local_first: float | None = None,
 ) -> pd.DataFrame:
     """Run ``source`` (a path to Parquet, CSV or JSON Lines, a DataFrame or a pyarrow
     Table) and return the results table: the input's columns, then ``answer``,
@@ -266,6 +269,7 @@ def run(
     callback_url: str | None = None,
     callback_listen: str | None = None,
     callback_listen_public: bool = False,
+    local_first: float | None = None,
 ) -> pd.DataFrame:
     """``arun`` for synchronous callers; also works inside a running event loop
     (Jupyter), by running a private loop in a worker thread. Returns the results

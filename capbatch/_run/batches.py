@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,6 +98,8 @@ class BatchRunner:
         on_result: Callable[[int, RowResult], None] | None = None,
         drain_timeout: float = 30.0,
         retry_failed: bool = False,
+        solve: Callable[[Job], Awaitable[RowResult]] | None = None,
+        annotate: Callable[[str, RowResult], RowResult] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -108,30 +111,30 @@ class BatchRunner:
         self.counters = counters
         self.make_task = make_task
         self.on_result = on_result
+        # The cascade's hooks: its local stage first; its reading beside journaled answers.
+        self._solve = solve or functools.partial(solve_job, solver)
+        self._annotate = annotate
         self._jobs = asyncio.Semaphore(max_pending_jobs)
         self._max_buffered_rows = max_buffered_rows
         self._buffered_rows = 0
         self._room = asyncio.Event()
         self._window: deque[_Pending] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Set when the last job finishes or the run fails: what the tail of run() awaits.
-        self._settled = asyncio.Event()
+        self._settled = asyncio.Event()  # the last job finished, or the run failed
         # key -> rows waiting on the job already solving that key (the in-run cache)
         self._waiting: dict[str, list[tuple[_Pending, int, str]]] = {}
         self._streak_images: set[str] = set()  # see _streak_code
         self.failure: CapbatchError | None = None
         #: True after ``interrupt``: the output is still written, unfinished rows pending.
         self.interrupted = False
-        #: Seconds an interrupted run waits for the replies of requests in flight.
-        self.drain_timeout = drain_timeout
+        self.drain_timeout = drain_timeout  # an interrupted run's wait for replies out
         self.retry_failed = retry_failed
         # With the cache off: how often each content key (and id) was seen.
         self._occurrences: dict[str, int] = {}
         # Keys of failed entries this run sent again (each gets one more chance a run).
         self._retried: set[str] = set()
         self._jobs_finished = 0
-        #: Rows failed for good in earlier runs, kept as they were.
-        self.kept_failed = 0
+        self.kept_failed = 0  # rows failed for good in earlier runs, kept as they were
         self.spend_capped = 0
         # Where the progress bar starts: the rows earlier runs finished, as the journal
         # says before any row is read (``Tally.shown``).
@@ -267,8 +270,10 @@ class BatchRunner:
                 entry = self.journal.get_many([key]).get(key)
             if entry is not None and entry.done:
                 if self._keep(key, entry):
-                    earlier = self._by_earlier_run(entry)
-                    self._deliver(pending, i, from_journal(entry, row_key), earlier=earlier)
+                    result = from_journal(entry, row_key)
+                    if self._annotate is not None:
+                        result = self._annotate(key, result)
+                    self._deliver(pending, i, result, earlier=self._by_earlier_run(entry))
                     continue
                 # It failed for a passing reason (or --retry-failed): solve it again.
                 self._retried.add(key)
@@ -305,7 +310,7 @@ class BatchRunner:
         row = pending.first_row + index
         try:
             try:
-                result = await solve_job(self.solver, job)
+                result = await self._solve(job)
             except SpendCapReached:
                 self.spend_capped += 1
                 result = spend_cap_result(self.profile, self.solver.spend.cap)

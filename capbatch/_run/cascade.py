@@ -20,12 +20,14 @@ the local stage's journal entry (``annotate_reused``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 from capbatch._exceptions import CapbatchError, ConfigError
 from capbatch._io.record import RowResult
 from capbatch._providers.client import TaskService
 from capbatch._run.job import Job, JobState
-from capbatch._run.journal import Journal
+from capbatch._run.journal import LOCAL_READING_PREFIX, Journal
 from capbatch._run.results import (
     failed_result,
     from_journal,
@@ -35,7 +37,7 @@ from capbatch._run.results import (
 from capbatch._run.task import TaskSolver, solve_job
 
 #: Prefix of the local stage's journal keys (the paid stage's key follows it).
-LOCAL_PREFIX = "local|"
+LOCAL_PREFIX = LOCAL_READING_PREFIX
 #: The provider name of rows the local stage answered.
 LOCAL = "local"
 #: Task types whose local answers carry a confidence the gate can use.
@@ -149,3 +151,28 @@ async def cascade_job(stage: LocalStage, solver: TaskSolver, job: Job) -> RowRes
         return stage.annotate(local, local)
     stage.counts.sent_on += 1
     return stage.annotate(await solve_job(solver, job), local)
+
+
+def local_stage(threshold: float | None, journal: Journal) -> LocalStage | None:
+    """The run's local stage when ``--local-first`` is set (its ddddocr models load on
+    first use, one per core)."""
+    if threshold is None:
+        return None
+    from capbatch.local import LocalService
+
+    return LocalStage(LocalService(), journal, threshold, CascadeCounts(float(threshold)))
+
+
+def runner_hooks(stage: LocalStage | None, solver: TaskSolver) -> dict[str, Any]:
+    """The batch runner's ``solve`` and ``annotate`` for a cascade; none without one."""
+    if stage is None:
+        return {}
+    return {
+        "solve": functools.partial(cascade_job, stage, solver),
+        "annotate": stage.annotate_reused,
+    }
+
+
+async def close_stage(stage: LocalStage | None) -> None:
+    if stage is not None:
+        await stage.service.aclose()

@@ -28,6 +28,7 @@ from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
 from capbatch._run.batches import BatchRunner, ResultSink
 from capbatch._run.callback_solver import solver_type, start_callbacks, stop_callbacks
+from capbatch._run.cascade import LocalStage, close_stage, local_stage, runner_hooks
 from capbatch._run.journal import Journal
 from capbatch._run.limits import Clock, RateLimiter
 from capbatch._run.metadata import output_metadata
@@ -43,7 +44,7 @@ from capbatch._run.outage import OutageGate
 from capbatch._run.plan import TaskKeys, table_fields
 from capbatch._run.progress import Progress
 from capbatch._run.signals import SignalStops
-from capbatch._run.spend import SpendGuard
+from capbatch._run.spend import SpendGuard, spent_before
 from capbatch._run.spend_watch import SpendWatch
 from capbatch._run.summary import RunSummary
 from capbatch._run.tally import Tally, label_rule
@@ -258,8 +259,9 @@ class _Run:
         labels = label_rule(setup.options, setup.table.schema.names)
         tally = Tally(total=setup.table.num_rows, money=spend, labels=labels)
         solver = self._solver(spend, tally)
+        cascade = local_stage(setup.options.local_first, self.journal)
         progress = make_progress(setup.options)
-        runner = self._runner(sink, solver, tally, progress, live)
+        runner = self._runner(sink, solver, tally, progress, live, cascade)
         self.stops.runner = runner
         progress.start(tally)
         interrupted: RunInterrupted | None = None
@@ -271,7 +273,9 @@ class _Run:
         finally:
             progress.close(tally)
             await stop_callbacks(solver)
+            await close_stage(cascade)
             self._fill_summary(tally, spend, solver, runner, interrupted)
+            summary.cascade = cascade.counts.to_dict() if cascade is not None else None
         summary.balance_after = await self.balance() if summary.balance_before is not None else None
         summary.complete = interrupted is None
         frame = self._finish_output(want_frame and interrupted is None)
@@ -289,7 +293,7 @@ class _Run:
         spend = SpendGuard(
             resolved.limits.max_spend,
             price=resolved.price,
-            spent_before=_spent_before(self.journal, resolved.price),
+            spent_before=spent_before(self.journal, resolved.price),
             price_confirmed=self.setup.options.price is not None or resolved.profile.is_local,
         )
         summary.spend_before_usd = spend.spent_before
@@ -348,6 +352,7 @@ class _Run:
         tally: Tally,
         progress: Progress,
         live: LiveReports | None = None,
+        cascade: LocalStage | None = None,
     ) -> BatchRunner:
         setup = self.setup
         options, limits = setup.options, setup.resolved.limits
@@ -371,6 +376,7 @@ class _Run:
             ),
             drain_timeout=options.drain_timeout,
             retry_failed=options.retry_failed,
+            **runner_hooks(cascade, solver),
         )
 
     def _fill_summary(
@@ -438,12 +444,3 @@ def _note_endpoint(journal: Journal, here: str) -> str | None:
     return (
         f"the journal also holds answers from {', '.join(others)}; they are not reused for {here}"
     )
-
-
-def _spent_before(journal: Journal, price: float) -> float:
-    """What earlier runs of this journal spent: charged tasks, plus, at today's price,
-    sends whose outcome is unknown and tasks a stopped run left unfinished (each may
-    have been charged; a job that picks one up moves its price out of here)."""
-    states = journal.counts()
-    unfinished = states.get("intent", 0) + states.get("created", 0)
-    return journal.total_spent() + (journal.total_uncertain() + unfinished) * price

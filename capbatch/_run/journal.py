@@ -44,6 +44,9 @@ from capbatch._run.journal_errors import (
 )
 
 SCHEMA_VERSION = "1"
+#: Key prefix of the cascade's local readings (``cascade.LocalStage``), kept as tasks of
+#: provider ``local`` beside the paid ones.
+LOCAL_READING_PREFIX = "local|"
 
 #: The task's own bookkeeping, beside its result columns (``record.JOURNAL_COLUMNS``).
 _BOOKKEEPING = """
@@ -284,8 +287,12 @@ class Journal:
 
     @_guarded
     def counts(self) -> dict[str, int]:
-        """Number of tasks per state (``intent``, ``lost``, ``created``, ``done``)."""
-        rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        """Number of tasks per state (``intent``, ``lost``, ``created``, ``done``); the
+        cascade's local readings are not tasks of a provider and are not counted."""
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM tasks WHERE key NOT LIKE ? GROUP BY state",
+            (LOCAL_READING_PREFIX + "%",),
+        ).fetchall()
         return {str(state): int(n) for state, n in rows}
 
     # --- writes (each one committed before the step it guards) -------------------------

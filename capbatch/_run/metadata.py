@@ -35,6 +35,7 @@ def output_metadata(
         "price": resolved.price,
         "cache": options.cache,
         "app_id": options.app_id,
+        "local_first": options.local_first,
     }
 
     def text(value: float | None) -> str | None:

@@ -89,6 +89,9 @@ class RunOptions:
     #: ``HOST:PORT`` the callback receiver listens on (loopback unless the next is set).
     callback_listen: str | None = None
     callback_listen_public: bool = False
+    #: The cascade (``--local-first MIN_CONFIDENCE``): the local solver answers first and
+    #: keeps answers at or above this confidence; only the rest go to the provider.
+    local_first: float | None = None
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -158,8 +161,13 @@ def resolve(options: RunOptions) -> ResolvedRun:
         raise ConfigError(
             f"--outage-timeout must be a number of seconds above 0, not {options.outage_timeout}"
         )
-    if options.task_type != "ImageToTextTask" and not options.task_params and profile.is_local:
-        raise ConfigError("the local solver only answers ImageToTextTask")
+    if profile.is_local:
+        from capbatch.local import check_task
+
+        check_task(options.task_type, options.task_params)
+    from capbatch._run.cascade import check_threshold
+
+    check_threshold(options.local_first, options.task_type, provider_is_local=profile.is_local)
     return ResolvedRun(profile, key, limits, price, notices)
 
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from capbatch._run.journal import Journal
 
 #: Float sums of prices must not refuse the last exact fit under the cap.
 _EPSILON = 1e-12
@@ -107,3 +111,12 @@ class SpendGuard:
     def total(self) -> float:
         """Spent by every run of this journal, as far as is known."""
         return self.spent_before + self.spent
+
+
+def spent_before(journal: Journal, price: float) -> float:
+    """What earlier runs of this journal spent: charged tasks, plus, at today's price,
+    sends whose outcome is unknown and tasks a stopped run left unfinished (each may
+    have been charged; a job that picks one up moves its price out of here)."""
+    states = journal.counts()
+    unfinished = states.get("intent", 0) + states.get("created", 0)
+    return journal.total_spent() + (journal.total_uncertain() + unfinished) * price

@@ -53,6 +53,7 @@ from capbatch.widgets._results import (
     format_counters,
     format_task_params,
     is_path,
+    parse_local_first,
     parse_spend_cap,
     parse_task_params,
     temp_journal,
@@ -80,9 +81,8 @@ class RunPanel:
     says what each does; a misspelt one is refused with the closest name); provider,
     base URL, rate, in-flight cap, spend cap and task parameters fill the form.
     ``label_column`` names the column answers are checked against (when the table has
-    it). Without ``journal=`` the
-    journal goes beside the output, or for an in-memory table into a temp folder, so
-    Start after Stop resumes without paying twice.
+    it). Without ``journal=`` the journal goes beside the output, or for an in-memory
+    table into a temp folder, so Start after Stop resumes without paying twice.
     """
 
     REFRESH_SECONDS = 0.2
@@ -170,6 +170,10 @@ class RunPanel:
             value=format_task_params(options.fields), description="fields",
             placeholder="question=my_question_column", style=_WIDE,
         )  # fmt: skip
+        self.local_first = w.Text(  # the cascade (--local-first): README, Cascade
+            value="" if options.local_first is None else f"{options.local_first:g}",
+            description="local first", placeholder="off; e.g. 0.98", style=_WIDE,
+        )  # fmt: skip
 
     def _build_display(self) -> None:
         """The buttons and what shows the run: progress, counters, status, cards, tables."""
@@ -203,7 +207,7 @@ class RunPanel:
         form = w.HBox(
             [
                 w.VBox([self.provider, self.api_key, self.base_url, self.task_params, self.fields]),
-                w.VBox([self.rate, self.max_in_flight, self.max_spend]),
+                w.VBox([self.rate, self.max_in_flight, self.max_spend, self.local_first]),
             ]
         )
         buttons = w.HBox([self.start_button, self.pause_button, self.stop_button])
@@ -263,6 +267,7 @@ class RunPanel:
             max_spend=parse_spend_cap(self.max_spend.value),
             task_params=parse_task_params(self.task_params.value),
             fields={k: str(v) for k, v in parse_task_params(self.fields.value).items()},
+            local_first=parse_local_first(self.local_first.value),
             journal=self.journal,
             control=control,
             on_result=self._on_result,
@@ -288,13 +293,11 @@ class RunPanel:
                 self._set_status(f"cannot start: {exc}")
                 return
             self._control = control
-            self.error = None
-            self.report = self.summary = None
+            self.error = self.report = self.summary = None
             self.state = "running"
             self._set_buttons(running=True)
             self._set_status("starting…")
-            self.results_output.outputs = ()
-            self.summary_output.outputs = ()
+            self.results_output.outputs = self.summary_output.outputs = ()
             self.progress.bar_style = ""
             self._thread = threading.Thread(
                 target=self._work, args=(options,), name="capbatch-panel", daemon=True

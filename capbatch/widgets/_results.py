@@ -266,6 +266,20 @@ def parse_spend_cap(text: str) -> float | None:
     return cap
 
 
+def parse_local_first(text: str) -> float | None:
+    """The panel's cascade threshold (``local_first``): a confidence 0 to 1; empty: off."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"local first {text!r} is not a confidence from 0 to 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"local first must be a confidence from 0 to 1 (got {text})")
+    return value
+
+
 def format_task_params(params: Any) -> str:
     """The inverse of ``parse_task_params`` for the field's initial value."""
     if not params:

@@ -1,0 +1,140 @@
+"""``capbatch run --local-first`` end to end (issue 16): the real CLI, the local solver
+first, the emulator's oracle (5 % wrong answers) as the paid provider behind it.
+
+What is proven from the emulator's own counters: the gate sends only the rows it is
+unsure of, every row's cost is what the emulator charged, accuracy stays within 3
+points of the provider alone, and a run killed with ``kill -9`` resumes with no row
+read twice by the local solver nor paid twice by the provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from capbatch.emulator import EmulatorHandle
+from tests.e2e.runner_helpers import (
+    KEY,
+    PRICE,
+    oracle,
+    run_args,
+    run_cli,
+    sample_frame,
+    write_table,
+)
+
+pytestmark = pytest.mark.e2e
+
+Start = Callable[..., EmulatorHandle]
+ROWS = 120  # every third row of each style: plain, noisy, classic
+THRESHOLD = "0.98"
+
+
+def accuracy(frame: pd.DataFrame) -> float:
+    """Case-insensitive, as the labels are lowercase and the default charset is not."""
+    answers = frame["answer"].fillna("").str.lower()
+    return float((answers == frame["label"].str.lower()).mean())
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_the_gate_pays_only_for_unsure_rows_and_keeps_accuracy(
+    tmp_path: Path, emulator: Start
+) -> None:
+    table = write_table(sample_frame(ROWS), tmp_path / "in.parquet")
+    alone = oracle(emulator, error_rate=0.05, seed=3)
+    done = run_cli(*run_args(alone, table, tmp_path / "alone.parquet", "--rate", "200"))
+    assert done.returncode == 0, done.output
+    provider_alone = pd.read_parquet(tmp_path / "alone.parquet")
+
+    server = oracle(emulator, error_rate=0.05, seed=3)
+    out = tmp_path / "cascade.parquet"
+    flags = ("--rate", "200", "--local-first", THRESHOLD)
+    done = run_cli(*run_args(server, table, out, *flags, quiet=False))
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    stats = server.stats()
+    local = result["provider"] == "local"
+    # Only the rows the gate was unsure of reached the provider, each once.
+    assert stats["create_calls"] == (~local).sum() <= 0.65 * ROWS
+    assert local.sum() > 0 and (result.loc[local, "confidence"] >= float(THRESHOLD)).all()
+    assert (result.loc[local, "cost_usd"] == 0).all()
+    assert result["cost_usd"].sum() == pytest.approx(stats["charged_total"])
+    assert stats["charged_total"] == pytest.approx((~local).sum() * PRICE)
+    # Every row keeps what the gate saw, so the threshold can be tuned again.
+    assert result["local_answer"].notna().sum() >= 0.95 * ROWS
+    assert result["local_confidence"].notna().all()
+    assert accuracy(result) >= accuracy(provider_alone) - 0.03
+    assert f"cascade at confidence {THRESHOLD}: {local.sum()} rows answered locally" in (
+        done.output.replace("\n", " ")
+    )
+    assert KEY not in done.output
+
+
+def test_a_cascade_killed_part_way_reads_and_pays_each_row_once(
+    tmp_path: Path, emulator: Start, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    # Paid tasks take 1-2 s, so the kill finds readings journaled and tasks in flight.
+    server = oracle(emulator, deferred=1.0, solve_time=(1.0, 2.0), seed=5)
+    rows = 60
+    table = write_table(sample_frame(rows), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = run_args(server, table, out, "--rate", "20", "--local-first", THRESHOLD)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["CAPSOLVER_API_KEY"] = KEY
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "capbatch", *map(str, args)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    processes.append(proc)
+    deadline = time.monotonic() + 60
+    while server.stats()["create_calls"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    assert proc.wait(timeout=10) == -9
+    created_before = server.stats()["create_calls"]
+    assert 0 < created_before < rows
+    journal = next(tmp_path.glob("*.journal.sqlite"))
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        (read_before,) = db.execute(
+            "SELECT COUNT(*) FROM tasks WHERE key LIKE 'local|%' AND state = 'done'"
+        ).fetchone()
+    assert read_before > 0
+
+    done = run_cli(*args, "--quiet")
+    assert done.returncode == 0, done.output
+    result = pd.read_parquet(out)
+    assert (result["status"] == "solved").all(), result[["status", "error_code"]]
+    sent_on = int((result["provider"] != "local").sum())
+    stats = server.stats()
+    # The paid side: every task a row's answer came from was created once; only a task
+    # whose id the kill kept from the journal was created again, and each such is counted.
+    repeats = stats["create_calls"] - sent_on
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        (uncertain,) = db.execute("SELECT COALESCE(SUM(uncertain), 0) FROM tasks").fetchone()
+        (readings,) = db.execute("SELECT COUNT(*) FROM tasks WHERE key LIKE 'local|%'").fetchone()
+    assert 0 <= repeats <= uncertain
+    # The local side: one reading per row over both runs, none read twice.
+    assert readings == rows
+    cascade = pd.read_parquet(out).attrs["capbatch"]["run"]["cascade"]
+    assert cascade["read"] == rows - read_before and cascade["reused"] == read_before
