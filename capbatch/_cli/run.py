@@ -150,6 +150,13 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Allow --callback-listen on an address other machines can reach.",
 )
+@click.option(
+    "--local-first",
+    type=click.FloatRange(0.0, 1.0),
+    metavar="MIN_CONFIDENCE",
+    help="The cascade: the local solver reads each row first and keeps answers with at "
+    "least this confidence (0 to 1); only the rest go to the provider. See README, Cascade.",
+)
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)
