@@ -238,7 +238,7 @@ def _run_and_report(input_path: Path, options: RunOptions) -> None:
         raise
     summary = outcome.summary
     if options.dry_run:
-        for line in summary.notices[-1:]:
+        for line in summary.notices:  # the dry run's own lines (dryrun.py)
             click.echo(printable(line))
         return
     if not options.quiet:

@@ -259,4 +259,3 @@ def test_local_run_then_report(tmp_path: Path) -> None:
     solved = int(answers["status"].eq("solved").sum())
     assert cards["rows solved (no cost recorded)"] == f"{solved} of 6"
     assert "case-insensitive accuracy" in cards and "exact accuracy (case-sensitive)" not in cards
-    assert "cost: none recorded" in capbatch("report", "six.results.parquet", cwd=tmp_path).stdout
