@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import random
+from collections.abc import Callable
 from typing import Any
 
 from capbatch._exceptions import CapbatchError, ConfigError
@@ -176,3 +178,60 @@ def runner_hooks(stage: LocalStage | None, solver: TaskSolver) -> dict[str, Any]
 async def close_stage(stage: LocalStage | None) -> None:
     if stage is not None:
         await stage.service.aclose()
+
+
+#: Rows the dry run reads locally to estimate how many the gate passes.
+DRY_RUN_SAMPLE = 50
+
+
+class GateSample:
+    """``--dry-run --local-first``: a uniform sample (reservoir, seeded) of the tasks a
+    run would send, read by the local solver to estimate the share the gate keeps.
+    Readings already in the journal are used as they are (nothing read twice)."""
+
+    def __init__(self, threshold: float, size: int = DRY_RUN_SAMPLE, seed: int = 0) -> None:
+        self.threshold = threshold
+        self.size = size
+        self.seen = 0
+        self.kept: list[tuple[str, dict[str, Any]]] = []
+        self._rng = random.Random(seed)
+
+    def offer(self, key: str, make_task: Callable[[], dict[str, Any]]) -> None:
+        """One task a run would send; ``make_task`` builds it only if it is sampled."""
+        self.seen += 1
+        if len(self.kept) < self.size:
+            self.kept.append((key, make_task()))
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.size:
+            self.kept[slot] = (key, make_task())
+
+    def passing(self, journal: Journal) -> tuple[int, int]:
+        """(rows of the sample the gate would keep, rows sampled)."""
+        if not self.kept:
+            return 0, 0
+        from capbatch.local import LocalSolver
+
+        solver: LocalSolver | None = None
+        passed = 0
+        for key, task in self.kept:
+            entry = journal.get_many([LOCAL_PREFIX + key]).get(LOCAL_PREFIX + key)
+            if entry is not None and entry.done:
+                confidence = entry.result.confidence if entry.result.answer else None
+            else:
+                solver = solver or LocalSolver(workers=1)
+                confidence = _read_confidence(solver, task)
+            passed += confidence is not None and confidence >= self.threshold
+        if solver is not None:
+            solver.close()
+        return passed, len(self.kept)
+
+
+def _read_confidence(solver: Any, task: dict[str, Any]) -> float | None:
+    from capbatch.local import decode_body
+
+    try:
+        text, confidence = solver.read(decode_body(task), task.get("charset"))
+    except CapbatchError:
+        return None
+    return float(confidence) if text else None

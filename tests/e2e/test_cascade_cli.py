@@ -138,3 +138,29 @@ def test_a_cascade_killed_part_way_reads_and_pays_each_row_once(
     assert readings == rows
     cascade = pd.read_parquet(out).attrs["capbatch"]["run"]["cascade"]
     assert cascade["read"] == rows - read_before and cascade["reused"] == read_before
+
+
+def test_a_dry_run_estimates_the_gate_from_a_sample_and_sends_nothing(
+    tmp_path: Path, emulator: Start
+) -> None:
+    from capbatch.local import LocalSolver
+
+    rows = 30  # under the sample's 50: the estimate reads every row
+    frame = sample_frame(rows)
+    table = write_table(frame, tmp_path / "in.parquet")
+    server = oracle(emulator)
+    args = run_args(server, table, tmp_path / "out.parquet", "--local-first", THRESHOLD)
+    done = run_cli(*args, "--dry-run")
+    assert done.returncode == 0, done.output
+    solver = LocalSolver(workers=1)
+    passing = sum(
+        solver.read(Path(path).read_bytes())[1] >= float(THRESHOLD) for path in frame["image_path"]
+    )
+    solver.close()
+    assert 0 < passing < rows
+    expected = (
+        f"cascade at confidence {THRESHOLD}: {passing} of a sample of {rows} rows pass the "
+        f"gate, so about {rows - passing} of the {rows} go on to the provider"
+    )
+    assert expected in done.stdout.replace("\n", " ")
+    assert server.stats()["create_calls"] == 0
