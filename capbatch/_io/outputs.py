@@ -338,7 +338,7 @@ class ResultWriter:
         except (pa.ArrowException, ValueError) as exc:
             why = " ".join(str(exc).split())[:200]
             raise self._fail(
-                OutputError(f"cannot write the output {self.path}'s metadata: {why}")
+                OutputError(f"cannot write the metadata of {self.path}: {why}; not published")
             ) from None
 
     def _verify(self) -> None:

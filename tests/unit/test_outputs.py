@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from capbatch._exceptions import ConfigError, OutputError
+from capbatch._io import outputs
 from capbatch._io.file_metadata import to_object
 from capbatch._io.outputs import ResultWriter, count_rows, read_results, run_metadata, temp_pattern
 from capbatch._io.record import (
@@ -261,6 +262,23 @@ def test_parquet_metadata_where_pandas_and_pyarrow_look(tmp_path: Path) -> None:
     assert frame["id"].tolist() == list(range(6))
     assert frame["answer"].fillna("-").tolist() == ["ans0", "-", "ans2", "-", "ans4", "-"]
     assert run_metadata(out) == ENTRIES  # the text entries, as every version wrote them
+
+
+def test_a_failed_footer_swap_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = write_sample(tmp_path / "out.parquet")
+    before = out.read_bytes()
+
+    def broken(*_: object) -> None:
+        raise ValueError("does not end as a Parquet file")
+
+    monkeypatch.setattr(outputs, "replace_parquet_footer", broken)
+    with ResultWriter(out, INPUT_SCHEMA) as writer:
+        writer.write(batch(0, 1), [solved(0)])
+        with pytest.raises(OutputError, match=r"cannot write the metadata of .*not published"):
+            writer.finish(ENTRIES)
+    assert out.read_bytes() == before and temporaries(out) == []
 
 
 def test_old_parquet_metadata_read_typed(tmp_path: Path) -> None:
