@@ -49,7 +49,7 @@ def test_every_run_option_is_an_explicit_typed_keyword_with_its_default(
 ) -> None:
     assert signature_gaps(func, capbatch.RunOptions) == []
     params = inspect.signature(func).parameters
-    assert list(params)[0] == "source"
+    assert next(iter(params)) == "source"
     assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
