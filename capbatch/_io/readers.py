@@ -115,16 +115,19 @@ def frame_reader(frame: pd.DataFrame) -> Reader:
     Types are inferred once from the whole frame (object columns of bytes become binary)
     so that every slice gets the same schema. An index other than the default
     ``RangeIndex`` comes along as columns at the end, described in the schema's
-    ``pandas`` metadata, so that the results get it back (``frame_index``).
+    ``pandas`` metadata, so that the results get it back (``frame_index``); one Arrow
+    cannot hold (values of mixed types, a level named by a number) is left behind, as
+    ``DataFrame.to_parquet`` would fail on it.
     """
     index = frame.index
     default = (
         type(index).__name__ == "RangeIndex"  # (pandas is not imported here)
         and (index.start, index.step, index.name) == (0, 1, None)  # type: ignore[attr-defined]
     )
-    keep_index = not default
+    schema = None if default else _schema_with_index(frame)
+    keep_index = schema is not None
     try:
-        schema = pa.Schema.from_pandas(frame, preserve_index=keep_index)
+        schema = schema or pa.Schema.from_pandas(frame, preserve_index=False)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise TableError(
             f"cannot convert the input DataFrame to Arrow: {short_error(exc)}"
@@ -142,6 +145,17 @@ def frame_reader(frame: pd.DataFrame) -> Reader:
             yield pa.RecordBatch.from_pandas(chunk, schema=schema, preserve_index=keep_index)
 
     return Reader(schema, stream, len(frame))
+
+
+def _schema_with_index(frame: pd.DataFrame) -> pa.Schema | None:
+    """``frame``'s schema with its index levels, or None when Arrow cannot hold them: its
+    type not found, or a first row not converted (a level named by a number)."""
+    try:
+        schema = pa.Schema.from_pandas(frame, preserve_index=True)
+        pa.RecordBatch.from_pandas(frame.iloc[:1], schema=schema, preserve_index=True)
+    except (pa.ArrowException, TypeError, ValueError, KeyError):
+        return None
+    return schema
 
 
 def _parquet_reader(path: Path) -> Reader:

@@ -3,6 +3,7 @@ results (in memory and through a Parquet output), as ``df.assign`` would keep it
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -137,3 +138,20 @@ def test_schema_without_pandas_metadata_passes() -> None:
     assert result_schema(schema).metadata is None
     odd = schema.with_metadata({b"pandas": b"not json"})
     assert result_schema(odd).metadata is None
+
+
+@pytest.mark.parametrize(
+    "index",
+    [pd.Index([1, "x", 2.5]), pd.Index([1, 2, 3], name=0)],
+    ids=["mixed types", "a level named by a number"],
+)
+def test_an_index_arrow_cannot_hold_is_left_behind(index: pd.Index) -> None:
+    """As before the index was kept: the frame converts without it (to_parquet fails)."""
+    frame = BASE.set_axis(index)
+    with pytest.warns(UserWarning) if index.name == 0 else contextlib.nullcontext():
+        source = TableSource(frame)
+    assert source.schema.names == list(frame.columns)
+    sink = MemorySink()
+    for batch, results in results_of(source):
+        sink.write(batch, results)
+    assert sink.table(source.schema).to_pandas().index.tolist() == [0, 1, 2]
