@@ -157,6 +157,19 @@ if TYPE_CHECKING:
     help="The cascade: the local solver reads each row first and keeps answers with at "
     "least this confidence (0 to 1); only the rest go to the provider. See README, Cascade.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["process", "ray"]),
+    default="process",
+    show_default=True,
+    help="Where the run solves its rows: in this process, or on a Ray cluster "
+    "(needs capbatch[ray]; README, Scale).",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    help="The Ray cluster to join with --engine ray [default: RAY_ADDRESS, else a local one].",
+)
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)
@@ -181,6 +194,9 @@ def run_command(input_path: Path, **flags: Any) -> None:
     # and before the freeze below, so that it is frozen with the rest.
     from capbatch._run import engine  # noqa: F401
 
+    engine_name, ray_address = flags.pop("engine"), flags.pop("ray_address")
+    if ray_address is not None and engine_name != "ray":
+        raise click.BadParameter("needs --engine ray", param_hint="--ray-address")
     options = _run_options(flags)
     # Everything imported so far lives as long as the process: take it out of the
     # collector's full passes (each walked ~90k objects: a 45-75 ms stall of the event
@@ -190,7 +206,7 @@ def run_command(input_path: Path, **flags: Any) -> None:
     # The run handles SIGINT and SIGTERM itself (see ``capbatch._run.signals``);
     # ``command_errors`` covers the moments before and after it, so a SIGTERM still
     # ends with one line, and every outcome but success exits with its status.
-    _run_and_report(input_path, options)
+    _run_and_report(input_path, options, engine_name, ray_address)
 
 
 def _run_options(flags: dict[str, Any]) -> RunOptions:
@@ -217,7 +233,12 @@ def _run_options(flags: dict[str, Any]) -> RunOptions:
     )
 
 
-def _run_and_report(input_path: Path, options: RunOptions) -> None:
+def _run_and_report(
+    input_path: Path,
+    options: RunOptions,
+    engine_name: str = "process",
+    ray_address: str | None = None,
+) -> None:
     """Run and print the summary; an interrupted run prints its summary, then the
     interruption goes on to ``command_errors``."""
     import asyncio
@@ -227,7 +248,12 @@ def _run_and_report(input_path: Path, options: RunOptions) -> None:
 
     try:
         try:
-            outcome = asyncio.run(execute(input_path, options))
+            if engine_name == "ray":
+                from capbatch._ray.cli import run_on_ray
+
+                outcome = run_on_ray(input_path, options, ray_address)
+            else:
+                outcome = asyncio.run(execute(input_path, options))
         finally:
             # The run is over (its output written or not): a signal from here on only
             # repeats the one being handled, and must not cut the last lines short.

@@ -28,7 +28,9 @@ def test_every_stage_is_a_package_and_no_private_module_is_left_flat() -> None:
         assert (PACKAGE / stage / "__init__.py").is_file(), stage
     flat = {p.name for p in PACKAGE.glob("*.py")}
     # At the top: the public API, the CLI's entry point, the local solver, the one
-    # exception tree and the version; everything else lives in its stage.
+    # exception tree, the version and the optional Ray API (capbatch.ray, its own
+    # import so that `import capbatch` never imports Ray); everything else lives in
+    # its stage.
     assert flat == {
         "__init__.py",
         "__main__.py",
@@ -37,6 +39,7 @@ def test_every_stage_is_a_package_and_no_private_module_is_left_flat() -> None:
         "_version.py",
         "cli.py",
         "local.py",
+        "ray.py",
     }, flat
 
 

@@ -1,0 +1,124 @@
+"""Wiring a Ray run: the journal actor (on the driver's node), the budget actor, and the
+``map_batches`` stage of ``SolveBatches`` workers. ``capbatch.ray.solve`` and
+``capbatch run --engine ray`` both build their run here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from capbatch._exceptions import CapbatchError
+from capbatch._ray.budget import Budget
+from capbatch._ray.journal_service import JournalService
+from capbatch._ray.remote_journal import RemoteJournal
+from capbatch._ray.settings import WorkerSettings
+from capbatch._ray.worker import SolveBatches
+
+#: Rows per batch a worker is handed when the options do not say: small enough that a
+#: rate-limited provider's batch finishes in seconds (results stream out, a killed
+#: worker's retry is short), large enough to amortise a batch's journal look-up.
+DEFAULT_BATCH_ROWS = 64
+
+
+@dataclass
+class Actors:
+    """The run's two shared actors, and the journal as the driver sees it."""
+
+    journal: Any
+    budget: Any
+    remote: RemoteJournal
+
+    def close(self) -> None:
+        """Close the journal (checkpointed, locks let go), then end both actors."""
+        import ray
+
+        try:
+            ray.get(self.journal.close.remote())
+        finally:
+            ray.kill(self.budget)
+            ray.kill(self.journal)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The capbatch error inside a Ray error (a worker's or an actor's), if any."""
+    seen = 0
+    while seen < 5:
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(exc, CapbatchError) and type(exc).__module__.startswith("capbatch"):
+            return exc
+        if cause is None:
+            return exc
+        exc, seen = cause, seen + 1
+    return exc
+
+
+def open_journal(output: str | None, journal: str, source: str | None) -> tuple[Any, RemoteJournal]:
+    """The journal actor, pinned to this (the driver's) node, once its file is open."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    actor: Any = (
+        ray.remote(JournalService)
+        .options(
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+        )
+        .remote(output, journal, source)
+    )
+    try:
+        ray.get(actor.ready.remote())
+    except Exception as exc:
+        ray.kill(actor)
+        raise unwrap(exc) from None
+    return actor, RemoteJournal(actor)
+
+
+def start_budget(settings: WorkerSettings, *, spent_before: float) -> Any:
+    import ray
+
+    limits = settings.limits
+    return (
+        ray.remote(Budget)
+        .options(num_cpus=0, max_restarts=0)
+        .remote(
+            rate=limits.rate,
+            max_in_flight=limits.max_in_flight,
+            cap=limits.max_spend,
+            price=settings.price,
+            spent_before=spent_before,
+            price_confirmed=settings.price_confirmed,
+        )
+    )
+
+
+def solve_stage(
+    dataset: Any,
+    settings: WorkerSettings,
+    actors: Actors,
+    *,
+    workers: int | None,
+    batch_rows: int | None,
+) -> Any:
+    """``dataset`` through the workers: one ``SolveBatches`` actor per worker. A local
+    solver's worker takes a whole CPU (one model, one thread); a provider's worker
+    mostly waits on the network and takes a quarter."""
+    import ray
+
+    local = settings.profile.is_local
+    if workers is None:
+        cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+        workers = max(1, cpus) if local else 2
+    return dataset.map_batches(
+        SolveBatches,
+        fn_constructor_kwargs={
+            "settings": settings,
+            "budget": actors.budget,
+            "journal": actors.journal,
+        },
+        batch_format="pyarrow",
+        batch_size=batch_rows or DEFAULT_BATCH_ROWS,
+        concurrency=workers,
+        num_cpus=1 if local else 0.25,
+    )
