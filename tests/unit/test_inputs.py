@@ -513,7 +513,7 @@ def test_unreadable_tables(tmp_path: Path, name: str, content: bytes | None, exp
 
 
 def test_directory_and_odd_sources(tmp_path: Path) -> None:
-    with pytest.raises(TableError, match="no image files .* in the folder"):
+    with pytest.raises(TableError, match=r"no image files .* in the folder"):
         TableSource(tmp_path)  # a folder is an input (image_folder), but this one is empty
     with pytest.raises(TableError, match="cannot read a list"):
         TableSource([1, 2])  # type: ignore[arg-type]
