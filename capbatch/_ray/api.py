@@ -25,7 +25,15 @@ def solve_dataset(
     """The workers' stage over ``dataset``. Its journal is ``options.journal`` (on this,
     the driver's, node), else one in the user cache named by the dataset's first rows
     (as ``capbatch.run`` names one for a DataFrame): solving the same dataset again
-    resumes, and pays for nothing twice."""
+    resumes, and pays for nothing twice. The actors live as long as the stage does
+    (its workers hold them)."""
+    return build(dataset, options, workers=workers, batch_rows=batch_rows)[0]
+
+
+def build(
+    dataset: Any, options: RunOptions, *, workers: int | None, batch_rows: int | None
+) -> tuple[Any, Actors]:
+    """``solve_dataset``'s stage and the run's actors (tests and benchmarks look in)."""
     require_ray()
     refuse_unsupported(options)
     if options.output is not None:
@@ -41,7 +49,8 @@ def solve_dataset(
     journal, remote = open_journal(None, setup.journal_path, None)
     budget = start_budget(settings, spent_before=spent_before_run(remote, settings.price))
     actors = Actors(journal, budget, remote)
-    return solve_stage(dataset, settings, actors, workers=workers, batch_rows=batch_rows)
+    stage = solve_stage(dataset, settings, actors, workers=workers, batch_rows=batch_rows)
+    return stage, actors
 
 
 def _head(dataset: Any) -> pa.Table:

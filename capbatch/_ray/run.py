@@ -170,8 +170,8 @@ class _RayRun:
             here = f"{name} at {endpoint}" if endpoint else name
             if (other := engine._note_endpoint(remote, here)) is not None:
                 setup.tell(summary, other)
-            summary.balance_before = self._balance()
             budget = start_budget(self.settings, spent_before=spent_before)
+            summary.balance_before = self._balance(budget)
             actors = Actors(journal, budget, remote)
             assert setup.output is not None  # a file input always has an output path
             writer = ResultWriter(setup.output, table.schema)
@@ -179,7 +179,7 @@ class _RayRun:
                 tally = self._stream(actors, writer, workers)
                 self._fill(tally, actors)
                 summary.balance_after = (
-                    self._balance() if summary.balance_before is not None else None
+                    self._balance(budget) if summary.balance_before is not None else None
                 )
                 writer.finish(
                     output_metadata(summary, setup.options, setup.resolved, table),
@@ -201,10 +201,13 @@ class _RayRun:
         import ray
 
         tables, first = [], 0
+        # Blocks of at most a worker's batch, at least eight per worker on small inputs:
+        # they stream, and spread over the workers.
+        rows = self.setup.table.num_rows or DEFAULT_BATCH_ROWS * 16
+        block = max(4, min(DEFAULT_BATCH_ROWS, -(-rows // 16)))
         for batch in self.setup.table.batches():
-            # Blocks of a worker's batch: they stream, and spread over the workers.
-            for start in range(0, batch.num_rows, DEFAULT_BATCH_ROWS):
-                part = pa.Table.from_batches([batch.slice(start, DEFAULT_BATCH_ROWS)])
+            for start in range(0, batch.num_rows, block):
+                part = pa.Table.from_batches([batch.slice(start, block)])
                 rows = pa.array(range(first, first + part.num_rows), pa.int64())
                 tables.append(part.append_column(ROW_COLUMN, rows))
                 first += part.num_rows
@@ -282,12 +285,17 @@ class _RayRun:
         summary.price_usd = money.price
         summary.finished_at = engine._now_iso()
 
-    def _balance(self) -> float | None:
+    def _balance(self, budget: Any) -> float | None:
         """The account's balance from the driver (None for the local solver, or when the
-        provider does not say); a run-fatal answer stops the run here, as in the core."""
+        provider does not say); a run-fatal answer stops the run here, as in the core.
+        The request takes a slot of the cluster's rate like every other."""
+        import ray
+
         setup = self.setup
         if setup.resolved.profile.is_local:
             return None
+        remote_now, slots = ray.get(budget.take_slots.remote("driver", 1))
+        time.sleep(max(0.0, slots[0] - remote_now))
 
         async def ask() -> float | None:
             service = engine._make_service(setup.options, setup.resolved)

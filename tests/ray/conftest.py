@@ -1,0 +1,41 @@
+"""One local Ray cluster for the whole test session (``pytest tests/ray``), started only
+when a test here asks for it, so no other test pays Ray's start-up. Tests that cannot
+get a cluster are skipped, saying why; nothing else skips them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import emulator  # noqa: F401  (the e2e emulator fixture)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/ray/" in item.nodeid.replace(os.sep, "/"):
+            item.add_marker(pytest.mark.ray)
+            # Under xdist (--dist loadgroup), every Ray test goes to one worker: one cluster.
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """``ray``, initialised once: 2 CPUs, no dashboard. Its GCS address is
+    ``ray.get_runtime_context().gcs_address``."""
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        pytest.skip(f"Ray is not installed (pip install 'capbatch[ray]'): {exc}")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # pragma: no cover - a machine Ray cannot start on
+        pytest.skip(f"Ray cannot start a local cluster here: {exc}")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

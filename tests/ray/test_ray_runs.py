@@ -1,0 +1,197 @@
+"""The Ray engine against the real emulator on loopback, on one local Ray cluster.
+
+The emulator's counters are the proof: its one-second window of arrivals (the rate), what
+it charged (the spend cap), how often it created each image (no task created twice after a
+worker or the driver is killed, beyond the possible double payments the journal counts).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+import capbatch
+from capbatch._exceptions import InUseError
+from capbatch._run.options import RunOptions
+from capbatch.emulator import EmulatorHandle
+from tests.e2e.runner_helpers import KEY, PRICE, oracle, sample_frame, write_table
+
+COMPARED = ["id", "answer", "status", "error_code", "from_cache", "cost_usd"]
+
+
+def stats(server: EmulatorHandle) -> dict[str, Any]:
+    reply = httpx.get(f"{server.url}/_stats", timeout=10)
+    reply.raise_for_status()
+    data: dict[str, Any] = reply.json()
+    return data
+
+
+def reset_stats(server: EmulatorHandle) -> None:
+    body = {"clientKey": KEY}
+    httpx.post(f"{server.url}/_reset_stats", json=body, timeout=10).raise_for_status()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds} s for {what}")
+        time.sleep(0.1)
+
+
+def twice_created(server: EmulatorHandle) -> int:
+    """createTask calls for an image beyond its first."""
+    return sum(n - 1 for n in stats(server)["creates_by_hash"].values())
+
+
+def options(server: EmulatorHandle, **extra: Any) -> RunOptions:
+    extra.setdefault("quiet", True)
+    return RunOptions(base_url=server.url, api_key=KEY, provider="capsolver", **extra)
+
+
+def ray_run(table: Path, out: Path, server: EmulatorHandle, **extra: Any) -> Any:
+    """``capbatch run TABLE --engine ray`` in this process (the session's cluster)."""
+    from capbatch._ray.run import execute_on_ray
+
+    return execute_on_ray(table, options(server, output=str(out), **extra), address=None)
+
+
+def test_same_rows_as_capbatch_run_at_the_rate(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """35 rows (5 repeated images): the Ray engine's output equals ``capbatch run``'s,
+    row for row; each image is created once; no one-second window exceeds --rate."""
+    server = oracle(emulator, deferred=0.5, solve_time=(0.1, 0.4))
+    frame = sample_frame(30)
+    frame = pd.concat([frame, frame.head(5).assign(id=lambda f: f["id"] + "-again")])
+    table = write_table(frame.reset_index(drop=True), tmp_path / "in.parquet")
+    capbatch.run(
+        table,
+        output=str(tmp_path / "one.parquet"),
+        provider="capsolver",
+        base_url=server.url,
+        api_key=KEY,
+        rate=10,
+        quiet=True,
+    )
+    reset_stats(server)
+
+    outcome = ray_run(table, tmp_path / "ray.parquet", server, rate=10)
+
+    counters = stats(server)
+    assert counters["create_calls"] == 30
+    assert twice_created(server) == 0
+    assert 0 < counters["max_requests_per_second"] <= 10
+    one = capbatch.read_results(tmp_path / "one.parquet")[COMPARED]
+    on_ray = capbatch.read_results(tmp_path / "ray.parquet")[COMPARED]
+    pd.testing.assert_frame_equal(on_ray, one)
+    assert outcome.summary.solved == 35 and outcome.summary.from_cache == 5
+    assert outcome.summary.creates == 30
+    assert outcome.summary.spend_usd == pytest.approx(30 * PRICE)
+
+
+def test_spend_cap_holds_for_the_cluster(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """``capbatch.ray.solve`` with a cap of 8 tasks over 2 workers: the server charges
+    no more than the cap; the rows left say the cap stopped them."""
+    import capbatch.ray
+
+    server = oracle(emulator, deferred=1.0, solve_time=(0.2, 0.5))
+    frame = sample_frame(30)
+    cap = 8 * PRICE + 1e-9
+    dataset = ray_cluster.data.from_pandas(frame)
+    solved = capbatch.ray.solve(
+        dataset,
+        workers=2,
+        batch_rows=5,
+        base_url=server.url,
+        api_key=KEY,
+        price=PRICE,
+        max_spend=cap,
+        rate=40,
+        journal=str(tmp_path / "cap.journal.sqlite"),
+    ).to_pandas()
+
+    assert len(solved) == 30
+    charged = stats(server)["charged_total"]
+    assert charged <= cap
+    assert (solved["status"] == "solved").sum() == round(charged / PRICE) >= 4
+    refused = solved[solved["status"] != "solved"]
+    assert set(refused["error_code"]) == {"SPEND_CAP_REACHED"}
+
+
+def test_a_killed_worker_creates_no_task_twice(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """A worker killed while its tasks are out: Ray restarts it and retries its
+    batches; the journal's claims and task ids make the new worker poll those tasks."""
+    from capbatch._ray.api import build
+
+    server = oracle(emulator, deferred=1.0, solve_time=(2.0, 3.0))
+    frame = sample_frame(24)
+    run = options(server, rate=40, journal=str(tmp_path / "kill.journal.sqlite"))
+    stage, actors = build(ray_cluster.data.from_pandas(frame), run, workers=2, batch_rows=6)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(stage.to_pandas)
+        wait_for(lambda: stats(server)["create_calls"] >= 8, 60, "tasks created")
+        workers = ray_cluster.get(actors.journal.workers.remote())
+        victim = next(iter(workers.values()))
+        ray_cluster.kill(victim, no_restart=False)
+        solved = result.result(timeout=90)
+
+    assert (solved["status"] == "solved").all() and len(solved) == 24
+    assert len(ray_cluster.get(actors.journal.workers.remote())) > len(workers)  # restarted
+    assert twice_created(server) <= actors.remote.total_uncertain()
+    assert stats(server)["create_calls"] <= 24 + actors.remote.total_uncertain()
+
+
+def test_a_killed_driver_resumes_without_paying_twice(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """``capbatch run --engine ray --ray-address`` killed (SIGKILL, the whole process
+    group) with tasks out; the same command run again polls the journaled task ids."""
+    server = oracle(emulator, deferred=1.0, solve_time=(2.0, 3.0))
+    table = write_table(sample_frame(20), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    address = ray_cluster.get_runtime_context().gcs_address
+    args = ["run", table, "-o", out, "--base-url", server.url, "--quiet", "--rate", "20"]
+    env = {**os.environ, "CAPSOLVER_API_KEY": KEY}
+    command = [sys.executable, "-m", "capbatch", *map(str, args), "--engine", "ray"]
+    child = subprocess.Popen(
+        [*command, "--ray-address", address], env=env, start_new_session=True
+    )
+    try:
+        wait_for(lambda: stats(server)["create_calls"] >= 8, 90, "tasks created")
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    created_before = stats(server)["create_calls"]
+    assert created_before < 20 and not out.exists()
+
+    outcome = None
+    for _ in range(40):  # the killed driver's journal actor is going away
+        try:
+            outcome = ray_run(table, out, server, rate=20)
+            break
+        except InUseError:
+            time.sleep(0.5)
+    assert outcome is not None
+
+    results = capbatch.read_results(out)
+    assert (results["status"] == "solved").all() and len(results) == 20
+    double = outcome.summary.possible_double_payments
+    assert twice_created(server) <= double
+    assert stats(server)["create_calls"] == 20 + twice_created(server)
+    assert outcome.summary.creates == 20 - created_before + twice_created(server)
