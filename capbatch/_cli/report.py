@@ -175,6 +175,7 @@ def _print_report(rep: Report, page: Path) -> None:
     rows, group_columns = _shown_columns(rep)
     lines += ["", _metrics_block(rep.summary, rows)]
     lines += _group_lines(rep.groups, group_columns)
+    lines += _cascade_lines(rep)
     if len(rep.errors):
         codes = ", ".join(
             f"{shown(c)} {n:,}"
@@ -259,6 +260,16 @@ def report(
     help="A name per results table, in order [default: the file stems].",
 )
 @click.option("--id-column", help="Column matching rows across runs [default: id, else images].")
+@click.option(
+    "--within",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    metavar="POINTS",
+    help="The cascade curve (a local run's results beside a provider's) recommends the "
+    "cheapest --local-first threshold whose accuracy is at most this many percentage "
+    "points below the provider's.",
+)
 @_shared_options
 @command_errors()
 def compare(
@@ -266,6 +277,7 @@ def compare(
     output: Path | None,
     names: tuple[str, ...],
     id_column: str | None,
+    within: float,
     label_column: str,
     by: tuple[str, ...],
     case_sensitive: bool,
@@ -281,11 +293,16 @@ def compare(
     group with --by (or JSON with --json), and writes a self-contained HTML page
     with the agreement between runs and the rows where they disagree, each row's
     image beside every run's answer. Answers are scored as by `capbatch report`.
+
+    Given a local run's results (answers with a confidence, or a cascade run's) and a
+    provider's, it also shows the cascade curve: per confidence threshold, the accuracy
+    and cost per 1,000 rows of keeping the local answer at or above it and paying the
+    provider for the rest, and names the cheapest threshold for `run --local-first`
+    (see --within; README, Cascade).
     """
     if len(results) < 2:
         raise ConfigError("compare needs two or more results files")
     from capbatch._reports.compare import compare as make_comparison
-    from capbatch._reports.metrics import fmt, shown
 
     cmp = make_comparison(
         *results,
@@ -297,6 +314,7 @@ def compare(
         base_dir=base_dir,
         tolerance=tolerance,
         iou_threshold=iou_threshold,
+        within=within,
     )
     page = output or results[0].with_name(f"{_stem(results[0])}.compare.html")
     _write_page(cmp.to_html, page)
@@ -304,7 +322,13 @@ def compare(
         data = cmp.to_dict()
         data["html"] = str(page)
         click.echo(_dumps(data))
-        return
+    else:
+        _print_comparison(cmp, page)
+
+
+def _print_comparison(cmp: Comparison, page: Path) -> None:
+    from capbatch._reports.metrics import fmt, shown
+
     lines = [
         f"runs: {', '.join(shown(n) for n in cmp.names)}; "
         f"{len(cmp.matched):,} rows matched by {shown(cmp.key)}"
@@ -318,8 +342,44 @@ def compare(
     ]
     lines.append(f"rows where the runs disagree: {len(cmp.disagreements):,}")
     lines += _group_lines(cmp.groups, group_columns)
+    if cmp.cascade is not None:
+        from capbatch._reports import cascade_view as view
+
+        curve = cmp.cascade
+        lines += ["", view.curve_title(curve) + ":", _text_table(view.curve_frame(curve))]
+        lines += ["", view.recommendation(curve)]
     lines += ["", f"report: {page}"]
     click.echo("\n".join(lines))
+
+
+def _cascade_lines(rep: Report) -> list[str]:
+    """A report's confidence gate and, for a cascade run, its stages."""
+    from capbatch._reports import cascade_view as view
+
+    lines = []
+    if (stages := view.stage_frame(rep)) is not None:
+        lines += ["", "cascade stages:", _text_table(stages.reset_index())]
+    if (gate := view.gate_frame(rep)) is not None:
+        lines += ["", view.gate_title(rep) + ":", _text_table(gate)]
+    return lines
+
+
+def _text_table(frame: pd.DataFrame) -> str:
+    """A table of text cells (already formatted): the first column left-aligned, the
+    others right-aligned."""
+    from capbatch._reports.metrics import shown
+
+    rows = [[shown(c, 60) for c in frame.columns]]
+    rows += [[shown(v, 60) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(frame.columns))]
+    aligned = [
+        [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        for r in rows
+    ]
+    return "\n".join("  ".join(r).rstrip() for r in aligned)
 
 
 def _stem(path: Path) -> str:

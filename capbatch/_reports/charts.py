@@ -156,3 +156,35 @@ def tile_chart(right: np.ndarray, extra: np.ndarray, missed: np.ndarray) -> str:
     ax.set_ylabel("rows")
     _plain(ax.legend(frameon=False, fontsize=8).get_texts())
     return _png(fig)
+
+
+def cascade_chart(
+    curve: tuple[np.ndarray, np.ndarray],
+    marked: Sequence[tuple[str, float, float]],
+    provider: tuple[str, float, float],
+    recommended: tuple[float, float] | None,
+) -> str:
+    """The cascade curve: accuracy (%) against cost per 1,000 rows, a line through every
+    threshold (``curve``: costs, accuracies), the ``marked`` thresholds named
+    (text, cost, accuracy), the provider alone as a reference point and the
+    recommended threshold ringed."""
+    costs, accuracies = curve
+    fig, ax = _figure(7.5, 3.6)
+    ax.grid(axis="x", color="#e4e4e4", linewidth=0.8)
+    ax.plot(costs, 100 * accuracies, color=_COLOURS[0], linewidth=1.2, marker=".",
+            markersize=3, label="cascade, one point per threshold")  # fmt: skip
+    ax.scatter([c for _, c, _ in marked], [100 * a for _, _, a in marked], s=14,
+               color="#333", zorder=3)  # fmt: skip
+    for text, cost, accuracy in marked:
+        ax.annotate(shown(text, 24), (cost, 100 * accuracy), textcoords="offset points",
+                    xytext=(4, -10), fontsize=7, color="#333", annotation_clip=False)  # fmt: skip
+    name, cost, accuracy = provider
+    ax.scatter([cost], [100 * accuracy], marker="D", s=40, color=_COLOURS[1], zorder=3,
+               label=shown(f"{name} alone", 40))  # fmt: skip
+    if recommended is not None:
+        ax.scatter([recommended[0]], [100 * recommended[1]], s=140, facecolors="none",
+                   edgecolors=RIGHT, linewidths=2, zorder=4, label="recommended")  # fmt: skip
+    ax.set_xlabel("cost per 1,000 rows (USD)")
+    ax.set_ylabel("accuracy (%)")
+    _plain(ax.legend(frameon=False, fontsize=8, loc="lower right").get_texts())
+    return _png(fig)

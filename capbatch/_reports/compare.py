@@ -20,6 +20,7 @@ import pandas as pd
 from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.inputs import ID_COLUMN_NAMES
 from capbatch._io.keys import image_hash
+from capbatch._reports import cascade_curve as _cascade
 from capbatch._reports import metrics as _metrics
 from capbatch._reports import metrics_types as _types
 from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE
@@ -94,7 +95,10 @@ class Comparison(Shown):
     ``groups`` (column -> rows per run and value), ``errors``, ``matched`` (key, label
     and each run's answer per matched row), ``agree`` (all runs agree, per matched row),
     ``agreement`` (its share), ``pairs`` (agreement of each pair of runs),
-    ``disagreements`` and ``notes``; ``kinds`` (the kinds of answer of all runs) and
+    ``disagreements``, ``notes`` and ``cascade`` (``cascade_curve.CascadeCurve``: a
+    local run's readings in front of a provider's answers, per confidence threshold,
+    with the recommended threshold; None unless one table has local readings, another
+    a provider's answers, and there are labels); ``kinds`` (the kinds of answer of all runs) and
     ``has_labels`` (any run has a label column) decide what is shown (``columns``).
     """
 
@@ -106,7 +110,11 @@ class Comparison(Shown):
         return _report_html.comparison_page(self)
 
     def __init__(
-        self, reports: Sequence[Report], names: Sequence[str] | None, id_column: str | None
+        self,
+        reports: Sequence[Report],
+        names: Sequence[str] | None,
+        id_column: str | None,
+        within: float = _cascade.DEFAULT_WITHIN,
     ) -> None:
         if len(reports) < 2:
             raise ConfigError("compare needs two or more results tables")
@@ -160,6 +168,29 @@ class Comparison(Shown):
         self.agree, self.pairs = agreement(normalised)
         self.agreement = float(self.agree.mean()) if len(self.agree) else math.nan
         self.disagreements = self.matched[~self.agree.to_numpy()]
+        self.cascade = self._cascade(within)
+
+    def _cascade(self, within: float) -> _cascade.CascadeCurve | None:
+        """The cascade curve of the first table with local readings in front of the
+        first table a provider answered (``cascade_curve.cascade_pair``), if any."""
+        pair = _cascade.cascade_pair(list(self.reports.values()))
+        if pair is None:
+            return None
+        local, paid = (self.names[i] for i in pair)
+        curve = _cascade.cascade_curve(
+            self.reports[local],
+            self.positions[local],
+            self.reports[paid],
+            self.positions[paid],
+            names=(local, paid),
+            within=within,
+        )
+        if curve is None:
+            self.notes.append(
+                f"no cascade curve of {local} in front of {paid}: it needs labelled rows "
+                "both ran (name the label column with --label-column)"
+            )
+        return curve
 
     def columns(self, columns: Sequence[str] = _metrics.SUMMARY_COLUMNS) -> list[str]:
         """The summary ``columns`` that mean something for these runs' kinds and labels."""
@@ -199,6 +230,7 @@ class Comparison(Shown):
             "summary": _metrics.records(self.summary),
             "groups": {c: _metrics.records(f.reset_index()) for c, f in self.groups.items()},
             "errors": _metrics.records(self.errors),
+            "cascade": None if self.cascade is None else self.cascade.to_dict(),
             "capbatch_version": __version__,
         }
 
@@ -213,6 +245,7 @@ def compare(
     base_dir: str | os.PathLike[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    within: float = _cascade.DEFAULT_WITHIN,
 ) -> Comparison:
     """Compare two or more runs over the same rows (e.g. two providers, local vs service).
 
@@ -221,7 +254,17 @@ def compare(
     share it as text, else by the SHA-256 of the image bytes. Names default to the file
     stems. Other arguments are as for ``report`` (a table without the default ``"label"``
     column is compared without labels: agreement, latency, cost and failures).
+
+    When one table has local readings (a local run's ``answer`` and ``confidence``, or a
+    cascade run's ``local_answer`` and ``local_confidence``) and another a provider's
+    answers, ``Comparison.cascade`` is the cascade curve over the labelled matched
+    rows: per confidence threshold, the accuracy and cost per 1,000 rows of answering
+    locally at or above it and paying the provider for the rest, and the cheapest
+    threshold whose accuracy is at most ``within`` percentage points below the
+    provider's. Raises ``ConfigError`` for a negative ``within``.
     """
+    if not (isinstance(within, (int, float)) and math.isfinite(within) and within >= 0):
+        raise ConfigError(f"within must be a number of percentage points >= 0, not {within!r}")
     reports = [
         make_report(
             r,
@@ -234,4 +277,4 @@ def compare(
         )
         for r in results
     ]
-    return Comparison(reports, names, id_column)
+    return Comparison(reports, names, id_column, float(within))

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from capbatch._reports import cascade_view as _cascade
 from capbatch._reports import sections as _sections
-from capbatch._reports.charts import bar_chart, latency_chart
+from capbatch._reports.charts import bar_chart, cascade_chart, latency_chart
 from capbatch._reports.gallery import Gallery, Tile, drawing_of, gallery, picture, thumbnail
 from capbatch._reports.metrics import LABELS, fmt, missing, shown, usd
 from capbatch._reports.metrics_types import KIND_COLUMNS
@@ -46,7 +47,8 @@ NEEDS_LABELS = (
     "and name it with --label-column (label= in Python) to measure accuracy."
 )
 #: Names the templates and tests import from here (the gallery is its own module).
-__all__ = ["CSP", "Cell", "Cost", "Gallery", "Group", "Table", "Tile", "environment", "render"]
+__all__ = ["CSP", "Cell", "Cost", "Curve", "Gallery", "Group", "Table", "Tile", "environment",
+           "render"]  # fmt: skip
 
 GROUP_COLUMNS = tuple(
     "rows labelled solved_rate accuracy ci_accuracy cer latency_p50_ms latency_p95_ms"  # noqa: SIM905
@@ -134,6 +136,48 @@ def table(frame: pd.DataFrame, *, index: bool = True, numeric: Iterable[str] = (
         ]
         rows.append(cells)
     return Table(head, rows)
+
+
+def text_table(frame: pd.DataFrame | None, marked: Sequence[bool] = ()) -> Table | None:
+    """Cells already formatted as text (the first column as row heads); ``marked`` rows
+    highlighted. None for no frame."""
+    if frame is None:
+        return None
+    marks = list(marked) or [False] * len(frame)
+    rows = [[Cell(shown(v), "ok" if mark and i else "num" if i else "", head=not i)
+             for i, v in enumerate(row)]
+            for row, mark in zip(frame.itertuples(index=False), marks, strict=True)]  # fmt: skip
+    return Table([Cell(shown(c)) for c in frame.columns], rows)
+
+
+class Curve(NamedTuple):
+    """The compare page's cascade: what it is, the chart, the table, the recommendation."""
+
+    title: str
+    chart: str
+    table: Table | None
+    line: str
+
+
+def cascade(c: Comparison) -> Curve | None:
+    """The cascade curve's part of a comparison page (None without a curve)."""
+    if c.cascade is None:
+        return None
+    frame = _cascade.curve_frame(c.cascade)
+    marked = [False, *c.cascade.table["recommended"]]
+    chart = cascade_chart(*_cascade.chart_args(c.cascade))
+    line = _cascade.recommendation(c.cascade)
+    return Curve(shown(_cascade.curve_title(c.cascade), 300), chart, text_table(frame, marked),
+                 shown(line, 600))  # fmt: skip
+
+
+def gate(report: Report) -> dict[str, Any]:
+    """A report's confidence gate and cascade stages (None for each it has not)."""
+    frame = _cascade.gate_frame(report)
+    title = shown(_cascade.gate_title(report), 300) if frame is not None else ""
+    stages = _cascade.stage_frame(report)
+    stages = None if stages is None else stages.reset_index()
+    return {"gate": text_table(frame), "gate_title": title, "stages": text_table(stages)}
 
 
 def metric_table(summary: pd.DataFrame) -> Table:
@@ -291,6 +335,7 @@ def report_page(report: Report) -> str:
         confusions=table(confusions, index=False, numeric=["count"]) if len(confusions) else None,
         gallery_title="Wrong answers" if report.has_labels else "Failed rows",
         gallery=gallery(report),
+        **gate(report),
         **_report_parts(report),
     )
 
@@ -302,6 +347,7 @@ def report_fragment(report: Report) -> str:
         "report_fragment.html",
         groups=_groups(first_group, report),
         typed=_sections.typed_sections(report),
+        **gate(report),
         **_report_parts(report),
     )
 
@@ -333,6 +379,7 @@ def comparison_page(c: Comparison) -> str:
         cost_chart=bar_chart(c.summary, ["cost_per_1000_usd"], "cost per 1,000 rows (USD)", False),
         cost=_cost(c.summary, {}, c.has_labels),
         errors=_errors(c.errors, ["run", "error_code"]),
+        cascade=cascade(c),
         **disagreements(c),
     )  # fmt: skip
 
@@ -388,4 +435,5 @@ def comparison_fragment(c: Comparison) -> str:
         headline=cards(agreement),
         summary=metric_table(c.summary[c.columns()]),
         by_run=bar_chart(c.summary, accuracy_columns(c), "accuracy by run", percent=True),
+        cascade=cascade(c),
     )

@@ -26,6 +26,7 @@ from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.images import INPUT_FILE_NOT_FOUND, resolve_image
 from capbatch._io.inputs import IMAGE_COLUMN_NAMES
 from capbatch._io.outputs import output_format, read_results, run_metadata
+from capbatch._reports import cascade_curve as _cascade
 from capbatch._reports import metrics as _metrics
 from capbatch._reports import metrics_types as _types
 from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE, Scoring
@@ -156,9 +157,11 @@ class Report(Shown):
 
     Attributes: ``summary`` (one row, ``all``, of ``metrics.SUMMARY_COLUMNS``),
     ``groups`` (column -> one row per value), ``errors``, ``confusions``, ``notes``,
-    ``partial`` (the run stopped part-way), ``run`` (provider, settings and the run's
-    own summary from the file's metadata), ``results`` (the table as read) and
-    ``scored`` (one row of flags per row).
+    ``partial`` (the run stopped part-way), ``gate`` (per confidence threshold, the
+    rows a gate would answer locally and their accuracy; None without labels and a
+    confidence column), ``stages`` (a cascade run's stages; else None), ``run``
+    (provider, settings and the run's own summary from the file's metadata),
+    ``results`` (the table as read) and ``scored`` (one row of flags per row).
     """
 
     def _render(self, *, fragment: bool) -> str:
@@ -219,6 +222,10 @@ class Report(Shown):
         given = _metrics.flag(answers.str.len() > 0)
         self.confusions = confusions(answers[given].tolist(), labels[given].tolist(), top)
         self.notes, self.partial = _metrics.notes(self.results, self.scored, self.run, label)
+        #: Per confidence threshold, the rows a gate would answer locally and their
+        #: accuracy (labels and a confidence column needed); a cascade run's stages.
+        self.gate = _cascade.report_gate(self)
+        self.stages = _cascade.stage_table(self)
 
     def _task_params(self) -> dict[str, Any]:
         params = (self.run.get("settings") or {}).get("task_params")
@@ -302,6 +309,8 @@ class Report(Shown):
             "groups": {column: _metrics.records(frame) for column, frame in self.groups.items()},
             "errors": _metrics.records(self.errors),
             "confusions": _metrics.records(self.confusions),
+            "confidence_gate": None if self.gate is None else _metrics.records(self.gate),
+            "stages": None if self.stages is None else _metrics.records(self.stages),
             "capbatch_version": __version__,
         }
 

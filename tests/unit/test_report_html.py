@@ -263,7 +263,7 @@ PAGES = ("report.html", "report_fragment.html", "compare.html", "compare_fragmen
 def template_context(full: bool) -> dict[str, object]:
     """A value for every name any template uses, each holding hostile text; ``full``
     picks one side of each choice a template makes (a table or none, an image or none)."""
-    from capbatch._reports.html import Cell, Cost, Gallery, Group, Table, Tile
+    from capbatch._reports.html import Cell, Cost, Curve, Gallery, Group, Table, Tile
     from capbatch._reports.sections import Section
 
     grid = Table(
@@ -291,6 +291,10 @@ def template_context(full: bool) -> dict[str, object]:
         "confusions": maybe,
         "disagreements": maybe,
         "gallery": Gallery(tiles if full else [], XSS),
+        "gate": maybe,
+        "gate_title": XSS,
+        "stages": maybe,
+        "cascade": Curve(XSS, XSS, grid, XSS) if full else None,
     }
 
 
