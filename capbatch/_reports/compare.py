@@ -20,10 +20,10 @@ import pandas as pd
 from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.inputs import ID_COLUMN_NAMES
 from capbatch._io.keys import image_hash
+from capbatch._io.labels import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE
 from capbatch._reports import cascade_curve as _cascade
 from capbatch._reports import metrics as _metrics
 from capbatch._reports import metrics_types as _types
-from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE
 from capbatch._reports.report import DEFAULT_LABEL, Report, Results, Shown, require_column
 from capbatch._reports.report import report as make_report
 from capbatch._reports.tables import agreement

@@ -29,10 +29,10 @@ from capbatch._io.images import (
     pillow_guard,
     pixel_error,
 )
+from capbatch._io.labels import parse
 from capbatch._reports import metrics as _metrics
 from capbatch._reports.charts import MISSED, RIGHT, WRONG
 from capbatch._reports.metrics import missing, shown
-from capbatch._reports.metrics_types import parse
 
 if TYPE_CHECKING:
     from PIL import ImageDraw

@@ -42,8 +42,8 @@ import pandas as pd
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from capbatch._io.labels import Scoring
 from capbatch._reports import metrics_types as _types
-from capbatch._reports.metrics_types import Scoring
 
 PERCENTILES = (50, 90, 95, 99)
 #: Rows left unfinished: not sent for the spend cap, or pending after an interrupted run.

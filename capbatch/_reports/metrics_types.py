@@ -25,45 +25,23 @@ the text metrics of ``metrics``; for the other kinds a row is *correct* as follo
 
 Labels are JSON (``[1,4,7]``, ``123``, ``[10,20,30,40]``, ``true``) or comma-separated
 (``1,4,7``). A label that cannot be read as its row's kind leaves the row unlabelled
-(not scored), and a note names the rows.
+(not scored), and a note names the rows. Each row is read and judged by ``_io.labels``
+(``parse``, ``judge``), the one rule ``run --report-wrong`` applies too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+# How one row is judged lives in ``_io.labels``, shared with ``run --report-wrong``.
+from capbatch._io.labels import NUMERIC_UNITS, Scoring, judge, kind_of_solution, kind_of_task
+
 KINDS = ("text", "objects", "has_object", "distance", "angle", "point", "box")
-#: The kinds scored by an absolute error, and the unit of that error.
-NUMERIC_UNITS: Mapping[str, str] = {"distance": "px", "angle": "°", "point": "px"}
-DEFAULT_TOLERANCE = 5.0
-DEFAULT_IOU_THRESHOLD = 0.5
-_SEPARATORS = re.compile(r"[\s,;]+")
-_TRUE, _FALSE = frozenset({"true", "1", "yes", "y", "t"}), frozenset({"false", "0", "no", "n", "f"})
-_SOLUTION_KEYS = (("objects", "objects"), ("hasObject", "has_object"), ("distance", "distance"),
-                  ("angle", "angle"))  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class Scoring:
-    """How typed answers are judged: the tolerance (px for distances and points,
-    degrees for angles) and the IoU a box needs."""
-
-    tolerance: float = DEFAULT_TOLERANCE
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise ValueError(f"the tolerance must be a number >= 0, not {self.tolerance!r}")
-        if not (0 < self.iou_threshold <= 1):
-            raise ValueError(f"the IoU threshold must be in (0, 1], not {self.iou_threshold!r}")
 
 
 #: The typed metric columns of a summary, in display order, with their names for people.
@@ -110,45 +88,6 @@ def fmt(column: str, v: float) -> str | None:
 
 
 # -- which kind a row is ----------------------------------------------------------------
-
-
-def kind_of_solution(solution: Any) -> str | None:
-    """The kind a solution object (a dict, or its JSON text) says, None if it says none."""
-    if isinstance(solution, str):
-        try:
-            solution = json.loads(solution)
-        except ValueError:
-            return None
-    if not isinstance(solution, Mapping):
-        return None
-    for key, kind in _SOLUTION_KEYS:
-        if key in solution:
-            return kind
-    if "box" in solution:
-        box = solution["box"]
-        return "point" if isinstance(box, (list, tuple)) and len(box) == 2 else "box"
-    return "text" if "text" in solution else None
-
-
-def kind_of_task(task_type: Any, params: Mapping[str, Any] | None = None) -> str | None:
-    """The kind of answer a task type (and its ``module``/``question``) gives, if known."""
-    if not isinstance(task_type, str) or not task_type:
-        return None
-    name, params = task_type.lower(), params or {}
-    if name in {"recaptchav2classification", "hcaptchaclassification", "funcaptchaclassification"}:
-        return "objects"
-    if name == "awswafclassification":
-        question = str(params.get("question") or "")
-        if question.startswith("aws:grid:"):
-            return "objects"
-        return "point" if question.startswith("aws:toycarcity") else None
-    if name == "visionengine":
-        module = str(params.get("module") or "")
-        for prefix, kind in (("slider", "distance"), ("rotate", "angle"), ("space", "box")):
-            if module.startswith(prefix):
-                return kind
-        return None
-    return "text" if "text" in name else None
 
 
 #: ``{"text": "..."}`` with no escape in it: a text solution, known without parsing.
@@ -214,70 +153,7 @@ def as_text(values: pd.Series) -> pd.Series:
     return out
 
 
-def _values(text: str) -> list[Any] | None:
-    """A JSON value or comma/space-separated text as a list of values, None if neither."""
-    text = text.strip()
-    if text.startswith(("[", "{")) or text in {"true", "false"}:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None
-        return value if isinstance(value, list) else [value]
-    return [part for part in _SEPARATORS.split(text) if part]
-
-
-def _numbers(text: str) -> list[float] | None:
-    values = _values(text)
-    if values is None:
-        return None
-    try:
-        numbers = [float(v) for v in values if not isinstance(v, (bool, dict, list))]
-    except (TypeError, ValueError):
-        return None
-    ok = len(numbers) == len(values) and all(map(math.isfinite, numbers))
-    return numbers if ok else None
-
-
-def parse(kind: str, text: Any) -> Any:
-    """An answer or label of ``kind`` as a value to score, None if it cannot be read:
-    a frozenset of indexes, a bool, a float (distance, angle) or a tuple of numbers."""
-    if not isinstance(text, str):
-        return None
-    if kind == "has_object":
-        word = text.strip().lower()
-        return True if word in _TRUE else False if word in _FALSE else None
-    numbers = _numbers(text)
-    if numbers is None:
-        return None
-    if kind == "objects":
-        whole = all(n.is_integer() and n >= 0 for n in numbers)
-        return frozenset(int(n) for n in numbers) if whole else None
-    if kind in {"distance", "angle"}:
-        return numbers[0] if len(numbers) == 1 else None
-    size = 2 if kind == "point" else 4
-    return tuple(numbers) if len(numbers) == size else None
-
-
 # -- scoring ----------------------------------------------------------------------------
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``x1,y1,x2,y2`` boxes (corners in either order)."""
-    ax1, ax2 = sorted((a[0], a[2]))
-    ay1, ay2 = sorted((a[1], a[3]))
-    bx1, bx2 = sorted((b[0], b[2]))
-    by1, by2 = sorted((b[1], b[3]))
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union if union > 0 else float(a == b)
-
-
-def error(kind: str, answer: Any, truth: Any) -> float:
-    """The absolute error of a distance, angle (the short way round) or point."""
-    if kind == "point":
-        return math.dist(answer, truth)
-    gap = abs(float(answer) - float(truth))
-    return min(gap % 360, 360 - gap % 360) if kind == "angle" else gap
 
 
 def _columns(n: int) -> dict[str, np.ndarray]:
@@ -304,28 +180,21 @@ def score_typed(
     given, wanted = answers.to_numpy(dtype=object), truths.to_numpy(dtype=object)
     for i in np.flatnonzero(labelled & (kind_of != "text")):
         kind = str(kind_of[i])
-        truth = parse(kind, wanted[i])
-        if truth is None:
+        judged = judge(kind, given[i], wanted[i], scoring)  # the one rule (``_io.labels``)
+        if judged.truth is None:
             out["label_unreadable"][i] = True
             continue
         out[f"{kind}_labelled"][i] = True
-        answer = parse(kind, given[i]) if isinstance(given[i], str) else None
+        out["typed_hit"][i] = judged.hit
         if kind == "objects":
-            guess = answer if answer is not None else frozenset()
+            guess, truth = judged.answer, judged.truth
             out["set_tp"][i] = len(guess & truth)
             out["set_fp"][i] = len(guess - truth)
             out["set_fn"][i] = len(truth - guess)
-            out["typed_hit"][i] = answer == truth
-        elif answer is None:
-            continue
-        elif kind == "has_object":
-            out["typed_hit"][i] = answer == truth
         elif kind == "box":
-            out["iou"][i] = iou(answer, truth)
-            out["typed_hit"][i] = out["iou"][i] >= scoring.iou_threshold
-        else:
-            out[f"{kind}_error"][i] = error(kind, answer, truth)
-            out["typed_hit"][i] = out[f"{kind}_error"][i] <= scoring.tolerance
+            out["iou"][i] = judged.measure
+        elif kind in NUMERIC_UNITS:
+            out[f"{kind}_error"][i] = judged.measure
     out["typed_hit"] &= ~out["label_unreadable"]
     table: pd.DataFrame = pd.DataFrame(out, index=answers.index)
     return table

@@ -25,11 +25,11 @@ import pyarrow as pa
 from capbatch._exceptions import ConfigError, RowInputError, TableError
 from capbatch._io.images import INPUT_FILE_NOT_FOUND, resolve_image
 from capbatch._io.inputs import IMAGE_COLUMN_NAMES
+from capbatch._io.labels import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE, Scoring
 from capbatch._io.outputs import output_format, read_results, run_metadata
 from capbatch._reports import cascade_curve as _cascade
 from capbatch._reports import metrics as _metrics
 from capbatch._reports import metrics_types as _types
-from capbatch._reports.metrics_types import DEFAULT_IOU_THRESHOLD, DEFAULT_TOLERANCE, Scoring
 from capbatch._reports.tables import confusions
 from capbatch._version import __version__
 

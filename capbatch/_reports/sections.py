@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
+from capbatch._io.labels import NUMERIC_UNITS, Scoring, parse
 from capbatch._reports.charts import bar_chart, error_chart, tile_chart
 from capbatch._reports.metrics import LABELS, fmt, shown
-from capbatch._reports.metrics_types import KIND_COLUMNS, NUMERIC_UNITS, Scoring, parse
+from capbatch._reports.metrics_types import KIND_COLUMNS
 
 if TYPE_CHECKING:
     from capbatch._reports.compare import Comparison

@@ -3,22 +3,25 @@
 Anti-Captcha takes a report only within 60 s of the task's completion, too soon for a
 ``capbatch feedback`` after a long run. ``LiveReports.on_result`` wraps the run's
 per-row callback: a solved row the run paid for whose answer does not match its label
-(``_io.labels``, the report's rule) starts one report in the background, through the
-run's rate limiter at polls' priority (``WrongAnswers``), so the run never waits for a
-report. At the end (``finish``) the reports still out get ``drain`` seconds, their
-outcomes go into the output's ``reported`` column, and the counts into a summary line.
+(``_io.labels``: the report's rule, by the row's kind, so a grid's tiles compare as a
+set and a slider's distance within the report's default tolerance, as in ``capbatch
+feedback``) starts one report in the background, through the run's rate limiter at
+polls' priority (``WrongAnswers``), so the run never waits for a report. At the end
+(``finish``) the reports still out get ``drain`` seconds, their outcomes go into the
+output's ``reported`` column, and the counts into a summary line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from capbatch._exceptions import CapbatchError, ConfigError
 from capbatch._io.inputs import TableSource
-from capbatch._io.labels import answer_is_wrong, case_sensitive_run
+from capbatch._io.labels import answer_is_wrong, case_sensitive_run, row_kind
 from capbatch._io.record import RowResult
 from capbatch._io.reported import read_reported, write_reported
 from capbatch._run.options import RunOptions
@@ -50,10 +53,14 @@ class LiveReports:
         *,
         case_sensitive: bool,
         on_result: Callable[[int, RowResult], None] | None = None,
+        task_type: str | None = None,
+        task_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.reporter = reporter
         self.labels = labels
         self.case_sensitive = case_sensitive
+        #: The run's task, for the kind of a row whose solution does not say it.
+        self.task = (task_type, dict(task_params or {}))
         self.user_on_result = on_result
         self._tasks: set[asyncio.Task[str]] = set()
         #: Row number -> task id of each wrong row reported (or found not reportable).
@@ -67,7 +74,8 @@ class LiveReports:
         if result.status != "solved" or result.from_cache or not result.task_id:
             return
         label = self.labels[row] if row < len(self.labels) else None
-        if not answer_is_wrong(result.answer, label, case_sensitive=self.case_sensitive):
+        kind = row_kind(result.solution, *self.task)
+        if not answer_is_wrong(result.answer, label, case_sensitive=self.case_sensitive, kind=kind):
             return
         self.wrong += 1
         self.rows[row] = result.task_id
@@ -126,4 +134,6 @@ async def live_reports(
         labels,
         case_sensitive=case_sensitive_run(options.task_params),
         on_result=options.on_result,
+        task_type=options.task_type,
+        task_params=options.task_params,
     )

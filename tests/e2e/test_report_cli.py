@@ -259,3 +259,76 @@ def test_local_run_then_report(tmp_path: Path) -> None:
     solved = int(answers["status"].eq("solved").sum())
     assert cards["rows solved (no cost recorded)"] == f"{solved} of 6"
     assert "case-insensitive accuracy" in cards and "exact accuracy (case-sensitive)" not in cards
+
+
+def cascade_tables(tmp_path: Path) -> tuple[Path, Path]:
+    """The six rows of tests/unit/test_cascade_curve.py (where the curve is worked out
+    by hand): a local run (Parquet) and a provider's run (CSV, in another order)."""
+    ids = ["r1", "r2", "r3", "r4", "r5", "r6"]
+    labels = ["abc", "def", "ghi", "jkl", "mno", "pqr"]
+    local = pd.DataFrame(
+        {
+            "id": ids,
+            "label": labels,
+            "answer": ["ABC", "dxf", "ghi", "jkl", "mnx", None],
+            "status": ["solved"] * 5 + ["failed"],
+            "provider": "local",
+            "cost_usd": 0.0,
+            "confidence": [0.991, 0.97, 0.95, 0.9, 0.8, None],
+        }
+    )
+    paid = pd.DataFrame(
+        {
+            "id": ids,
+            "label": labels,
+            "answer": ["abc", "def", "ghi", "jkx", "mno", "pqr"],
+            "status": "solved",
+            "provider": "capsolver",
+            "cost_usd": [0.001, 0.001, 0.002, 0.001, 0.001, 0.002],
+        }
+    ).iloc[::-1]
+    local.to_parquet(tmp_path / "local.parquet", index=False)
+    paid.to_csv(tmp_path / "paid.csv", index=False)
+    return tmp_path / "local.parquet", tmp_path / "paid.csv"
+
+
+def test_compare_picks_the_cascade_threshold(tmp_path: Path) -> None:
+    local, paid = cascade_tables(tmp_path)
+    args = ["compare", local, paid, "--label-column", "label"]
+    done = capbatch(*args, "--within", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "6 matched labelled rows" in out
+    # By hand: 0.9 keeps r1-r4 locally, 5 of 6 right, $0.003 for r5 and r6 over 6 rows.
+    assert "recommended: --local-first 0.9: accuracy 83.3 % (+0.0 pts against 83.3 %)" in out
+    assert "$0.50 per 1,000 rows instead of $1.33 (62.5 % less)" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if "(" in line and "%" in line}
+    nine = r"4 \(66\.7 %\)\s+2 \(33\.3 %\)\s+83\.3 %\s+\+0\.0 pts\s+\$0\.50$"
+    assert re.search(nine, rows["0.9"])
+    assert re.search(r"3 \(50\.0 %\)\s+3 \(50\.0 %\)\s+66\.7 %\s+-16\.7 pts", rows["0.95"])
+    assert "provider alone" in out
+    page = (tmp_path / "local.compare.html").read_text(encoding="utf-8")
+    assert "Cascade: the local solver first" in page
+    assert 'alt="accuracy against cost per 1,000 rows, one point per threshold"' in page
+    # A looser tolerance moves the recommendation to keeping every local answer.
+    loose = capbatch(*args, "--within", "20", "--json", cwd=tmp_path)
+    assert loose.returncode == 0, loose.stderr
+    data = json.loads(loose.stdout)["cascade"]
+    assert data["recommended"]["threshold"] == 0.0
+    assert data["recommended"]["cost_per_1000_usd"] == pytest.approx(1000 * 0.002 / 6)
+    assert data["provider_accuracy"] == pytest.approx(5 / 6)
+    bad = capbatch(*args, "--within", "-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "--within" in bad.stderr
+
+
+def test_report_shows_the_confidence_gate(tmp_path: Path) -> None:
+    local, _ = cascade_tables(tmp_path)
+    done = capbatch("report", local, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "confidence gate (answer kept where confidence ≥ threshold; 6 labelled rows):" in out
+    # By hand: at 0.95, r1-r3 are answered locally (2 of 3 right), 3 rows left.
+    assert re.search(r"\n0\.95\s+3 \(50\.0 %\)\s+66\.7 %\s+3\n", out), out
+    assert re.search(r"\n0 \(every local answer\)\s+5 \(83\.3 %\)\s+60\.0 %\s+1\n", out), out
+    page = (tmp_path / "local.report.html").read_text(encoding="utf-8")
+    assert "<h2>Confidence gate</h2>" in page

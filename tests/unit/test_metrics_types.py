@@ -16,6 +16,7 @@ import pytest
 
 import capbatch
 from capbatch import ConfigError
+from capbatch._io import labels
 from capbatch._reports import metrics_types as _types
 from capbatch._reports.metrics import aggregate, score
 from capbatch._reports.metrics_types import Scoring
@@ -123,9 +124,9 @@ def test_boxes_by_intersection_over_union() -> None:
 
 
 def test_iou_by_hand() -> None:
-    assert _types.iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
-    assert _types.iou((0, 0, 2, 2), (2, 2, 4, 4)) == 0.0  # touching corners only
-    assert _types.iou((2, 2, 0, 0), (0, 0, 2, 2)) == 1.0  # corners in either order
+    assert labels.iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert labels.iou((0, 0, 2, 2), (2, 2, 4, 4)) == 0.0  # touching corners only
+    assert labels.iou((2, 2, 0, 0), (0, 0, 2, 2)) == 1.0  # corners in either order
 
 
 def test_points_and_yes_no() -> None:
@@ -241,7 +242,7 @@ def test_kind_of_task(task: str | None, params: dict[str, str], kind: str | None
     ],
 )
 def test_parse_labels_and_answers(kind: str, text: str, value: object) -> None:
-    assert _types.parse(kind, text) == value
+    assert labels.parse(kind, text) == value
 
 
 def test_bad_tolerance_or_threshold_is_a_config_error() -> None:
