@@ -59,6 +59,7 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs() -> None:
         "02_accuracy_report.ipynb",
         "03_run_panel.ipynb",
         "04_task_types.ipynb",
+        "05_cascade.ipynb",
     ]
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -128,6 +129,30 @@ def test_task_types_notebook_scores_grids_and_sliders(tmp_path: Path) -> None:
     refusal = text["04_task_types-11"].strip().splitlines()
     assert len(refusal) == 1 and refusal[0].startswith("local solver: "), refusal
     assert "grids.report.html" in text["04_task_types-13"]
+
+
+def test_cascade_notebook_picks_a_threshold_and_runs_the_cascade(tmp_path: Path) -> None:
+    """The local solver and the emulator's oracle over 90 labelled rows, the compare that
+    picks the threshold, the cascade run with it (only unsure rows paid) and its report."""
+    pytest.importorskip("ddddocr")
+    nb = nbformat.read(NOTEBOOKS / "05_cascade.ipynb", as_version=4)
+    probe = nbformat.v4.new_code_cell(
+        "local_rows = cascade.provider == 'local'\n"
+        "print(threshold == float(curve.recommended['threshold']))\n"
+        "print(0 < local_rows.sum() < len(cascade))\n"
+        "print((cascade.confidence[local_rows] >= threshold).all())\n"
+        "print(stats['create_calls'] == (~local_rows).sum())\n"
+        "print(abs(cascade.cost_usd.sum() - stats['charged_total']) < 1e-9)\n"
+        "print(report.stages.index.tolist() == ['local stage', 'provider: capsolver'])\n"
+        "print(report.gate is not None and curve.rows == 90)"
+    )
+    nb.cells.append(probe)
+    execute(nb, tmp_path)
+    assert outputs_text(probe).split() == ["True"] * 7, outputs_text(probe)
+    text = {c.id: outputs_text(c) for c in nb.cells if c.cell_type == "code" and "id" in c}
+    assert "Cascade: the local solver first" in text["05_cascade-09"]  # the drawn curve
+    assert "--local-first 0." in text["05_cascade-10"]
+    assert "Cascade stages" in text["05_cascade-15"]
 
 
 def progress_notebook(*, without_ipywidgets: bool) -> nbformat.NotebookNode:
