@@ -249,10 +249,18 @@ def curve_points(
 
 
 def breakpoints(confidence: np.ndarray) -> np.ndarray:
-    """The readable threshold of each distinct confidence (``readable_threshold``)."""
+    """The readable threshold of each distinct confidence (``readable_threshold``,
+    vectorised: a table of 50,000 rows has about as many)."""
     distinct = np.unique(confidence[~np.isnan(confidence)])
     lows = np.concatenate([[-np.inf], distinct[:-1]])
-    return np.array([readable_threshold(lo, hi) for lo, hi in zip(lows, distinct, strict=True)])
+    chosen = distinct.copy()
+    todo = np.ones(len(distinct), dtype=bool)
+    for digits in range(0, 10):
+        t = np.round(np.floor(distinct * 10**digits) / 10**digits, digits)
+        fits = todo & (t > lows) & (t <= distinct)
+        chosen[fits] = t[fits]
+        todo &= ~fits
+    return chosen
 
 
 def recommend(
