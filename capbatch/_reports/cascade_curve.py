@@ -253,7 +253,7 @@ def breakpoints(confidence: np.ndarray) -> np.ndarray:
     vectorised: a table of 50,000 rows has about as many)."""
     distinct = np.unique(confidence[~np.isnan(confidence)])
     lows = np.concatenate([[-np.inf], distinct[:-1]])
-    chosen = distinct.copy()
+    chosen: np.ndarray = distinct.astype(float)
     todo = np.ones(len(distinct), dtype=bool)
     for digits in range(0, 10):
         t = np.round(np.floor(distinct * 10**digits) / 10**digits, digits)
