@@ -28,6 +28,7 @@ import contextlib
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,9 @@ class Budget:
         price: float,
         spent_before: float = 0.0,
         price_confirmed: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._now = clock
         self.configured_rate = self.rate = rate
         self.max_in_flight = max_in_flight
         self.money = SpendGuard(
@@ -98,7 +101,7 @@ class Budget:
     # --- workers ----------------------------------------------------------------------
 
     def _worker(self, worker: str) -> _Worker:
-        now = time.monotonic()
+        now = self._now()
         self.calls += 1
         found = self._workers.get(worker)
         if found is None:
@@ -124,13 +127,13 @@ class Budget:
         return self._fair_share()
 
     def _fair_share(self) -> int:
-        live = sum(1 for w in self._workers.values() if w.seen > time.monotonic() - SILENT_AFTER)
+        live = sum(1 for w in self._workers.values() if w.seen > self._now() - SILENT_AFTER)
         return max(1, math.ceil(self.max_in_flight / max(1, live)))
 
     def _reclaim_silent(self) -> None:
         """Take back what dead workers held: their in-flight slots, their spare money.
         The money behind their sends stays counted: those sends may have been charged."""
-        cutoff = time.monotonic() - SILENT_AFTER
+        cutoff = self._now() - SILENT_AFTER
         for state in self._workers.values():
             if state.seen >= cutoff or (state.flights == 0 and state.money == 0):
                 continue
@@ -153,7 +156,7 @@ class Budget:
         as it answers (the worker's clock is matched to it: ``leases.ClockMatch``)."""
         self._worker(worker)
         while True:
-            now = time.monotonic()
+            now = self._now()
             start = now if self._next_slot is None else max(now, self._next_slot)
             if start - now <= HORIZON:
                 break
@@ -165,12 +168,12 @@ class Budget:
             slot += self.interval
         self._next_slot = slot
         self.slots_granted += len(slots)
-        return time.monotonic(), slots
+        return self._now(), slots
 
     def slow_down(self, retry_after: float | None = None) -> None:
         """The provider said too fast: every worker slows down (``RateLimiter``)."""
         self._clean = 0
-        now = time.monotonic()
+        now = self._now()
         if self._cut_at is None or now - self._cut_at >= self.CUT_EVERY:
             self._cut_at = now
             self.rate = max(self.configured_rate * self.MIN_FRACTION, self.rate * self.DECREASE)
@@ -179,7 +182,7 @@ class Budget:
     def pause(self, seconds: float) -> None:
         """No slot starts for ``seconds`` (at most ``MAX_PAUSE``)."""
         seconds = 0.0 if math.isnan(seconds) else min(max(0.0, seconds), self.MAX_PAUSE)
-        until = time.monotonic() + seconds
+        until = self._now() + seconds
         if self._next_slot is None or self._next_slot < until:
             self._next_slot = until
 

@@ -4,21 +4,12 @@ get a cluster are skipped, saying why; nothing else skips them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import emulator  # noqa: F401  (the e2e emulator fixture)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/ray/" in item.nodeid.replace(os.sep, "/"):
-            item.add_marker(pytest.mark.ray)
-            # Under xdist (--dist loadgroup), every Ray test goes to one worker: one cluster.
-            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

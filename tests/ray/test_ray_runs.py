@@ -27,6 +27,9 @@ from capbatch._run.options import RunOptions
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import KEY, PRICE, oracle, sample_frame, write_table
 
+# xdist_group: under --dist loadgroup the cluster tests share one worker, one cluster.
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
+
 COMPARED = ["id", "answer", "status", "error_code", "from_cache", "cost_usd"]
 
 
@@ -53,6 +56,11 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 def twice_created(server: EmulatorHandle) -> int:
     """createTask calls for an image beyond its first."""
     return sum(n - 1 for n in stats(server)["creates_by_hash"].values())
+
+
+def blocks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """``frame`` in pieces of ``size`` rows: blocks Ray can hand to several workers."""
+    return [frame.iloc[i : i + size] for i in range(0, len(frame), size)]
 
 
 def options(server: EmulatorHandle, **extra: Any) -> RunOptions:
@@ -111,7 +119,7 @@ def test_spend_cap_holds_for_the_cluster(
     server = oracle(emulator, deferred=1.0, solve_time=(0.2, 0.5))
     frame = sample_frame(30)
     cap = 8 * PRICE + 1e-9
-    dataset = ray_cluster.data.from_pandas(frame)
+    dataset = ray_cluster.data.from_pandas(blocks(frame, 6))
     solved = capbatch.ray.solve(
         dataset,
         workers=2,
@@ -142,7 +150,9 @@ def test_a_killed_worker_creates_no_task_twice(
     server = oracle(emulator, deferred=1.0, solve_time=(2.0, 3.0))
     frame = sample_frame(24)
     run = options(server, rate=40, journal=str(tmp_path / "kill.journal.sqlite"))
-    stage, actors = build(ray_cluster.data.from_pandas(frame), run, workers=2, batch_rows=6)
+    stage, actors = build(
+        ray_cluster.data.from_pandas(blocks(frame, 6)), run, workers=2, batch_rows=6
+    )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         result = pool.submit(stage.to_pandas)
         wait_for(lambda: stats(server)["create_calls"] >= 8, 60, "tasks created")
@@ -169,9 +179,7 @@ def test_a_killed_driver_resumes_without_paying_twice(
     args = ["run", table, "-o", out, "--base-url", server.url, "--quiet", "--rate", "20"]
     env = {**os.environ, "CAPSOLVER_API_KEY": KEY}
     command = [sys.executable, "-m", "capbatch", *map(str, args), "--engine", "ray"]
-    child = subprocess.Popen(
-        [*command, "--ray-address", address], env=env, start_new_session=True
-    )
+    child = subprocess.Popen([*command, "--ray-address", address], env=env, start_new_session=True)
     try:
         wait_for(lambda: stats(server)["create_calls"] >= 8, 90, "tasks created")
     finally:
