@@ -52,8 +52,9 @@ def refuse_unsupported(options: RunOptions) -> None:
         "service": "service",
         "http_client": "http_client",
     }
+    refused["local_first"] = "--local-first"  # the cascade runs in one process only
     for name, flag in refused.items():
-        if getattr(options, name):
+        if getattr(options, name, None):
             raise ConfigError(f"{flag} is not supported with the Ray engine (--engine ray)")
 
 
