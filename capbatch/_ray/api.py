@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from capbatch._exceptions import ConfigError
 from capbatch._ray.cli import require_ray
-from capbatch._ray.pipeline import Actors, open_journal, solve_stage, start_budget
-from capbatch._ray.run import refuse_unsupported, settings_for, spent_before_run
+from capbatch._ray.pipeline import Actors, solve_stage, start_actors
+from capbatch._ray.run import refuse_unsupported, settings_for
 from capbatch._run import engine
 from capbatch._run.options import RunOptions
 
@@ -46,9 +46,7 @@ def build(
     head = _head(dataset)
     setup = engine._prepare(head, options)
     settings = settings_for(setup, wire=False)
-    journal, remote = open_journal(None, setup.journal_path, None)
-    budget = start_budget(settings, spent_before=spent_before_run(remote, settings.price))
-    actors = Actors(journal, budget, remote)
+    actors, _ = start_actors(settings, output=None, journal=setup.journal_path, source=None)
     stage = solve_stage(dataset, settings, actors, workers=workers, batch_rows=batch_rows)
     return stage, actors
 

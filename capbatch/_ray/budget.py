@@ -260,6 +260,10 @@ class Budget:
             elif kind == "reprice":
                 money.reprice(amount)
 
+    def set_spent_before(self, amount: float) -> None:
+        """What earlier runs of the journal spent (the driver reads it there)."""
+        self.money.spent_before = amount
+
     # --- what the driver reads at the end -----------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def open_journal(output: str | None, journal: str, source: str | None) -> tuple[
     return actor, RemoteJournal(actor)
 
 
-def start_budget(settings: WorkerSettings, *, spent_before: float) -> Any:
+def start_budget(settings: WorkerSettings) -> Any:
+    """The budget actor (what earlier runs spent is set once the journal says)."""
     import ray
 
     limits = settings.limits
@@ -87,10 +88,41 @@ def start_budget(settings: WorkerSettings, *, spent_before: float) -> Any:
             max_in_flight=limits.max_in_flight,
             cap=limits.max_spend,
             price=settings.price,
-            spent_before=spent_before,
             price_confirmed=settings.price_confirmed,
         )
     )
+
+
+def start_actors(
+    settings: WorkerSettings, *, output: str | None, journal: str, source: str | None
+) -> tuple[Actors, float]:
+    """The run's budget and journal actors (both starting at once: each is a new
+    process), and what earlier runs of the journal spent, counted against the cap."""
+    import ray
+
+    budget = start_budget(settings)
+    try:
+        journal_actor, remote = open_journal(output, journal, source)
+    except BaseException:
+        ray.kill(budget)
+        raise
+    actors = Actors(journal_actor, budget, remote)
+    try:
+        spent = spent_before_run(remote, settings.price)
+        ray.get(budget.set_spent_before.remote(spent))
+    except BaseException:
+        actors.close()
+        raise
+    return actors, spent
+
+
+def spent_before_run(journal: Any, price: float) -> float:
+    """The core's figure of what earlier runs of the journal spent (it is moving from
+    the engine to ``spend``: whichever module has it)."""
+    from capbatch._run import engine, spend
+
+    helper = getattr(spend, "spent_before", None) or getattr(engine, "_spent_before")  # noqa: B009
+    return float(helper(journal, price))
 
 
 def solve_stage(

@@ -25,14 +25,7 @@ from capbatch._io.outputs import ResultWriter
 from capbatch._io.record import RowResult
 from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
-from capbatch._ray.pipeline import (
-    DEFAULT_BATCH_ROWS,
-    Actors,
-    open_journal,
-    solve_stage,
-    start_budget,
-    unwrap,
-)
+from capbatch._ray.pipeline import DEFAULT_BATCH_ROWS, Actors, solve_stage, start_actors, unwrap
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, ShippedKey, WorkerSettings
 from capbatch._run import engine
 from capbatch._run.metadata import output_metadata
@@ -158,44 +151,35 @@ class _RayRun:
 
     def run(self, workers: int | None) -> engine.RunOutcome:
         setup, summary = self.setup, self.summary
-        output = str(setup.output) if setup.output is not None else None
         table = setup.table
-        journal, remote = open_journal(output, setup.journal_path, str(table.path or ""))
-        budget = None
+        actors, spent_before = start_actors(
+            self.settings,
+            output=str(setup.output) if setup.output is not None else None,
+            journal=setup.journal_path,
+            source=str(table.path) if table.path is not None else None,
+        )
         try:
-            price = setup.resolved.price
-            spent_before = spent_before_run(remote, price)
             summary.spend_before_usd = spent_before
             summary.spend_cap_usd = setup.resolved.limits.max_spend
             name, endpoint = setup.resolved.profile.name, setup.endpoint
             here = f"{name} at {endpoint}" if endpoint else name
-            if (other := engine._note_endpoint(remote, here)) is not None:
+            if (other := engine._note_endpoint(actors.remote, here)) is not None:
                 setup.tell(summary, other)
-            budget = start_budget(self.settings, spent_before=spent_before)
-            summary.balance_before = self._balance(budget)
-            actors = Actors(journal, budget, remote)
+            summary.balance_before = self._balance(actors.budget)
             assert setup.output is not None  # a file input always has an output path
             writer = ResultWriter(setup.output, table.schema)
             with writer:
                 tally = self._stream(actors, writer, workers)
                 self._fill(tally, actors)
-                summary.balance_after = (
-                    self._balance(budget) if summary.balance_before is not None else None
-                )
+                if summary.balance_before is not None:
+                    summary.balance_after = self._balance(actors.budget)
                 writer.finish(
                     output_metadata(summary, setup.options, setup.resolved, table),
                     expected_rows=table.count_rows(),
                 )
             return engine.RunOutcome(summary)
         finally:
-            import ray
-
-            if budget is not None:
-                ray.kill(budget)
-            try:
-                ray.get(journal.close.remote())
-            finally:
-                ray.kill(journal)
+            actors.close()
 
     def _dataset(self) -> Any:
         """The input as a Ray dataset, each row carrying its input position."""
@@ -310,12 +294,3 @@ class _RayRun:
                 await service.aclose()
 
         return asyncio.run(ask())
-
-
-def spent_before_run(journal: Any, price: float) -> float:
-    """The core's figure of what earlier runs of the journal spent (it is moving from
-    the engine to ``spend``: whichever module has it)."""
-    from capbatch._run import spend
-
-    helper = getattr(spend, "spent_before", None) or getattr(engine, "_spent_before")  # noqa: B009
-    return float(helper(journal, price))
