@@ -1,8 +1,8 @@
 """The public run API: ``capbatch.run`` and ``capbatch.arun`` (the engine is
 ``capbatch._run.engine.execute``).
 
-Each option of ``RunOptions`` is an explicit, typed keyword of ``run`` and ``arun``
-with its default in sight, so ``help(capbatch.run)`` and Jupyter's Shift-Tab show
+Each option of ``RunOptions`` is an explicit, typed keyword of ``run`` (and so of
+``arun``, which takes ``run``'s list: ``_same_keywords_as``) with its default in sight, so ``help(capbatch.run)`` and Jupyter's Shift-Tab show
 them; ``OPTION_DOCS`` says what each one does and is appended to both docstrings.
 ``RunOptions`` stays the one source of truth: ``tests/unit/test_api_signature.py``
 fails when it gains a field these signatures (or ``OPTION_DOCS``) lack, or when a
@@ -23,7 +23,7 @@ import functools
 import inspect
 import os
 import textwrap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pandas as pd
@@ -178,7 +178,7 @@ def _collect(values: Mapping[str, Any]) -> RunOptions:
 
 
 @_suggesting
-async def arun(
+def run(
     source: Any,
     *,
     output: str | os.PathLike[str] | None = None,
@@ -223,57 +223,9 @@ async def arun(
     """Run ``source`` (a path to Parquet, CSV or JSON Lines, a DataFrame or a pyarrow
     Table) and return the results table: the input's columns, then ``answer``,
     ``status``, ``error_code``, ``cost_usd``, ``latency_ms`` and the other result
-    columns. The run's summary is in ``frame.attrs["capbatch"]``.
-    """
-    return await _results(source, _collect(locals()))
-
-
-@_suggesting
-def run(
-    source: Any,
-    *,
-    output: str | os.PathLike[str] | None = None,
-    provider: str | None = None,
-    base_url: str | None = None,
-    api_key: str | Secret | None = None,
-    api_key_file: str | os.PathLike[str] | None = None,
-    image_column: str | None = None,
-    id_column: str | None = None,
-    task_type: str = "ImageToTextTask",
-    task_params: Mapping[str, Any] | None = None,
-    fields: Mapping[str, str] | None = None,
-    rate: float | None = None,
-    max_in_flight: int | None = None,
-    max_attempts: int = 5,
-    max_spend: float | None = None,
-    price: float | None = None,
-    app_id: str | int | None = None,
-    cache: bool = True,
-    dry_run: bool = False,
-    quiet: bool = False,
-    progress: ProgressOption = True,
-    journal: str | os.PathLike[str] | None = None,
-    http_client: httpx.AsyncClient | None = None,
-    service: TaskService | None = None,
-    batch_rows: int = 1024,
-    retry: RetryPolicy | None = None,
-    notice: Callable[[str], None] | None = None,
-    control: RunControl | None = None,
-    on_result: Callable[[int, RowResult], None] | None = None,
-    handle_signals: bool = False,
-    drain_timeout: float = 30.0,
-    outage_timeout: float = DEFAULT_MAX_OUTAGE,
-    retry_failed: bool = False,
-    label_column: str | None = None,
-    report_wrong: bool = False,
-    callback_url: str | None = None,
-    callback_listen: str | None = None,
-    callback_listen_public: bool = False,
-    local_first: float | None = None,
-) -> pd.DataFrame:
-    """``arun`` for synchronous callers; also works inside a running event loop
-    (Jupyter), by running a private loop in a worker thread. Returns the results
-    table, the run's summary in ``frame.attrs["capbatch"]``.
+    columns. The run's summary is in ``frame.attrs["capbatch"]``. Works inside a running
+    event loop too (Jupyter), by running a private loop in a worker thread; ``arun`` is
+    the same for async code.
     """
     options = _collect(locals())
     try:
@@ -283,6 +235,41 @@ def run(
     # Inside Jupyter (or any running loop): run a private loop in a worker thread.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capbatch-run") as pool:
         return pool.submit(asyncio.run, _results(source, options)).result()
+
+
+def _same_keywords_as(
+    model: Callable[_P, Any],
+) -> Callable[[Callable[..., Awaitable[_R]]], Callable[_P, Coroutine[Any, Any, _R]]]:
+    """An async function taking exactly ``model``'s parameters (one list, written once,
+    for ``run`` and ``arun``): type checkers see ``model``'s parameters (``ParamSpec``),
+    ``help()`` and Shift-Tab its signature; the keywords reach ``impl`` with their
+    defaults filled in."""
+    signature = inspect.signature(model)
+
+    def decorate(impl: Callable[..., Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+        async def twin(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return await impl(**bound.arguments)
+
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(twin, name, getattr(impl, name))
+        twin.__signature__ = signature  # type: ignore[attr-defined]
+        return twin
+
+    return decorate
+
+
+@_suggesting
+@_same_keywords_as(run)
+async def arun(source: Any, **options: Any) -> pd.DataFrame:
+    """Run ``source`` (a path to Parquet, CSV or JSON Lines, a DataFrame or a pyarrow
+    Table) and return the results table: the input's columns, then ``answer``,
+    ``status``, ``error_code``, ``cost_usd``, ``latency_ms`` and the other result
+    columns. The run's summary is in ``frame.attrs["capbatch"]``. Its keywords are
+    ``run``'s.
+    """
+    return await _results(source, _collect(options))
 
 
 async def _results(source: Any, options: RunOptions) -> pd.DataFrame:
