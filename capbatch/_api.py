@@ -2,8 +2,9 @@
 ``capbatch._run.engine.execute``).
 
 Each option of ``RunOptions`` is an explicit, typed keyword of ``run`` (and so of
-``arun``, which takes ``run``'s list: ``_same_keywords_as``) with its default in sight, so ``help(capbatch.run)`` and Jupyter's Shift-Tab show
-them; ``OPTION_DOCS`` says what each one does and is appended to both docstrings.
+``arun``, which takes ``run``'s list: ``_same_keywords_as``) with its default in
+sight, so ``help(capbatch.run)`` and Jupyter's Shift-Tab show them; ``OPTION_DOCS``
+says what each one does and is appended to both docstrings.
 ``RunOptions`` stays the one source of truth: ``tests/unit/test_api_signature.py``
 fails when it gains a field these signatures (or ``OPTION_DOCS``) lack, or when a
 type or default differs. A misspelt keyword is a ``ConfigError`` that suggests the
