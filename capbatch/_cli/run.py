@@ -18,7 +18,19 @@ from capbatch._exceptions import RunInterrupted
 from capbatch._providers.profiles import PROVIDERS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from capbatch._providers.profiles import ProviderProfile
     from capbatch._run.options import RunOptions
+
+
+def _per_provider(default: Callable[[ProviderProfile], str]) -> str:
+    """A flag's help tail: its default for each provider, as the profiles say."""
+    return (
+        "[default: "
+        + ", ".join(f"{name} {default(p)}" for name, p in sorted(PROVIDERS.items()))
+        + "]."
+    )
 
 
 @click.command("run")
@@ -68,22 +80,14 @@ if TYPE_CHECKING:
 @click.option(
     "--rate",
     type=float,
-    help="Requests per second, all requests to the provider [default: "
-    + ", ".join(
-        f"{name} {'no limit' if p.is_local else f'{p.default_rate:g}'}"
-        for name, p in sorted(PROVIDERS.items())
-    )
-    + "].",
+    help="Requests per second, all requests to the provider "
+    + _per_provider(lambda p: "no limit" if p.is_local else f"{p.default_rate:g}"),
 )
 @click.option(
     "--max-in-flight",
     type=int,
-    help="Most requests open at once [default: "
-    + ", ".join(
-        f"{name} {'2 x CPUs' if p.is_local else p.default_max_in_flight}"
-        for name, p in sorted(PROVIDERS.items())
-    )
-    + "].",
+    help="Most requests open at once "
+    + _per_provider(lambda p: "2 x CPUs" if p.is_local else str(p.default_max_in_flight)),
 )
 @click.option(
     "--max-attempts",

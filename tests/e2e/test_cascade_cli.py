@@ -10,12 +10,9 @@ read twice by the local solver nor paid twice by the provider.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +25,7 @@ from tests.e2e.runner_helpers import (
     oracle,
     run_args,
     run_cli,
+    running_cli,
     sample_frame,
     write_table,
 )
@@ -43,16 +41,6 @@ def accuracy(frame: pd.DataFrame) -> float:
     """Case-insensitive, as the labels are lowercase and the default charset is not."""
     answers = frame["answer"].fillna("").str.lower()
     return float((answers == frame["label"].str.lower()).mean())
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_the_gate_pays_only_for_unsure_rows_and_keeps_accuracy(
@@ -89,7 +77,7 @@ def test_the_gate_pays_only_for_unsure_rows_and_keeps_accuracy(
 
 
 def test_a_cascade_killed_part_way_reads_and_pays_each_row_once(
-    tmp_path: Path, emulator: Start, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, emulator: Start
 ) -> None:
     # Paid tasks take 1-2 s, so the kill finds readings journaled and tasks in flight.
     server = oracle(emulator, deferred=1.0, solve_time=(1.0, 2.0), seed=5)
@@ -97,21 +85,12 @@ def test_a_cascade_killed_part_way_reads_and_pays_each_row_once(
     table = write_table(sample_frame(rows), tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
     args = run_args(server, table, out, "--rate", "20", "--local-first", THRESHOLD)
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["CAPSOLVER_API_KEY"] = KEY
-    with open(tmp_path / "killed.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "capbatch", *map(str, args)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    processes.append(proc)
-    deadline = time.monotonic() + 60
-    while server.stats()["create_calls"] < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    assert proc.wait(timeout=10) == -9
+    with running_cli(*args, log=tmp_path / "killed.log") as proc:
+        deadline = time.monotonic() + 60
+        while server.stats()["create_calls"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        assert proc.wait(timeout=10) == -9
     created_before = server.stats()["create_calls"]
     assert 0 < created_before < rows
     journal = next(tmp_path.glob("*.journal.sqlite"))
