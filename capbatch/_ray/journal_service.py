@@ -64,6 +64,10 @@ class JournalService:
         self._seen: dict[str, float] = {}
         self._workers: dict[str, Any] = {}
         self.calls = 0
+        self.failure: tuple[str, str, str, str] | None = None
+
+    def first_failure(self) -> tuple[str, str, str, str] | None:
+        return self.failure
 
     def ready(self) -> str:
         """The path of the journal, once it is open (the driver waits for this)."""
@@ -122,6 +126,12 @@ class JournalService:
         holder = self._claims.get(key)
         if holder is not None and holder[0] == token:
             del self._claims[key]
+
+    def record_failure(self, failure: tuple[str, str, str, str]) -> None:
+        """A worker's run-stopping error (module, class, message, code): the first is
+        kept for the driver, since Ray hands the driver only a wrapper of it."""
+        if self.failure is None:
+            self.failure = failure
 
     def close(self) -> None:
         """Close the journal, then let go of the locks."""

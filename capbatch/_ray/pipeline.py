@@ -52,6 +52,27 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def worker_failure(actors: Actors) -> CapbatchError | None:
+    """The first run-stopping error a worker reported to the journal, rebuilt as its own
+    class (its exit status and message are then those of ``capbatch run``)."""
+    import importlib
+
+    import ray
+
+    failure = ray.get(actors.journal.first_failure.remote())
+    if failure is None:
+        return None
+    module, name, message, code = failure
+    kind: Any = importlib.import_module(module)
+    for part in name.split("."):
+        kind = getattr(kind, part, None)
+    if not (isinstance(kind, type) and issubclass(kind, CapbatchError)):
+        kind = CapbatchError
+    error: CapbatchError = kind.__new__(kind)
+    CapbatchError.__init__(error, message, error_code=code)
+    return error
+
+
 def open_journal(output: str | None, journal: str, source: str | None) -> tuple[Any, RemoteJournal]:
     """The journal actor, pinned to this (the driver's) node, once its file is open."""
     import ray
@@ -151,6 +172,6 @@ def solve_stage(
         },
         batch_format="pyarrow",
         batch_size=batch_rows or DEFAULT_BATCH_ROWS,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1 if local else 0.25,
     )

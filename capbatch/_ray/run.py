@@ -25,7 +25,14 @@ from capbatch._io.outputs import ResultWriter
 from capbatch._io.record import RowResult
 from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
-from capbatch._ray.pipeline import DEFAULT_BATCH_ROWS, Actors, solve_stage, start_actors, unwrap
+from capbatch._ray.pipeline import (
+    DEFAULT_BATCH_ROWS,
+    Actors,
+    solve_stage,
+    start_actors,
+    unwrap,
+    worker_failure,
+)
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, ShippedKey, WorkerSettings
 from capbatch._run import engine
 from capbatch._run.metadata import output_metadata
@@ -99,7 +106,9 @@ def connect(address: str | None) -> bool:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # capbatch's own bar and summary say it
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # capbatch says what stopped a run in one line of its own (``command_errors``).
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return True
 
 
@@ -169,7 +178,13 @@ class _RayRun:
             assert setup.output is not None  # a file input always has an output path
             writer = ResultWriter(setup.output, table.schema)
             with writer:
-                tally = self._stream(actors, writer, workers)
+                try:
+                    tally = self._stream(actors, writer, workers)
+                except Exception:
+                    failure = worker_failure(actors)
+                    if failure is None:
+                        raise
+                    raise failure from None
                 self._fill(tally, actors)
                 if summary.balance_before is not None:
                     summary.balance_after = self._balance(actors.budget)

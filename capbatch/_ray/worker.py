@@ -18,10 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from capbatch._exceptions import CapbatchError
 from capbatch._io.frame_index import result_schema
 from capbatch._io.inputs import TableSource
 from capbatch._io.record import RowResult, results_to_arrays
 from capbatch._io.task_rows import task_body
+from capbatch._providers.secrets import redact
 from capbatch._ray.leases import LeasedFlights, LeasedLimiter, LeasedSpend, PacedService
 from capbatch._ray.remote_journal import RemoteJournal
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, WorkerSettings
@@ -61,8 +63,17 @@ class SolveBatches:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         solver = await self._ready()
         outputs = []
-        for part, first_row in self._parts(batch):
-            outputs.append(await self._solve_part(solver, part, first_row))
+        try:
+            for part, first_row in self._parts(batch):
+                outputs.append(await self._solve_part(solver, part, first_row))
+        except CapbatchError as exc:
+            # Ray gives the driver a wrapper without this error: tell the journal.
+            key = self.settings.key
+            message = redact(exc.message, key.secret() if key is not None else None)
+            kind = type(exc)
+            failure = (kind.__module__, kind.__qualname__, message, exc.error_code)
+            await self.journal_actor.record_failure.remote(failure)
+            raise
         assert self._journal is not None
         self._journal.flush()  # a batch's answers are in the journal before they go on
         self._report()
