@@ -10,6 +10,7 @@ waits for the budget's answer, once per ``MONEY_BLOCK`` tasks.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 from collections import deque
@@ -22,6 +23,10 @@ from capbatch._ray.budget import SLOT_TOLERANCE
 from capbatch._run.limits import CREATE, POLL, Clock, PrioritySemaphore, RateLimiter
 from capbatch._run.spend import SpendGuard
 
+#: The end of the send window of the slot this task's request took at the gate.
+_SLOT_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "capbatch_slot_ends", default=None
+)
 #: Most rate slots asked for in one call (the budget's horizon bounds it further).
 MAX_SLOT_LEASE = 16
 #: Most in-flight slots asked for in one call.
@@ -69,7 +74,7 @@ class LeasedLimiter(RateLimiter):
         self._worker = worker
         self.match = ClockMatch()
         self._slots: deque[tuple[float, float]] = deque()
-        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._queue: list[tuple[int, int, asyncio.Future[float]]] = []
         self._ticket = itertools.count()
         self._pump: asyncio.Task[None] | None = None
         #: Clean requests since the last heartbeat (the budget's AIMD recovery).
@@ -77,20 +82,31 @@ class LeasedLimiter(RateLimiter):
         self.dropped = 0
 
     async def acquire(self, priority: int = CREATE) -> float:
-        """The gate's wait: none. The slot is taken by ``PacedService`` right before the
-        request leaves, after the gate's journal write: that write goes to another
-        process here, and a slot must not be spent waiting for it."""
-        return 0.0
-
-    async def slot(self, priority: int = CREATE) -> float:
-        """Wait for a send slot, most urgent first; the seconds waited."""
+        """The gate's wait for a send slot (the row's queue time, as in one process).
+        The slot's window is remembered for this task: between the gate and the send
+        comes the journal write, which here goes to another process, so ``ready``
+        checks the window again right before the request leaves."""
         started = self._clock.now()
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _SLOT_ENDS.set(await self._slot(priority))
+        return self._clock.now() - started
+
+    async def ready(self, priority: int = CREATE) -> None:
+        """Right before a request leaves: within the slot the gate took, else (the
+        journal write was slow, or no slot was taken) wait for a new one."""
+        ends = _SLOT_ENDS.get()
+        _SLOT_ENDS.set(None)
+        if ends is None or self._clock.now() > ends:
+            if ends is not None:
+                self.dropped += 1
+            await self._slot(priority)
+
+    async def _slot(self, priority: int) -> float:
+        """Wait for a send slot, most urgent first; the end of its window."""
+        granted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, (priority, next(self._ticket), granted))
         if self._pump is None or self._pump.done():
             self._pump = asyncio.get_running_loop().create_task(self._hand_out())
-        await granted  # a slot granted to a waiter cancelled meanwhile is simply lost
-        return self._clock.now() - started
+        return await granted  # a slot granted to a waiter cancelled meanwhile is lost
 
     def _alive(self) -> int:
         while self._queue and self._queue[0][2].done():
@@ -118,7 +134,7 @@ class LeasedLimiter(RateLimiter):
             if self._clock.now() > latest or self._alive() == 0:
                 self.dropped += 1
                 continue
-            heapq.heappop(self._queue)[2].set_result(None)
+            heapq.heappop(self._queue)[2].set_result(latest)
 
     def record_success(self) -> None:
         self.successes += 1
@@ -271,8 +287,8 @@ class LeasedSpend(SpendGuard):
 
 
 class PacedService:
-    """The provider client, each request of which first takes a cluster rate slot
-    (``LeasedLimiter.slot``): polls before new tasks, as the core's gate orders them."""
+    """The provider client, each request of which leaves inside a cluster rate slot
+    (``LeasedLimiter.ready``): polls before new tasks, as the core's gate orders them."""
 
     def __init__(self, inner: TaskService, limiter: LeasedLimiter) -> None:
         self.inner = inner
@@ -281,19 +297,19 @@ class PacedService:
     async def create_task(
         self, task: Mapping[str, Any], *, callback_url: str | None = None
     ) -> TaskReply:
-        await self.limiter.slot(CREATE)
+        await self.limiter.ready(CREATE)
         return await self.inner.create_task(task, callback_url=callback_url)
 
     async def get_task_result(self, task_id: str) -> TaskReply:
-        await self.limiter.slot(POLL)
+        await self.limiter.ready(POLL)
         return await self.inner.get_task_result(task_id)
 
     async def get_balance(self) -> float | None:
-        await self.limiter.slot(CREATE)
+        await self.limiter.ready(CREATE)
         return await self.inner.get_balance()
 
     async def report_incorrect(self, task_id: str, *, message: str | None = None) -> bool:
-        await self.limiter.slot(CREATE)
+        await self.limiter.ready(CREATE)
         return await self.inner.report_incorrect(task_id, message=message)
 
     async def aclose(self) -> None:
