@@ -203,3 +203,23 @@ def test_a_killed_driver_resumes_without_paying_twice(
     assert twice_created(server) <= double
     assert stats(server)["create_calls"] == 20 + twice_created(server)
     assert outcome.summary.creates == 20 - created_before + twice_created(server)
+
+
+def test_the_local_solver_on_every_worker_reads_as_in_one_process(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """``provider="local"`` on 2 workers (one ddddocr model each, loaded once per actor):
+    the same answers as ``capbatch.run`` with the local solver, nothing sent anywhere."""
+    from capbatch._ray.api import build
+
+    frame = sample_frame(16)
+    expected = capbatch.run(frame, provider="local", quiet=True, journal=str(tmp_path / "one"))
+    run = RunOptions(provider="local", quiet=True, journal=str(tmp_path / "ray.sqlite"))
+    stage, actors = build(
+        ray_cluster.data.from_pandas(blocks(frame, 4)), run, workers=2, batch_rows=4
+    )
+    solved = stage.to_pandas().sort_values("id").reset_index(drop=True)
+
+    assert list(solved["answer"]) == list(expected["answer"])
+    assert (solved["status"] == "solved").all()
+    assert len(ray_cluster.get(actors.journal.workers.remote())) == 2  # two models, no more
