@@ -37,8 +37,10 @@ def solve(
     cache named by the dataset's first rows), so consuming the dataset again, or after
     a crash, pays for nothing twice.
 
-    ``workers``: how many solving actors [default: one per CPU of the cluster for the
-    local solver, else 2]; ``batch_rows``: rows per batch a worker is handed [64].
+    ``workers``: how many solving actors [default: for the local solver, one per CPU of
+    the cluster but one, left for the tasks that read the dataset (a local worker holds a
+    whole CPU: with every CPU held, reading would never start); else 2].
+    ``batch_rows``: rows per batch a worker is handed [64].
     Not supported here: ``output`` (write the dataset yourself), ``dry_run``,
     callbacks, ``report_wrong``, ``control``, ``service``, ``http_client``.
     """

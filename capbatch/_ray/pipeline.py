@@ -153,16 +153,20 @@ def solve_stage(
     *,
     workers: int | None,
     batch_rows: int | None,
+    reads: bool = True,
 ) -> Any:
     """``dataset`` through the workers: one ``SolveBatches`` actor per worker. A local
-    solver's worker takes a whole CPU (one model, one thread); a provider's worker
-    mostly waits on the network and takes a quarter."""
+    solver's worker takes a whole CPU (one model, one thread), and by default there is
+    one per CPU of the cluster, but one when ``dataset`` is read by Ray tasks; a
+    provider's worker mostly waits on the network and takes a quarter."""
     import ray
 
     local = settings.profile.is_local
     if workers is None:
         cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
-        workers = max(1, cpus) if local else 2
+        # A dataset read by Ray tasks needs a CPU for them: local workers holding every
+        # CPU would wait for input for ever (``reads``: the dataset has such tasks).
+        workers = max(1, cpus - 1 if reads else cpus) if local else 2
     return dataset.map_batches(
         SolveBatches,
         fn_constructor_kwargs={

@@ -231,7 +231,7 @@ class _RayRun:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the output is in input order
         stage = solve_stage(
-            self._dataset(), self.settings, actors, workers=workers, batch_rows=None
+            self._dataset(), self.settings, actors, workers=workers, batch_rows=None, reads=False
         )
         names = table.schema.names
         try:
