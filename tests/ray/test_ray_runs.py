@@ -27,8 +27,10 @@ from capbatch._run.options import RunOptions
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import KEY, PRICE, oracle, sample_frame, write_table
 
-# xdist_group: under --dist loadgroup the cluster tests share one worker, one cluster.
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
+# xdist_group: under --dist loadgroup (pyproject's addopts) the cluster tests share one
+# worker, one cluster. Ray starts worker processes for each run (10-15 s on a loaded
+# 2-core machine), so each test may take longer than the suite's 120 s default.
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray"), pytest.mark.timeout(300)]
 
 COMPARED = ["id", "answer", "status", "error_code", "from_cache", "cost_usd"]
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import capbatch
@@ -290,10 +289,12 @@ def test_a_second_run_on_the_same_output_stops_at_once_even_with_the_journal_del
     out = tmp_path / "out.parquet"
     journal = tmp_path / "out.journal.sqlite"
     args = ["run", table, "-o", out, "--base-url", server.url, "--no-cache"]
-    args += ["--max-in-flight", "10", "--quiet", "--rate", "100"]
+    # 3 requests a second: the first run needs 20 s to send its rows, far longer than
+    # the two refused runs take to start, even on a loaded machine.
+    args += ["--max-in-flight", "10", "--quiet", "--rate", "3"]
     with running_cli(*args, log=tmp_path / "first.log") as first:
         wait_until(
-            lambda: server.stats()["create_calls"] >= 5 or first.poll() is not None,
+            lambda: server.stats()["create_calls"] >= 3 or first.poll() is not None,
             30,
             "the first run to start sending",
         )
@@ -305,17 +306,18 @@ def test_a_second_run_on_the_same_output_stops_at_once_even_with_the_journal_del
         second = run_cli(*args, timeout=60)
         other_journal = run_cli(*args, "--journal", tmp_path / "other.sqlite", timeout=60)
         assert time.monotonic() - started < 30  # each stopped at once, sending nothing
+        assert first.poll() is None, "the first run ended: the refusals raced nothing"
         for refused in (second, other_journal):
             assert refused.returncode == 2, refused.output
             line = error_line(refused.stderr)
             assert f"the output {out} is in use by another capbatch run" in line
             assert SAFE_ADVICE in line and "--journal" not in line
-        assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()
+        first.kill()
+        first.wait(timeout=10)
     stats = server.stats()
-    assert stats["create_calls"] == rows  # every row sent exactly once
+    # Only the first run sent anything, and no image twice.
+    assert 0 < stats["create_calls"] < rows
     assert max(stats["creates_by_hash"].values()) == 1
-    result = pd.read_parquet(out)
-    assert len(result) == rows and (result["status"] == "solved").all()
 
 
 # --- 6. stale temporaries -------------------------------------------------------------
