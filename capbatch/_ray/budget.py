@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from capbatch._run.limits import RateLimiter
 from capbatch._run.spend import SpendGuard
 
 #: How far ahead of now the budget grants a rate slot: a worker never holds more than
@@ -62,13 +63,13 @@ class _Worker:
 class Budget:
     """Rate slots, in-flight slots and money for every worker of one run."""
 
-    #: AIMD, as ``RateLimiter``.
-    DECREASE = 0.7
-    MIN_FRACTION = 0.05
-    RECOVER_AFTER = 2.0
-    INCREASE = 0.1
-    CUT_EVERY = 1.0
-    MAX_PAUSE = 60.0
+    #: AIMD: the one process's ``RateLimiter`` figures, so both engines adapt alike.
+    DECREASE = RateLimiter.DECREASE
+    MIN_FRACTION = RateLimiter.MIN_FRACTION
+    RECOVER_AFTER = RateLimiter.RECOVER_AFTER
+    INCREASE = RateLimiter.INCREASE
+    CUT_EVERY = RateLimiter.CUT_EVERY
+    MAX_PAUSE = RateLimiter.MAX_PAUSE
 
     def __init__(
         self,
