@@ -97,14 +97,16 @@ def run_cli(
 
 
 def start_cli(
-    *args: str | os.PathLike[str], key: str = KEY, log: Path | None = None
+    *args: str | os.PathLike[str], key: str = KEY, log: Path | None = None, via: str = ""
 ) -> subprocess.Popen[bytes]:
-    """Start ``capbatch ARGS`` without waiting (for kill -9 tests)."""
+    """Start ``capbatch ARGS`` without waiting (for kill -9 tests); ``via``: Python code
+    (``python -c``) that runs the command it is given as its arguments."""
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     child_env["CAPSOLVER_API_KEY"] = key
     out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    wrapper = [sys.executable, "-c", via] if via else []
     return subprocess.Popen(
-        [sys.executable, "-m", "capbatch", *map(str, args)],
+        [*wrapper, sys.executable, "-m", "capbatch", *map(str, args)],
         stdout=out,
         stderr=subprocess.STDOUT,
         env=child_env,
