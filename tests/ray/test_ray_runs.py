@@ -183,7 +183,7 @@ def test_a_killed_driver_resumes_without_paying_twice(
     command = [sys.executable, "-m", "capbatch", *map(str, args), "--engine", "ray"]
     child = subprocess.Popen([*command, "--ray-address", address], env=env, start_new_session=True)
     try:
-        wait_for(lambda: stats(server)["create_calls"] >= 8, 90, "tasks created")
+        wait_for(lambda: stats(server)["create_calls"] >= 8, 180, "tasks created")
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
