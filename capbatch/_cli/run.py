@@ -10,11 +10,13 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 
 from capbatch._cli.errors import command_errors, echo_err, ignore_signals, printable
 from capbatch._exceptions import RunInterrupted
+from capbatch._io.locations import location
 from capbatch._providers.profiles import PROVIDERS
 
 if TYPE_CHECKING:
@@ -34,14 +36,17 @@ def _per_provider(default: Callable[[ProviderProfile], str]) -> str:
 
 
 @click.command("run")
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument(
+    "input_path",
+    metavar="INPUT",
+    callback=lambda _ctx, _param, value: location(value),
+)
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
     callback=lambda _ctx, _param, value: _check_output(value),
-    help="Results file, .parquet or .csv [default: INPUT.results.parquet beside INPUT, "
-    "e.g. captchas.csv.results.parquet].",
+    help="Results file, .parquet or .csv, a path or an object-store URI (s3://, gs://, ...) "
+    "[default: INPUT.results.parquet beside INPUT, e.g. captchas.csv.results.parquet].",
 )
 @click.option(
     "--provider",
@@ -177,9 +182,10 @@ def _per_provider(default: Callable[[ProviderProfile], str]) -> str:
 @click.option("--dry-run", is_flag=True, help="Send nothing; print counts and estimates.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @command_errors(journal=True)
-def run_command(input_path: Path, **flags: Any) -> None:
+def run_command(input_path: Path | str, **flags: Any) -> None:
     """Solve every image in INPUT (Parquet, CSV or JSONL, or a folder of images)
-    and write the results.
+    and write the results. INPUT and -o may be object-store URIs (s3://bucket/t.parquet,
+    gs://, abfs://, hdfs://), read and written with pyarrow's filesystems.
 
     The API key comes from CAPSOLVER_API_KEY, ANTICAPTCHA_API_KEY,
     CAPMONSTER_API_KEY or TWOCAPTCHA_API_KEY (by --provider), or --api-key-file.
@@ -238,7 +244,7 @@ def _run_options(flags: dict[str, Any]) -> RunOptions:
 
 
 def _run_and_report(
-    input_path: Path,
+    input_path: Path | str,
     options: RunOptions,
     engine_name: str = "process",
     ray_address: str | None = None,
@@ -277,18 +283,20 @@ def _run_and_report(
         click.echo(printable(summary.output))
 
 
-def _check_output(value: Path | None) -> Path | None:
+def _check_output(value: str | None) -> Path | str | None:
     """``-o``'s format from its extension, checked while the flags are parsed: before
     any notice, request or file."""
-    if value is not None:
-        from capbatch._io.outputs import output_format
+    if value is None:
+        return None
+    where = location(value)
+    from capbatch._io.outputs import output_format
 
-        if output_format(value) is None:
-            raise click.BadParameter(
-                f"cannot tell the output format of {value}: use .parquet or .csv",
-                param_hint="'-o' / '--output'",
-            )
-    return value
+    if output_format(Path(urlsplit(where).path if isinstance(where, str) else where)) is None:
+        raise click.BadParameter(
+            f"cannot tell the output format of {value}: use .parquet or .csv",
+            param_hint="'-o' / '--output'",
+        )
+    return where
 
 
 def _task_params(values: tuple[str, ...]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def resolve_column(
     batch: pa.RecordBatch | pa.Table,
     column: str,
     *,
-    base_dir: Path,
+    base_dir: Path | str,
     min_bytes: int = 1,
     max_bytes: int | None = None,
     first_row: int = 0,

@@ -8,7 +8,9 @@ on that row and the run goes on.
 How a text cell is read, in order:
 
 1. ``data:`` URI: decoded as such.
-2. An existing file (absolute, ``~``, or relative to the table's folder) is read, if it
+2. An object-store URI (``s3://bucket/x.png``, ``object_store``) is read from its store,
+   as is a relative path in a table read from a store (after trying it as base64).
+   An existing file (absolute, ``~``, or relative to the table's folder) is read, if it
    is a regular file (a FIFO or device is refused without opening it) within the size
    limit, which is checked on ``stat`` before and enforced again while reading.
 3. Text that decodes as base64 to bytes with an image signature is that image.
@@ -47,10 +49,7 @@ import math
 import os
 import re
 import stat
-import threading
 import urllib.parse
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -58,7 +57,9 @@ from typing import Final
 import pyarrow as pa
 from PIL import Image
 
-from capbatch._exceptions import RowInputError
+from capbatch._exceptions import ConfigError, RowInputError
+from capbatch._io import object_store
+from capbatch._io.pillow_checks import pillow_guard, pixel_error
 
 INPUT_NULL: Final = "INPUT_NULL"
 INPUT_FILE_NOT_FOUND: Final = "INPUT_FILE_NOT_FOUND"
@@ -105,9 +106,6 @@ _URLSAFE_TO_STANDARD: Final = str.maketrans("-_", "+/")
 _MAX_DECODE_PIXELS: Final = 4_000_000
 _PREVIEW_CHARS: Final = 120
 _BUFFER_REPR: Final = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-# warnings.catch_warnings swaps process-wide state: two threads inside it at once can
-# leave the other's filters installed for good, so our own uses take turns.
-_WARNINGS_LOCK: Final = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -146,35 +144,10 @@ def _is_null(value: object) -> bool:
     return value is None or nan or type(value).__name__ in {"NAType", "NaTType"}
 
 
-@contextlib.contextmanager
-def pillow_guard() -> Iterator[None]:
-    """Run Pillow code with its decompression-bomb warning raised as an exception and its
-    other warnings dropped, so nothing reaches the terminal raw.
-
-    Pillow only *warns* between ``MAX_IMAGE_PIXELS`` and twice that and then decodes the
-    whole image anyway; raised, the warning stops it like ``DecompressionBombError``.
-    The others (``Corrupt EXIF data``, ``Tag data larger than file``...) are about files
-    that then fail or decode fine; the caller reports the outcome instead.
-    """
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
-
-
-def pixel_error(exc: Exception) -> str | None:
-    """Pillow's pixel count message for a decompression bomb (warning or error), else None."""
-    if not isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
-        return None
-    # "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS
-    # attack.": the counts are what the user needs; the alarm adds nothing.
-    return str(exc).split(", could be")[0]
-
-
 def resolve_image(
     value: object,
     *,
-    base_dir: Path,
+    base_dir: Path | str,
     min_bytes: int = 1,
     max_bytes: int | None = None,
     base64_column: bool = False,
@@ -182,7 +155,8 @@ def resolve_image(
 ) -> bytes:
     """The validated image bytes that ``value`` stands for.
 
-    ``value`` is a path (absolute, ``~``-prefixed, or relative to ``base_dir``), a
+    ``value`` is a path (absolute, ``~``-prefixed, or relative to ``base_dir``, the
+    URI of a folder in an object store for a table read from one), an object-store URI, a
     base64 string (standard or urlsafe, padding and line breaks optional), a ``data:``
     URI, or raw bytes. The bytes must carry an image signature (PNG, JPEG, GIF, BMP,
     WEBP, TIFF, ICO), pass Pillow's integrity check, be within ``min_bytes..max_bytes``
@@ -213,7 +187,38 @@ def resolve_image(
         raise _fail(INPUT_NULL, "image value is an empty string")
     if text[:5].lower() == "data:":
         return _from_data_uri(text, limits)
+    if object_store.is_uri(text) or isinstance(base_dir, str):
+        return _from_store_text(text, base_dir, limits, base64_column)
     return _from_text(text, base_dir, limits, base64_column)
+
+
+def _from_store_text(
+    text: str, base_dir: Path | str, limits: _Limits, base64_column: bool
+) -> bytes:
+    """A cell naming an object: a URI, or a relative path in a table read from a store
+    (``base_dir`` is then its folder's URI). There base64 is tried first: a look-up in
+    a store is a request, where a local ``stat`` was not."""
+    uri = text
+    if not object_store.is_uri(text):
+        decoded = _decode_base64(text) if _BASE64_SHAPE.fullmatch(text) else None
+        pathlike = _has_image_extension(text) if base64_column else _looks_like_path(text)
+        absolute = text.startswith("~") or Path(text).is_absolute()
+        if absolute or not pathlike or (decoded is not None and image_format(decoded)):
+            return _from_text(text, Path.cwd(), limits, base64_column)
+        uri = object_store.join(str(base_dir), text)
+    shown = _quote_path(object_store.shown(uri))
+    try:
+        data = object_store.read_object(uri, limits.max_bytes)
+    except object_store.TooLarge as exc:
+        limit = f"over the limit of {limits.max_bytes} bytes"
+        raise _fail(INPUT_TOO_LARGE, f"image file {shown} is {exc.size} bytes, {limit}") from None
+    except FileNotFoundError:
+        raise _fail(INPUT_FILE_NOT_FOUND, f"image file not found: {shown}") from None
+    except IsADirectoryError:
+        raise _fail(INPUT_IS_DIRECTORY, f"image path is a directory: {shown}") from None
+    except (OSError, ConfigError) as exc:
+        raise _fail(INPUT_FILE_UNREADABLE, f"cannot read image file {shown}: {exc}") from None
+    return _validate(data, f"image file {shown}", limits)
 
 
 def _from_text(text: str, base_dir: Path, limits: _Limits, base64_column: bool) -> bytes:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 import pyarrow as pa
 
 from capbatch._exceptions import ConfigError, TableError
+from capbatch._io import object_store
 from capbatch._io.image_column import guess_image_column, is_image_type
 from capbatch._io.image_folder import folder_table
 from capbatch._io.readers import (
@@ -70,12 +71,16 @@ class TableSource:
         image_column: str | None = None,
         id_column: str | None = None,
         batch_rows: int = 1024,
+        origin: str | None = None,
     ) -> None:
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
             raise ConfigError(f"batch_rows must be a positive integer, not {batch_rows!r}")
         self.batch_rows = batch_rows
         self.path: Path | None = None
         self.base_dir = Path.cwd()
+        #: The object-store URI ``path`` was downloaded from (``_run.remote_files``), if
+        #: any: relative image paths then resolve against its folder in the store.
+        self.origin = origin
         if is_data_frame(source):
             self.format, self._reader = "dataframe", frame_reader(source)
         elif isinstance(source, pa.Table):
@@ -104,7 +109,15 @@ class TableSource:
         self.id_column: str | None = self._find_id_column(id_column)
 
     @property
+    def image_base(self) -> Path | str:
+        """Where relative image paths point: ``base_dir``, or for a table downloaded from
+        an object store (``origin``) its folder's URI."""
+        return object_store.folder_of(self.origin) if self.origin else self.base_dir
+
+    @property
     def _name(self) -> str:
+        if self.origin is not None:
+            return self.origin
         return str(self.path) if self.path is not None else f"the input {self.format}"
 
     def __repr__(self) -> str:

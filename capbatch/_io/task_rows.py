@@ -46,7 +46,7 @@ class RowTask:
 class ImageLimits:
     """The provider's limits on one image (``images.resolve_image``)."""
 
-    base_dir: Path
+    base_dir: Path | str  # a folder URI for a table read from an object store
     min_bytes: int = 1
     max_bytes: int | None = None
     max_side: int | None = None

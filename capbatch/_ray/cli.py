@@ -18,7 +18,7 @@ def require_ray() -> None:
         raise ConfigError("the Ray engine needs Ray Data: pip install 'capbatch[ray]'") from None
 
 
-def run_on_ray(input_path: Path, options: RunOptions, address: str | None) -> RunOutcome:
+def run_on_ray(input_path: Path | str, options: RunOptions, address: str | None) -> RunOutcome:
     """``capbatch run INPUT --engine ray [--ray-address ADDRESS]``."""
     require_ray()
     from capbatch._ray.run import execute_on_ray

@@ -13,6 +13,7 @@ from capbatch._ray.journal_service import JournalService
 from capbatch._ray.remote_journal import RemoteJournal
 from capbatch._ray.settings import WorkerSettings
 from capbatch._ray.worker import SolveBatches
+from capbatch._run.spend import spent_before
 
 #: Rows per batch a worker is handed when the options do not say: small enough that a
 #: rate-limited provider's batch finishes in seconds (results stream out, a killed
@@ -129,21 +130,12 @@ def start_actors(
         raise
     actors = Actors(journal_actor, budget, remote)
     try:
-        spent = spent_before_run(remote, settings.price)
+        spent = spent_before(remote, settings.price)
         ray.get(budget.set_spent_before.remote(spent))
     except BaseException:
         actors.close()
         raise
     return actors, spent
-
-
-def spent_before_run(journal: Any, price: float) -> float:
-    """The core's figure of what earlier runs of the journal spent (it is moving from
-    the engine to ``spend``: whichever module has it)."""
-    from capbatch._run import engine, spend
-
-    helper = getattr(spend, "spent_before", None) or getattr(engine, "_spent_before")  # noqa: B009
-    return float(helper(journal, price))
 
 
 def solve_stage(

@@ -36,8 +36,10 @@ from capbatch._ray.pipeline import (
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, ShippedKey, WorkerSettings
 from capbatch._run import engine
 from capbatch._run.metadata import output_metadata
+from capbatch._run.journal import note_endpoint
 from capbatch._run.options import RunOptions, make_progress
 from capbatch._run.spend import SpendGuard
+from capbatch._run.remote_files import shown_output
 from capbatch._run.summary import RunSummary
 from capbatch._run.tally import SPEND_CAP_REACHED, Tally, label_rule
 
@@ -82,6 +84,7 @@ def settings_for(setup: Any, *, wire: bool) -> WorkerSettings:
         id_column=table.id_column,
         base_dir=str(table.base_dir),
         retry=options.retry,
+        origin=table.origin,
         outage_timeout=options.outage_timeout,
         drain_timeout=options.drain_timeout,
         retry_failed=options.retry_failed,
@@ -113,7 +116,7 @@ def connect(address: str | None) -> bool:
 
 
 def execute_on_ray(
-    source: Path, options: RunOptions, *, address: str | None, workers: int | None = None
+    source: Path | str, options: RunOptions, *, address: str | None, workers: int | None = None
 ) -> engine.RunOutcome:
     """One ``capbatch run`` on Ray, from its options to its summary."""
     if options.dry_run:
@@ -152,7 +155,7 @@ class _RayRun:
         self.summary = RunSummary(
             provider=resolved.profile.name,
             task_type=setup.options.task_type,
-            output=str(setup.output) if setup.output else None,
+            output=shown_output(setup.output, setup.remote),
             journal=setup.journal_path if setup.journal_path != ":memory:" else None,
             notices=list(setup.notices),
             started_at=engine._now_iso(),
@@ -172,7 +175,7 @@ class _RayRun:
             summary.spend_cap_usd = setup.resolved.limits.max_spend
             name, endpoint = setup.resolved.profile.name, setup.endpoint
             here = f"{name} at {endpoint}" if endpoint else name
-            if (other := engine._note_endpoint(actors.remote, here)) is not None:
+            if (other := note_endpoint(actors.remote, here)) is not None:
                 setup.tell(summary, other)
             summary.balance_before = self._balance(actors.budget)
             assert setup.output is not None  # a file input always has an output path
@@ -202,6 +205,8 @@ class _RayRun:
 
         tables, first = [], 0
         # Blocks of at most a worker's batch, at least eight per worker on small inputs:
+            if setup.remote is not None:
+                setup.remote.publish()  # an object-store output: uploaded now, whole
         # they stream, and spread over the workers.
         rows = self.setup.table.num_rows or DEFAULT_BATCH_ROWS * 16
         block = max(4, min(DEFAULT_BATCH_ROWS, -(-rows // 16)))

@@ -81,6 +81,9 @@ class WorkerSettings:
     started_wall: float = field(default_factory=time.time)
     #: Threads of the local solver in one worker (one model each).
     local_threads: int = 1
+    #: The object-store URI the input was read from: relative image paths resolve
+    #: against its folder there (``TableSource.image_base``).
+    origin: str | None = None
 
     @property
     def params(self) -> Mapping[str, Any]:

@@ -243,6 +243,7 @@ class SolveBatches:
                 pickle.dumps((r, tally.earlier_rows.get(i, False))) for i, r in enumerate(results)
             ]
             return part.append_column(WIRE_COLUMN, pa.array(wire, pa.binary()))
+            origin=s.origin,
         arrays = list(inputs.columns) + results_to_arrays(results)
         return pa.Table.from_arrays(arrays, schema=result_schema(inputs.schema))
 

@@ -22,14 +22,9 @@ import numpy as np
 import pandas as pd
 
 from capbatch._exceptions import RowInputError
-from capbatch._io.images import (
-    INPUT_TOO_LARGE,
-    INPUT_TRUNCATED_IMAGE,
-    image_format,
-    pillow_guard,
-    pixel_error,
-)
+from capbatch._io.images import INPUT_TOO_LARGE, INPUT_TRUNCATED_IMAGE, image_format
 from capbatch._io.labels import parse
+from capbatch._io.pillow_checks import pillow_guard, pixel_error
 from capbatch._reports import metrics as _metrics
 from capbatch._reports.charts import MISSED, RIGHT, WRONG
 from capbatch._reports.metrics import missing, shown

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from capbatch._providers.secrets import redact
 from capbatch._run.batches import BatchRunner, ResultSink
 from capbatch._run.callback_solver import solver_type, start_callbacks, stop_callbacks
 from capbatch._run.cascade import LocalStage, close_stage, local_stage, runner_hooks
-from capbatch._run.journal import Journal
+from capbatch._run.journal import Journal, note_endpoint
 from capbatch._run.limits import Clock, RateLimiter
 from capbatch._run.metadata import output_metadata
 from capbatch._run.options import (
@@ -43,6 +42,7 @@ from capbatch._run.options import (
 from capbatch._run.outage import OutageGate
 from capbatch._run.plan import TaskKeys, table_fields
 from capbatch._run.progress import Progress
+from capbatch._run.remote_files import RemoteFiles, shown_output, stage_remote
 from capbatch._run.signals import SignalStops
 from capbatch._run.spend import SpendGuard, spent_before
 from capbatch._run.spend_watch import SpendWatch
@@ -81,6 +81,8 @@ class _Setup:
     fields: FieldPlan
     notices: list[str]
     notice: Callable[[str], None]
+    #: Object-store input or output, staged locally (``remote_files``); None if neither.
+    remote: RemoteFiles | None = None
 
     def tell(self, summary: RunSummary, message: str) -> None:
         """A notice for the user (unless quiet) that the summary keeps too."""
@@ -131,12 +133,14 @@ async def execute(source: Any, options: RunOptions, *, want_frame: bool = False)
 
 def _prepare(source: Any, options: RunOptions) -> _Setup:
     """Options resolved, the table opened, the output and journal named, notices said."""
-    resolved = resolve(options)
+    resolved = resolve(options)  # before any download: a missing key stops the run first
+    source, options, remote = stage_remote(source, options)
     table = TableSource(
         source,
         image_column=options.image_column,
         id_column=options.id_column,
         batch_rows=options.batch_rows,
+        origin=remote.input_uri if remote is not None else None,
     )
     fields = table_fields(options.task_type, options.fields, options.task_params, table)
     notice = options.notice or (lambda _message: None)
@@ -158,7 +162,17 @@ def _prepare(source: Any, options: RunOptions) -> _Setup:
         resolved.profile.name, endpoint if endpoint != resolved.profile.base_url else None
     )
     return _Setup(
-        options, resolved, table, output, journal_path, scope, endpoint, fields, notices, notice
+        options,
+        resolved,
+        table,
+        output,
+        journal_path,
+        scope,
+        endpoint,
+        fields,
+        notices,
+        notice,
+        remote,
     )
 
 
@@ -224,7 +238,7 @@ class _Run:
         self.summary = RunSummary(
             provider=setup.resolved.profile.name,
             task_type=setup.options.task_type,
-            output=str(setup.output) if setup.output else None,
+            output=shown_output(setup.output, setup.remote),
             journal=setup.journal_path if setup.journal_path != ":memory:" else None,
             notices=list(setup.notices),
             started_at=_now_iso(),
@@ -279,6 +293,8 @@ class _Run:
         summary.balance_after = await self.balance() if summary.balance_before is not None else None
         summary.complete = interrupted is None
         frame = self._finish_output(want_frame and interrupted is None)
+        if setup.remote is not None:
+            setup.remote.publish()  # an object-store output: uploaded now, whole
         if live is not None:
             tell = functools.partial(setup.tell, summary)
             await live.finish(setup.output, setup.options.drain_timeout, tell)
@@ -300,7 +316,7 @@ class _Run:
         summary.spend_cap_usd = spend.cap
         name, endpoint = resolved.profile.name, self.setup.endpoint
         here = f"{name} at {endpoint}" if endpoint else name
-        if (other := _note_endpoint(self.journal, here)) is not None:
+        if (other := note_endpoint(self.journal, here)) is not None:
             self.setup.tell(summary, other)
         return spend
 
@@ -424,23 +440,3 @@ class _Run:
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-#: Journal meta key: every provider and URL that wrote answers into the journal.
-_ENDPOINTS = "endpoints"
-
-
-def _note_endpoint(journal: Journal, here: str) -> str | None:
-    """Record ``here`` in the journal; a notice when other endpoints wrote to it before."""
-    try:
-        seen = [str(e) for e in json.loads(journal.get_meta(_ENDPOINTS) or "[]")]
-    except ValueError:
-        seen = []
-    if here not in seen:
-        journal.set_meta(_ENDPOINTS, json.dumps([*seen, here]))
-    others = [e for e in seen if e != here]
-    if not others:
-        return None
-    return (
-        f"the journal also holds answers from {', '.join(others)}; they are not reused for {here}"
-    )

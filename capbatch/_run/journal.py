@@ -401,3 +401,23 @@ class Journal:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+
+
+#: Journal meta key: every provider and URL that wrote answers into the journal.
+ENDPOINTS_META = "endpoints"
+
+
+def note_endpoint(journal: Journal, here: str) -> str | None:
+    """Record ``here`` in the journal; a notice when other endpoints wrote to it before."""
+    try:
+        seen = [str(e) for e in json.loads(journal.get_meta(ENDPOINTS_META) or "[]")]
+    except ValueError:
+        seen = []
+    if here not in seen:
+        journal.set_meta(ENDPOINTS_META, json.dumps([*seen, here]))
+    others = [e for e in seen if e != here]
+    if not others:
+        return None
+    return (
+        f"the journal also holds answers from {', '.join(others)}; they are not reused for {here}"
+    )

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from capbatch._io.inputs import TableSource
+from capbatch._io.locations import is_uri
 from capbatch._run.options import ResolvedRun, RunOptions
 from capbatch._run.ownership import relative_input
 from capbatch._run.summary import RunSummary
@@ -41,7 +42,7 @@ def output_metadata(
     def text(value: float | None) -> str | None:
         return None if value is None else str(value)
 
-    path = table.path
+    path, origin = table.path, table.origin
     entries = {
         "capbatch.version": __version__,
         "capbatch.provider": resolved.profile.name,
@@ -60,8 +61,10 @@ def output_metadata(
         # From the results file's folder: a folder moved with its input still resumes.
         "capbatch.input_relative": (
             None
-            if path is None or summary.output is None
+            if path is None or summary.output is None or origin or is_uri(summary.output)
             else relative_input(Path(path), Path(summary.output))
         ),
+        # An object-store input (``remote_files``): ``capbatch.input`` is its local copy.
+        "capbatch.input_uri": origin,
     }
     return {key: value for key, value in entries.items() if value is not None}

@@ -75,7 +75,7 @@ def plan_batch(
     ``occurrences`` carries the counts from batch to batch."""
     fields = keys.field_plan(source)
     limits = ImageLimits(
-        source.base_dir, profile.min_image_bytes, profile.max_image_bytes, profile.max_image_side
+        source.image_base, profile.min_image_bytes, profile.max_image_bytes, profile.max_image_side
     )
     rows = read_row_fields(batch, fields, limits, first_row, keys.base64_seen)
     # Row keys are positions: stable when rows are appended, and unique even when an id

@@ -18,9 +18,7 @@ Start = Callable[..., EmulatorHandle]
 
 
 def oracle(emulator: Start, **options: object) -> EmulatorHandle:
-    return emulator(
-        api_key=KEY, solver="oracle", labels=str(SAMPLE / "labels.csv"), **options
-    )
+    return emulator(api_key=KEY, solver="oracle", labels=str(SAMPLE / "labels.csv"), **options)
 
 
 def test_run_on_a_dataframe_returns_every_row_with_results(emulator: Start) -> None:
@@ -54,9 +52,7 @@ def test_run_works_inside_a_running_event_loop(emulator: Start) -> None:
 
     async def notebook_cell() -> pd.DataFrame:
         # Like Jupyter: a loop is already running in this thread.
-        return capbatch.run(
-            sample_frame(3), api_key=KEY, base_url=server.url, quiet=True, rate=100
-        )
+        return capbatch.run(sample_frame(3), api_key=KEY, base_url=server.url, quiet=True, rate=100)
 
     result = asyncio.run(notebook_cell())
     assert (result["answer"] == result["label"]).all()

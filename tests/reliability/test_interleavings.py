@@ -56,9 +56,7 @@ def _interrupt(proc: Any, how: str) -> None:
         proc.send_signal(signal.SIGINT)
 
 
-def _scenario(
-    seed: int, tmp_path: Path, emulator: Start, *, graceful_only: bool
-) -> None:
+def _scenario(seed: int, tmp_path: Path, emulator: Start, *, graceful_only: bool) -> None:
     rng = random.Random(seed)
     faults = {
         "http_5xx_rate": 0.0 if graceful_only else rng.choice([0.0, 0.03]),
@@ -123,9 +121,7 @@ _EXTRA = [1000 + n for n in range(int(os.environ.get("CAPBATCH_MORE_SEEDS", "0")
 
 
 @pytest.mark.parametrize("seed", [80, 12, 43, *_EXTRA])
-def test_any_interleaving_keeps_every_promise(
-    seed: int, tmp_path: Path, emulator: Start
-) -> None:
+def test_any_interleaving_keeps_every_promise(seed: int, tmp_path: Path, emulator: Start) -> None:
     _scenario(seed, tmp_path, emulator, graceful_only=False)
 
 

@@ -170,9 +170,7 @@ def test_a_second_signal_stops_at_once_with_the_journal_intact(
 # --- failed rows and the next run ---------------------------------------------------------
 
 
-def test_rows_failed_for_a_passing_reason_are_sent_again(
-    tmp_path: Path, emulator: Start
-) -> None:
+def test_rows_failed_for_a_passing_reason_are_sent_again(tmp_path: Path, emulator: Start) -> None:
     server = oracle(emulator, http_5xx_rate=0.4, seed=3)
     table = write_table(sample_frame(30), tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
@@ -191,9 +189,7 @@ def test_rows_failed_for_a_passing_reason_are_sent_again(
     assert server.stats()["create_calls"] == creates + int(passing.sum())
 
 
-def test_rows_failed_for_good_are_kept_unless_asked(
-    tmp_path: Path, emulator: Start
-) -> None:
+def test_rows_failed_for_good_are_kept_unless_asked(tmp_path: Path, emulator: Start) -> None:
     server = oracle(emulator, unsolvable_rate=1.0)
     table = write_table(sample_frame(6), tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
@@ -242,9 +238,7 @@ def test_an_unreachable_provider_stops_the_run_without_failing_rows(
     assert (pd.read_parquet(out)["status"] == "solved").all()
 
 
-def test_an_outage_pauses_the_run_and_it_goes_on_by_itself(
-    tmp_path: Path, emulator: Start
-) -> None:
+def test_an_outage_pauses_the_run_and_it_goes_on_by_itself(tmp_path: Path, emulator: Start) -> None:
     server = oracle(emulator, latency=(0.05, 0.1), seed=5)
     table = write_table(sample_frame(60), tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"

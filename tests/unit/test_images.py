@@ -30,6 +30,7 @@ from capbatch._io.image_column import (
 from capbatch._io.images import image_format, resolve_image
 from capbatch._io.inputs import TableSource
 from capbatch._io.keys import KeyScope, image_hash, task_key, task_key_from_hash
+from capbatch._io.pillow_checks import pillow_guard
 from capbatch._providers.profiles import (
     ANTICAPTCHA,
     CAPMONSTER,
@@ -352,9 +353,9 @@ def test_pillow_warnings_about_damaged_files_are_not_printed() -> None:
 
 def test_pillow_guard_leaves_the_warning_filters_as_they_were() -> None:
     before = list(warnings.filters)
-    with pytest.raises(Image.DecompressionBombWarning), _images.pillow_guard():
+    with pytest.raises(Image.DecompressionBombWarning), pillow_guard():
         warnings.warn("bomb", Image.DecompressionBombWarning, stacklevel=1)
-    with _images.pillow_guard():
+    with pillow_guard():
         warnings.warn("ignored", UserWarning, stacklevel=1)
     assert warnings.filters == before
 

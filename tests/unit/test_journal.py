@@ -83,8 +83,14 @@ def test_result_for_a_key_never_sent(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     journal.record_result(
         "k",
-        final(status="failed", answer=None, solution=None, error_code="X", cost_usd=0.0,
-              provider="capsolver"),
+        final(
+            status="failed",
+            answer=None,
+            solution=None,
+            error_code="X",
+            cost_usd=0.0,
+            provider="capsolver",
+        ),
         owner="7",
     )
     entry = entry_of(journal, "k")
