@@ -19,6 +19,9 @@ requests, not once per request (``bench/ray_scale.py`` measures its ceiling):
 * **Money.** The run's ``SpendGuard``: workers reserve task prices in blocks, report
   charges, releases and lost sends; a dead worker's reservations stay counted (its
   sends may have been charged), so the cap is never exceeded by a death.
+* **The stop.** The driver's first SIGINT or SIGTERM (``_ray/stops.py``) calls ``stop``;
+  every worker is waiting on ``until_stopped`` (and hears it in each heartbeat's answer
+  too), so it stops sending within one actor call of the signal.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ class _Worker:
     #: Of ``money``, the part the worker holds spare (no send behind it): its last word.
     spare: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    #: Requests out when the worker last said (its gate's ``sending``).
+    sending: int = 0
+
+
+#: What a worker is told when the run stops: the message and the signal's number.
+Stop = tuple[str, int]
 
 
 class Budget:
@@ -98,6 +107,9 @@ class Budget:
         self.calls = 0
         self.slots_granted = 0
         self.reclaimed = 0
+        #: Set once by the driver's first signal; never cleared (a run stops once).
+        self.stopped: Stop | None = None
+        self._stop_waiters: list[asyncio.Future[Stop]] = []
 
     # --- workers ----------------------------------------------------------------------
 
@@ -116,16 +128,19 @@ class Budget:
         spare: float = 0.0,
         successes: int = 0,
         counts: dict[str, int] | None = None,
-    ) -> int:
-        """A worker is alive; its spare money, clean requests and request counts. The
-        fair share of in-flight slots comes back."""
+        sending: int = 0,
+    ) -> tuple[int, Stop | None]:
+        """A worker is alive; its spare money, clean requests, request counts and
+        requests out. Its fair share of in-flight slots comes back, and the run's stop
+        once there is one (in case the worker's ``until_stopped`` call was lost)."""
         state = self._worker(worker)
         state.spare = spare
+        state.sending = sending
         if counts is not None:
             state.counts = dict(counts)
         self._record_success(successes)
         self._reclaim_silent()
-        return self._fair_share()
+        return self._fair_share(), self.stopped
 
     def _fair_share(self) -> int:
         live = sum(1 for w in self._workers.values() if w.seen > self._now() - SILENT_AFTER)
@@ -264,6 +279,29 @@ class Budget:
     def set_spent_before(self, amount: float) -> None:
         """What earlier runs of the journal spent (the driver reads it there)."""
         self.money.spent_before = amount
+
+    # --- the run's stop (the driver's first signal) -------------------------------------
+
+    def stop(self, message: str, signal_number: int) -> int:
+        """Stop the run: every worker waiting in ``until_stopped`` hears it now. The
+        requests out, as the live workers last said (within a heartbeat), come back."""
+        if self.stopped is None:
+            self.stopped = (message, signal_number)
+            for waiter in self._stop_waiters:
+                if not waiter.done():
+                    waiter.set_result(self.stopped)
+            self._stop_waiters.clear()
+        cutoff = self._now() - SILENT_AFTER
+        return sum(w.sending for w in self._workers.values() if w.seen >= cutoff)
+
+    async def until_stopped(self) -> Stop:
+        """Answered when the run stops (at once if it has): each worker keeps one such
+        call waiting, so a stop reaches it in one reply, not at its next heartbeat."""
+        if self.stopped is not None:
+            return self.stopped
+        waiter: asyncio.Future[Stop] = asyncio.get_running_loop().create_future()
+        self._stop_waiters.append(waiter)
+        return await waiter
 
     # --- what the driver reads at the end -----------------------------------------------
 

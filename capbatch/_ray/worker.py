@@ -4,6 +4,11 @@ core's ``BatchRunner`` and ``TaskSolver``, drawing on the cluster's budget and j
 Its ``__call__`` is a coroutine, so Ray runs several batches of one actor at once on one
 event loop (one HTTP pool, one solver, one local model), as ``capbatch run`` runs its
 batches. One actor per worker process; a local-solver actor loads its model once.
+
+When the driver's first signal stops the run (``Budget.stop``), the actor interrupts
+every runner it has going, as ``capbatch run`` interrupts its one runner: nothing new is
+sent, replies to requests out are awaited and journaled, and each batch still comes
+back whole, its unfinished rows pending; a batch handed over later sends nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from capbatch._exceptions import CapbatchError
+from capbatch._exceptions import CapbatchError, RunInterrupted
 from capbatch._io.frame_index import result_schema
 from capbatch._io.inputs import TableSource
 from capbatch._io.record import RowResult, results_to_arrays
@@ -32,6 +37,7 @@ from capbatch._run.limits import Clock, RateLimiter
 from capbatch._run.outage import OutageGate
 from capbatch._run.plan import TaskKeys
 from capbatch._run.progress import SilentProgress
+from capbatch._run.results import pending_result
 from capbatch._run.spend import SpendGuard
 from capbatch._run.spend_watch import SpendWatch
 from capbatch._run.tally import Tally
@@ -57,6 +63,10 @@ class SolveBatches:
         self._spend: SpendGuard | None = None
         self._setup_lock: asyncio.Lock | None = None
         self._heart: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        #: The run's stop once the driver asked for it (``Budget.stop``).
+        self.stopped: RunInterrupted | None = None
+        self._runners: set[OffsetRunner] = set()
         self._rows = 0
         self._row_base = 0
 
@@ -87,7 +97,9 @@ class SolveBatches:
         async with self._setup_lock:
             if self._solver is None:
                 self._solver = await self._build()
-                self._heart = asyncio.get_running_loop().create_task(self._heartbeats())
+                loop = asyncio.get_running_loop()
+                self._heart = loop.create_task(self._heartbeats())
+                self._watch = loop.create_task(self._watch_stop())
         return self._solver
 
     async def _build(self) -> ClaimingSolver:
@@ -161,16 +173,33 @@ class SolveBatches:
     async def _heartbeats(self) -> None:
         while True:
             with contextlib.suppress(Exception):
-                share = await self._report()
+                share, stop = await self._report()
                 flights = self._solver.gate._in_flight if self._solver is not None else None
                 if isinstance(flights, LeasedFlights):
                     flights.fair_share = int(share)
+                if stop is not None:
+                    self.stop(*stop)
             await asyncio.sleep(HEARTBEAT)
+
+    async def _watch_stop(self) -> None:
+        """Wait for the run's stop at the budget (one call, answered when it comes)."""
+        with contextlib.suppress(Exception):
+            self.stop(*await self.budget.until_stopped.remote())
+
+    def stop(self, message: str, signal_number: int) -> None:
+        """The driver's first signal: interrupt every runner of this actor (no new
+        request leaves; replies to those out are awaited, then rows left are pending)."""
+        if self.stopped is not None:
+            return
+        self.stopped = RunInterrupted(message, signal_number=signal_number)
+        for runner in list(self._runners):
+            runner.interrupt(self.stopped)
 
     def _report(self) -> Any:
         """Tell both actors this worker lives; hand in money moves and request counts.
-        The budget's answer (this worker's fair share of in-flight slots) is returned
-        as a reference: awaited by the heartbeat, ignored at a batch's end."""
+        The budget's answer (this worker's fair share of in-flight slots, the run's
+        stop) is returned as a reference: awaited by the heartbeat, ignored at a
+        batch's end."""
         solver = self._solver
         assert solver is not None
         limiter = solver.limiter
@@ -186,7 +215,9 @@ class SolveBatches:
             spare = self._spend.spare()
         counts = {name: int(getattr(solver.tally, name)) for name in _COUNTED}
         self.journal_actor.heartbeat.remote(self.worker)
-        return self.budget.heartbeat.remote(self.worker, spare, successes, counts)
+        return self.budget.heartbeat.remote(
+            self.worker, spare, successes, counts, solver.gate.sending
+        )
 
     # --- one batch ----------------------------------------------------------------------
 
@@ -212,12 +243,32 @@ class SolveBatches:
             image_column=s.image_column,
             id_column=s.id_column,
             batch_rows=max(1, inputs.num_rows),
+            origin=s.origin,
         )
         source.base_dir = Path(s.base_dir)
         tally = RowTally()
+        if self.stopped is not None:
+            # Handed over after the stop: every row pending, nothing sent or read.
+            results = [pending_result(s.profile.name) for _ in range(inputs.num_rows)]
+        else:
+            results = await self._run_part(solver, source, tally, first_row)
+        if s.wire:
+            wire = [
+                pickle.dumps((r, tally.earlier_rows.get(i, False))) for i, r in enumerate(results)
+            ]
+            return part.append_column(WIRE_COLUMN, pa.array(wire, pa.binary()))
+        arrays = list(inputs.columns) + results_to_arrays(results)
+        return pa.Table.from_arrays(arrays, schema=result_schema(inputs.schema))
+
+    async def _run_part(
+        self, solver: ClaimingSolver, source: TableSource, tally: RowTally, first_row: int
+    ) -> list[RowResult]:
+        """One part through the core's runner; a result for every row, also when the
+        run's stop interrupted it (the drained rows answered, the rest pending)."""
+        s = self.settings
         sink = _Collect()
         assert self._journal is not None
-        limits = s.limits
+        limits, rows = s.limits, source.num_rows or 0
         runner = OffsetRunner(
             source,
             sink,
@@ -228,7 +279,7 @@ class SolveBatches:
             progress=SilentProgress(),
             counters=tally,
             max_pending_jobs=max(4 * limits.max_in_flight, 64),
-            max_buffered_rows=max(16 * inputs.num_rows, 65_536),
+            max_buffered_rows=max(16 * rows, 65_536),
             make_task=functools.partial(task_body, s.task_type, s.params),
             on_result=tally.on_result,
             drain_timeout=s.drain_timeout,
@@ -236,16 +287,15 @@ class SolveBatches:
             offset=first_row,
             started_wall=s.started_wall,
         )
-        await runner.run()
-        results = sink.results
-        if s.wire:
-            wire = [
-                pickle.dumps((r, tally.earlier_rows.get(i, False))) for i, r in enumerate(results)
-            ]
-            return part.append_column(WIRE_COLUMN, pa.array(wire, pa.binary()))
-            origin=s.origin,
-        arrays = list(inputs.columns) + results_to_arrays(results)
-        return pa.Table.from_arrays(arrays, schema=result_schema(inputs.schema))
+        self._runners.add(runner)  # no await since ``stopped`` was read: none is missed
+        try:
+            await runner.run()
+        except RunInterrupted:
+            if runner.failure is not self.stopped:
+                raise
+        finally:
+            self._runners.discard(runner)
+        return sink.results
 
 
 class _Collect:

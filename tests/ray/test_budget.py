@@ -181,3 +181,30 @@ def test_the_clock_match_keeps_the_fastest_exchange() -> None:
     match.observe(asked=12.0, heard=12.5, remote_now=112.4)  # slow: ignored
     assert match.error == pytest.approx(0.001)
     assert match.local(120.0) == pytest.approx(20.001)
+
+
+async def test_a_stop_reaches_every_waiting_worker_and_each_heartbeat(now: _Now) -> None:
+    """The driver's first signal (``Budget.stop``): the workers' waiting
+    ``until_stopped`` calls are answered at once, later ones too, and each heartbeat's
+    answer carries it; the first stop is the one kept."""
+    budget = Budget(rate=10, max_in_flight=4, cap=None, price=PRICE, clock=now)
+    assert budget.heartbeat("a") == (4, None)
+    waiting = [asyncio.ensure_future(budget.until_stopped()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting)  # no stop yet: the calls wait
+    budget.stop("interrupted by SIGINT", 2)
+    budget.stop("interrupted by SIGTERM", 15)
+    answers = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert answers == [("interrupted by SIGINT", 2)] * 2
+    assert await asyncio.wait_for(budget.until_stopped(), 5) == ("interrupted by SIGINT", 2)
+    assert budget.heartbeat("a") == (4, ("interrupted by SIGINT", 2))
+
+
+def test_a_stop_counts_the_requests_out_of_live_workers_only(now: _Now) -> None:
+    budget = Budget(rate=10, max_in_flight=8, cap=None, price=PRICE, clock=now)
+    budget.heartbeat("dead", sending=5)
+    now.t += budget_module.SILENT_AFTER + 1  # "dead" stops answering (killed)
+    budget.heartbeat("a", sending=3)
+    budget.heartbeat("b", sending=0)
+    budget.heartbeat("b", sending=2)  # the last word counts
+    assert budget.stop("interrupted by SIGINT", 2) == 5
