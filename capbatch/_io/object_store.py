@@ -60,16 +60,18 @@ def with_suffix(uri: str, suffix: str) -> str:
 
 
 def join(folder: str, relative: str) -> str:
-    """``relative`` (a path with ``/``) inside the URI ``folder``."""
-    parts = urlsplit(folder)
-    path = parts.path.rstrip("/") + "/" + relative.replace("\\", "/").lstrip("/")
-    return urlunsplit(parts._replace(path=path))
+    """``relative`` (a path with ``/``) inside the URI ``folder`` (its query kept)."""
+    base, mark, query = folder.partition("?")
+    path = relative.replace("\\", "/").lstrip("/")
+    head = base if base.endswith("://") else base.rstrip("/") + "/"
+    return f"{head}{path}{mark}{query}"
 
 
 def folder_of(uri: str) -> str:
-    """The URI of the folder holding ``uri``."""
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(path=parts.path.rpartition("/")[0] or "/"))
+    """The URI of the folder holding ``uri`` (its query kept)."""
+    base, mark, query = uri.partition("?")
+    scheme, sep, rest = base.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('/')[0]}{mark}{query}"
 
 
 def message(uri: str, exc: BaseException) -> str:

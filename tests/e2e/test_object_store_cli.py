@@ -9,7 +9,6 @@ credential written into the URI must not reach the output, the journal or the te
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import (
-    KEY,
     assert_key_absent,
     oracle,
     run_args,
@@ -91,3 +89,81 @@ def test_a_table_in_s3_gives_results_in_s3_and_a_rerun_pays_nothing(
     assert creates(server) == sent
     assert "s3://capbatch-tests/jobs/in.parquet.results.parquet" in said
     assert "12 from an earlier run" in said or "earlier" in said
+
+
+def test_images_named_by_uri_or_relative_to_the_table_in_the_store(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """A CSV in the store whose image cells are URIs or paths relative to it (each
+    read from the store), results to a local file; a missing object is that row's
+    error, named by its URI, and the run goes on."""
+    server = oracle(emulator)
+    frame = sample_frame(6)
+    cells = []
+    for i, local in enumerate(frame["image_path"]):
+        key = f"data/images/{Path(local).name}"
+        uri = s3.put(Path(local), key)
+        cells.append(uri if i % 2 else f"images/{Path(local).name}")
+    cells[-1] = "images/missing.png"
+    frame["image_path"] = cells
+    table = s3.put(write_table(frame, tmp_path / "t.csv"), "data/t.csv")
+    out = tmp_path / "out.parquet"
+
+    code, said = cli(s3, cache, *run_args(server, table, out))  # type: ignore[arg-type]
+
+    assert code == 0, said
+    results = pd.read_parquet(out)
+    assert list(results["status"][:5]) == ["solved"] * 5
+    assert list(results["answer"][:5]) == list(frame["label"][:5])
+    assert results["error_code"].iloc[5] == "INPUT_FILE_NOT_FOUND"
+    assert "s3://capbatch-tests/data/images/missing.png" in results["error_message"].iloc[5]
+    assert creates(server) == 5
+
+
+def test_an_output_object_made_from_another_input_is_not_overwritten(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    server = oracle(emulator)
+    first = s3.put(write_table(sample_frame(3), tmp_path / "a.parquet"), "a.parquet")
+    other = s3.put(write_table(sample_frame(3, start=5), tmp_path / "b.parquet"), "b.parquet")
+    shared = s3.uri("shared.parquet")
+    code, said = cli(s3, cache, *run_args(server, first, shared))  # type: ignore[arg-type]
+    assert code == 0, said
+    before, sent = s3.get("shared.parquet"), creates(server)
+
+    code, said = cli(s3, cache, *run_args(server, other, shared))  # type: ignore[arg-type]
+
+    assert code == 2, said
+    assert f"belongs to the input {first}" in said and len(said.strip().splitlines()) == 1
+    assert s3.get("shared.parquet") == before and creates(server) == sent
+
+
+def test_credentials_in_the_uri_reach_no_output_journal_or_terminal(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """pyarrow takes ``s3://KEY:SECRET@bucket/...``: the run works with it and says the
+    URI without them, everywhere."""
+    server = oracle(emulator)
+    s3.put(write_table(sample_frame(3), tmp_path / "in.parquet"), "in.parquet")
+    env = {k: v for k, v in s3.env.items() if not k.startswith("AWS_SECRET")}
+    env["AWS_ACCESS_KEY_ID"] = "unused"
+    secret_uri = f"s3://{ACCESS_KEY}:{SECRET_KEY}@capbatch-tests/in.parquet"
+    args = ["run", secret_uri, "--base-url", server.url]
+    result = run_cli(*args, env={**env, "CAPBATCH_CACHE_DIR": str(cache)})
+
+    assert result.returncode == 0, result.output
+    assert "s3://capbatch-tests/in.parquet.results.parquet" in result.stdout
+    output = s3.get("in.parquet.results.parquet") or b""
+    assert len(output) > 0
+    for secret in (SECRET_KEY, ACCESS_KEY):
+        assert_key_absent(secret, result.output, output.decode("latin-1"), roots=(cache,))
+
+
+def test_a_missing_input_object_stops_with_one_line(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle]
+) -> None:
+    server = oracle(emulator)
+    code, said = cli(s3, cache, "run", s3.uri("nope.parquet"), "--base-url", server.url)
+    assert code != 0
+    assert said.strip() == "capbatch: error: input file not found: s3://capbatch-tests/nope.parquet"
+    assert creates(server) == 0
