@@ -10,15 +10,27 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import emulator  # noqa: F401  (the e2e emulator fixture)
+from tests.e2e.s3 import S3Store, s3_store
 
 #: Tries at starting the local cluster before the cluster tests are skipped.
 STARTS = 3
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[Any]:
+def cluster_store() -> Iterator[S3Store]:
+    """An S3 server on loopback that the cluster's processes reach: its environment
+    (``S3Store.env``) is set before the cluster starts, and so inherited by every
+    worker, as a real cluster's nodes have their own credentials."""
+    with s3_store() as store, pytest.MonkeyPatch.context() as patch:
+        for name, value in store.env.items():
+            patch.setenv(name, value)
+        yield store
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(cluster_store: S3Store) -> Iterator[Any]:
     """``ray``, initialised once: 2 CPUs, no dashboard. Its GCS address is
-    ``ray.get_runtime_context().gcs_address``."""
+    ``ray.get_runtime_context().gcs_address``; its workers reach ``cluster_store``."""
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - the dev extra installs it

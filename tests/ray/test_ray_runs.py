@@ -8,6 +8,7 @@ worker or the driver is killed, beyond the possible double payments the journal 
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from capbatch._exceptions import InUseError
 from capbatch._run.options import RunOptions
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import KEY, PRICE, oracle, sample_frame, write_table
+from tests.e2e.s3 import S3Store
 
 # xdist_group: under --dist loadgroup (pyproject's addopts) the cluster tests share one
 # worker, one cluster. Ray starts worker processes for each run (10-15 s on a loaded
@@ -225,3 +227,46 @@ def test_the_local_solver_on_every_worker_reads_as_in_one_process(
     assert list(solved["answer"]) == list(expected["answer"])
     assert (solved["status"] == "solved").all()
     assert len(ray_cluster.get(actors.journal.workers.remote())) == 2  # two models, no more
+
+
+def test_a_table_in_an_object_store_on_the_cli(
+    ray_cluster: Any,
+    cluster_store: S3Store,
+    emulator: Callable[..., EmulatorHandle],
+    tmp_path: Path,
+) -> None:
+    """``capbatch run s3://.../t.parquet --engine ray``: the table read from S3, every
+    image read from S3 by the worker that solves it (its cells are URIs), the results
+    written to S3 whole at the end; the same rows as ``capbatch run`` on a local copy."""
+    server = oracle(emulator)
+    frame = sample_frame(10)
+    prefix = f"ray-{tmp_path.name}"
+    frame["image_path"] = [
+        cluster_store.put(Path(p), f"{prefix}/images/{Path(p).name}") for p in frame["image_path"]
+    ]
+    local = write_table(frame, tmp_path / "t.parquet")
+    uri = cluster_store.put(local, f"{prefix}/t.parquet")
+    one_path = str(tmp_path / "one.parquet")
+    capbatch.run(local, output=one_path, base_url=server.url, api_key=KEY, quiet=True)
+    reset_stats(server)
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "CAPSOLVER_API_KEY": KEY, "CAPBATCH_CACHE_DIR": str(tmp_path / "c")}
+    args = ["run", uri, "--base-url", server.url, "--engine", "ray", "--ray-address", address]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "capbatch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{uri}.results.parquet"
+    data = cluster_store.get(f"{prefix}/t.parquet.results.parquet")
+    assert data is not None
+    on_ray = pd.read_parquet(io.BytesIO(data))[COMPARED]
+    one = capbatch.read_results(tmp_path / "one.parquet")[COMPARED]
+    pd.testing.assert_frame_equal(on_ray, one)
+    assert (on_ray["status"] == "solved").all() and stats(server)["create_calls"] == 10
