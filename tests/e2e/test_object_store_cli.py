@@ -9,6 +9,11 @@ credential written into the URI must not reach the output, the journal or the te
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import pytest
 
 from capbatch.emulator import EmulatorHandle
 from tests.e2e.runner_helpers import (
+    KEY,
     assert_key_absent,
     oracle,
     run_args,
@@ -167,3 +173,42 @@ def test_a_missing_input_object_stops_with_one_line(
     assert code != 0
     assert said.strip() == "capbatch: error: input file not found: s3://capbatch-tests/nope.parquet"
     assert creates(server) == 0
+
+
+def test_a_ctrl_c_uploads_the_output_with_its_unfinished_rows_pending(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """As a local run leaves its output on a graceful stop, so does a run to S3: its
+    rows pending (their task ids journaled), marked incomplete; the same command
+    finishes them, polling those tasks instead of creating them again."""
+    server = oracle(emulator, deferred=1.0, solve_time=(1.5, 2.5))
+    uri = s3.put(write_table(sample_frame(12), tmp_path / "in.parquet"), "in.parquet")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(s3.env, CAPSOLVER_API_KEY=KEY, CAPBATCH_CACHE_DIR=str(cache))
+    args = ["run", uri, "--base-url", server.url, "--quiet", "--rate", "3"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "capbatch", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while creates(server) < 3 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        _, said = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, said
+
+    results = read_object(s3, "in.parquet.results.parquet")
+    statuses = results["status"].value_counts().to_dict()
+    assert statuses.get("pending", 0) > 0, statuses
+    sent = creates(server)
+    assert statuses.get("solved", 0) <= sent >= 3  # tasks out are journaled: polled next
+    meta = pq.read_metadata(io.BytesIO(s3.get("in.parquet.results.parquet") or b"")).metadata
+    assert meta[b"capbatch.complete"] == b"false"
+
+    code, said = cli(s3, cache, *args)
+    assert code == 0, said
+    assert (read_object(s3, "in.parquet.results.parquet")["status"] == "solved").all()
+    assert creates(server) == 12  # the interrupted run's tasks polled, not created again
