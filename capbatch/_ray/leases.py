@@ -17,9 +17,11 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from capbatch._exceptions import CapbatchError
 from capbatch._providers.client import TaskService
 from capbatch._providers.protocol import TaskReply
 from capbatch._ray.budget import SLOT_TOLERANCE
+from capbatch._run.gate import RunStopped
 from capbatch._run.limits import CREATE, POLL, Clock, PrioritySemaphore, RateLimiter
 from capbatch._run.spend import SpendGuard
 
@@ -35,6 +37,9 @@ MAX_FLIGHT_LEASE = 8
 #: is asked once per several tasks, small enough that little money sits idle in a
 #: worker when the cap is near (what a worker holds spare goes back after each batch).
 MONEY_BLOCK = 4
+#: The slot queue's first place: a request the journal already holds as sent (its
+#: slot's window passed during the journal write) goes before any poll or new task.
+SENT = POLL - 1
 
 
 class ClockMatch:
@@ -77,6 +82,8 @@ class LeasedLimiter(RateLimiter):
         self._queue: list[tuple[int, int, asyncio.Future[float]]] = []
         self._ticket = itertools.count()
         self._pump: asyncio.Task[None] | None = None
+        #: The run's stop: no slot is handed out at the gate from then on.
+        self.stopped: CapbatchError | None = None
         #: Clean requests since the last heartbeat (the budget's AIMD recovery).
         self.successes = 0
         self.dropped = 0
@@ -86,6 +93,8 @@ class LeasedLimiter(RateLimiter):
         The slot's window is remembered for this task: between the gate and the send
         comes the journal write, which here goes to another process, so ``ready``
         checks the window again right before the request leaves."""
+        if self.stopped is not None:
+            raise RunStopped(self.stopped)
         started = self._clock.now()
         _SLOT_ENDS.set(await self._slot(priority))
         return self._clock.now() - started
@@ -98,7 +107,18 @@ class LeasedLimiter(RateLimiter):
         if ends is None or self._clock.now() > ends:
             if ends is not None:
                 self.dropped += 1
-            await self._slot(priority)
+            # Past the gate, the request counts as out (a create's intent is journaled):
+            # it goes first, and still goes after a stop, as a request out in one process.
+            await self._slot(SENT if ends is not None else priority)
+
+    def stop(self, error: CapbatchError) -> None:
+        """The run stops: requests still waiting at the gate for a slot are refused now
+        (the gate would refuse them once their slot came, each slot lost to the ones
+        already out), so requests out take the next slots and the drain ends sooner."""
+        self.stopped = error
+        for priority, _, granted in self._queue:
+            if priority != SENT and not granted.done():
+                granted.set_exception(RunStopped(error))
 
     async def _slot(self, priority: int) -> float:
         """Wait for a send slot, most urgent first; the end of its window."""

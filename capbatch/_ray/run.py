@@ -34,12 +34,13 @@ from capbatch._ray.pipeline import (
     worker_failure,
 )
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, ShippedKey, WorkerSettings
+from capbatch._ray.stops import DriverStops
 from capbatch._run import engine
-from capbatch._run.metadata import output_metadata
 from capbatch._run.journal import note_endpoint
+from capbatch._run.metadata import output_metadata
 from capbatch._run.options import RunOptions, make_progress
-from capbatch._run.spend import SpendGuard
 from capbatch._run.remote_files import shown_output
+from capbatch._run.spend import SpendGuard
 from capbatch._run.summary import RunSummary
 from capbatch._run.tally import SPEND_CAP_REACHED, Tally, label_rule
 
@@ -83,8 +84,8 @@ def settings_for(setup: Any, *, wire: bool) -> WorkerSettings:
         image_column=table.image_column,
         id_column=table.id_column,
         base_dir=str(table.base_dir),
-        retry=options.retry,
         origin=table.origin,
+        retry=options.retry,
         outage_timeout=options.outage_timeout,
         drain_timeout=options.drain_timeout,
         retry_failed=options.retry_failed,
@@ -124,10 +125,17 @@ def execute_on_ray(
     refuse_unsupported(options)
     setup = engine._prepare(source, options)
     settings = settings_for(setup, wire=True)
+    drain = options.drain_timeout
+    stops = DriverStops(setup.notice, enabled=options.handle_signals, drain_timeout=drain)
     started = connect(address)
     try:
-        return _RayRun(setup, settings).run(workers)
+        stops.install()  # after ray.init, which puts in a SIGTERM handler of its own
+        outcome = _RayRun(setup, settings, stops).run(workers)
+        stops.raise_if_interrupted(outcome.summary)  # the output is written: exit 130
+        return outcome
     except BaseException as exc:
+        if stops.aborted is not None:  # a second signal: stopped at once
+            raise stops.aborted from None
         error = unwrap(exc)
         if isinstance(error, CapbatchError):
             error.message = redact(error.message, setup.resolved.key)
@@ -139,6 +147,7 @@ def execute_on_ray(
             raise failed from None
         raise
     finally:
+        stops.close()
         if started:
             import ray
 
@@ -148,9 +157,10 @@ def execute_on_ray(
 class _RayRun:
     """The driver's part of one run: actors, the stream of results, the summary."""
 
-    def __init__(self, setup: Any, settings: WorkerSettings) -> None:
+    def __init__(self, setup: Any, settings: WorkerSettings, stops: DriverStops) -> None:
         self.setup = setup
         self.settings = settings
+        self.stops = stops
         resolved = setup.resolved
         self.summary = RunSummary(
             provider=resolved.profile.name,
@@ -195,6 +205,8 @@ class _RayRun:
                     output_metadata(summary, setup.options, setup.resolved, table),
                     expected_rows=table.count_rows(),
                 )
+            if setup.remote is not None:
+                setup.remote.publish()  # an object-store output: uploaded now, whole
             return engine.RunOutcome(summary)
         finally:
             actors.close()
@@ -205,8 +217,6 @@ class _RayRun:
 
         tables, first = [], 0
         # Blocks of at most a worker's batch, at least eight per worker on small inputs:
-            if setup.remote is not None:
-                setup.remote.publish()  # an object-store output: uploaded now, whole
         # they stream, and spread over the workers.
         rows = self.setup.table.num_rows or DEFAULT_BATCH_ROWS * 16
         block = max(4, min(DEFAULT_BATCH_ROWS, -(-rows // 16)))
@@ -239,11 +249,14 @@ class _RayRun:
             self._dataset(), self.settings, actors, workers=workers, batch_rows=None, reads=False
         )
         names = table.schema.names
+        self.stops.streaming(actors.budget)  # a first signal now stops the cluster
         try:
             for batch in stage.iter_batches(batch_format="pyarrow", batch_size=None):
                 self._write(batch, names, writer, tally, progress)
         finally:
+            self.stops.ending()
             progress.close(tally)
+        self.stops.mark(self.summary)  # after a stop: incomplete, rows pending
         return tally
 
     def _write(

@@ -97,6 +97,10 @@ class SolveBatches:
         async with self._setup_lock:
             if self._solver is None:
                 self._solver = await self._build()
+                # Started after the run's stop: heard before this batch sends anything.
+                _, stop = await self._report()
+                if stop is not None:
+                    self.stop(*stop)
                 loop = asyncio.get_running_loop()
                 self._heart = loop.create_task(self._heartbeats())
                 self._watch = loop.create_task(self._watch_stop())
@@ -194,6 +198,9 @@ class SolveBatches:
         self.stopped = RunInterrupted(message, signal_number=signal_number)
         for runner in list(self._runners):
             runner.interrupt(self.stopped)
+        limiter = self._solver.limiter if self._solver is not None else None
+        if isinstance(limiter, LeasedLimiter):
+            limiter.stop(self.stopped)  # after the gate: requests out take the next slots
 
     def _report(self) -> Any:
         """Tell both actors this worker lives; hand in money moves and request counts.

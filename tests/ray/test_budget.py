@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from capbatch._exceptions import RunInterrupted
 from capbatch._ray import budget as budget_module
 from capbatch._ray.budget import HORIZON, RAY_SAFETY, SLOT_TOLERANCE, Budget
-from capbatch._ray.leases import ClockMatch, LeasedSpend
+from capbatch._ray.leases import ClockMatch, LeasedLimiter, LeasedSpend
+from capbatch._run.gate import RunStopped
+from capbatch._run.limits import CREATE
 
 pytestmark = pytest.mark.ray
 
@@ -208,3 +211,28 @@ def test_a_stop_counts_the_requests_out_of_live_workers_only(now: _Now) -> None:
     budget.heartbeat("b", sending=0)
     budget.heartbeat("b", sending=2)  # the last word counts
     assert budget.stop("interrupted by SIGINT", 2) == 5
+
+
+async def test_a_stop_refuses_requests_at_the_gate_and_lets_those_out_go_first() -> None:
+    """A request whose slot window passed during its journal write (so journaled as
+    sent) takes the next slot before any request still at the gate; the run's stop
+    refuses those at the gate at once, and the one out still leaves."""
+    budget = Budget(rate=5, max_in_flight=4, cap=None, price=PRICE)  # the real clock
+    limiter = LeasedLimiter(_Handle(budget), "w", 5)
+
+    async def out_late() -> None:
+        await limiter.acquire(CREATE)
+        await asyncio.sleep(0.1)  # the journal write: the slot's window passes
+        await limiter.ready(CREATE)
+
+    late = asyncio.ensure_future(out_late())
+    await asyncio.sleep(0.01)
+    at_gate = [asyncio.ensure_future(limiter.acquire(CREATE)) for _ in range(4)]
+    await asyncio.wait_for(late, 5)  # the next slot (1/5 s on) is the late one's
+    assert not any(w.done() for w in at_gate) and limiter.dropped == 1
+    stop = RunInterrupted("interrupted by SIGINT", signal_number=2)
+    limiter.stop(stop)
+    refused = await asyncio.wait_for(asyncio.gather(*at_gate, return_exceptions=True), 1)
+    assert all(isinstance(r, RunStopped) and r.error is stop for r in refused)
+    with pytest.raises(RunStopped):
+        await limiter.acquire(CREATE)
