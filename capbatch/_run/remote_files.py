@@ -83,6 +83,8 @@ def stage_remote(source: Any, options: RunOptions) -> tuple[Any, RunOptions, Rem
     if in_uri is not None and out_uri is None and output is None:
         out_uri = store.with_suffix(in_uri, ".results.parquet")  # the default beside it
     identity = store.shown(in_uri) if in_uri is not None else _local_identity(source)
+    if out_uri is not None and store.shown(out_uri) == identity:
+        raise ConfigError(f"the output {identity} is the input file: give -o another path")
     target = store.shown(out_uri) if out_uri is not None else str(Path(str(output)).resolve())
     digest = hashlib.sha256(f"{identity or ''}\n{target}".encode()).hexdigest()[:16]
     folder = cache_dir() / "remote" / digest

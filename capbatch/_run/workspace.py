@@ -373,6 +373,8 @@ class Workspace:
             check_writable(Path(journal), "journal")
         if output is not None:
             check_distinct(output, journal)
+            if source is not None and source.is_file() and same_file(output, source):
+                raise ConfigError(f"the output {output} is the input file: give -o another path")
         advice = "wait for it to finish, or stop it; to run a different job use a different -o"
         locks: list[_Lock] = []
         try:

@@ -144,6 +144,17 @@ def test_an_output_object_made_from_another_input_is_not_overwritten(
     assert s3.get("shared.parquet") == before and creates(server) == sent
 
 
+def test_an_output_uri_naming_the_input_is_refused(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    server = oracle(emulator)
+    uri = s3.put(write_table(sample_frame(3), tmp_path / "in.parquet"), "in.parquet")
+    before = s3.get("in.parquet")
+    code, said = cli(s3, cache, *run_args(server, uri, uri))  # type: ignore[arg-type]
+    assert code == 2 and "is the input file" in said, said
+    assert s3.get("in.parquet") == before and creates(server) == 0
+
+
 def test_credentials_in_the_uri_reach_no_output_journal_or_terminal(
     s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
 ) -> None:

@@ -104,6 +104,19 @@ def test_check_distinct_sees_through_symlinks_relative_forms_and_hard_links(
 # --- locks ----------------------------------------------------------------------------
 
 
+def test_an_output_that_is_the_input_file_is_refused_before_it_is_touched(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "in.parquet"
+    table.write_bytes(b"the user's table")
+    (tmp_path / "link.parquet").symlink_to(table)
+    for output in (table, tmp_path / "link.parquet", tmp_path / "." / "in.parquet"):
+        with pytest.raises(ConfigError, match="is the input file: give -o another path"):
+            Workspace.open(output, str(tmp_path / "j.sqlite"), source=table)
+    assert table.read_bytes() == b"the user's table"
+    assert not (tmp_path / "j.sqlite").exists()
+
+
 def test_a_second_run_on_the_same_output_is_refused_whatever_its_journal(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
     first = Workspace.open(out, str(tmp_path / "a.sqlite"))
