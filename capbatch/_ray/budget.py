@@ -50,6 +50,10 @@ RAY_SAFETY = 0.95
 SLOT_TOLERANCE = 0.04
 #: Seconds without a heartbeat after which a worker counts as dead.
 SILENT_AFTER = 5.0
+#: Seconds ``Budget.stop`` waits for the live workers' count of requests out, in so
+#: many looks (real time: the workers answer within one actor call, milliseconds).
+STOP_ANSWERS = 0.5
+STOP_ANSWER_LOOKS = 25
 
 
 @dataclass
@@ -110,6 +114,7 @@ class Budget:
         #: Set once by the driver's first signal; never cleared (a run stops once).
         self.stopped: Stop | None = None
         self._stop_waiters: list[asyncio.Future[Stop]] = []
+        self._heard: set[str] = set()
 
     # --- workers ----------------------------------------------------------------------
 
@@ -136,6 +141,8 @@ class Budget:
         state = self._worker(worker)
         state.spare = spare
         state.sending = sending
+        if self.stopped is not None:
+            self._heard.add(worker)  # its word on requests out since the stop
         if counts is not None:
             state.counts = dict(counts)
         self._record_success(successes)
@@ -282,17 +289,25 @@ class Budget:
 
     # --- the run's stop (the driver's first signal) -------------------------------------
 
-    def stop(self, message: str, signal_number: int) -> int:
-        """Stop the run: every worker waiting in ``until_stopped`` hears it now. The
-        requests out, as the live workers last said (within a heartbeat), come back."""
+    async def stop(self, message: str, signal_number: int) -> int:
+        """Stop the run: every worker waiting in ``until_stopped`` hears it now, and
+        answers with a heartbeat saying how many requests it has out. Their sum comes
+        back (the driver's notice) once every live worker answered, or after
+        ``STOP_ANSWERS`` seconds with the last word of those that did not."""
         if self.stopped is None:
             self.stopped = (message, signal_number)
+            self._heard = set()
             for waiter in self._stop_waiters:
                 if not waiter.done():
                     waiter.set_result(self.stopped)
             self._stop_waiters.clear()
         cutoff = self._now() - SILENT_AFTER
-        return sum(w.sending for w in self._workers.values() if w.seen >= cutoff)
+        live = {name for name, w in self._workers.items() if w.seen >= cutoff}
+        for _ in range(STOP_ANSWER_LOOKS):
+            if live <= self._heard:
+                break
+            await asyncio.sleep(STOP_ANSWERS / STOP_ANSWER_LOOKS)
+        return sum(self._workers[name].sending for name in live)
 
     async def until_stopped(self) -> Stop:
         """Answered when the run stops (at once if it has): each worker keeps one such

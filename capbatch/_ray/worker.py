@@ -201,6 +201,8 @@ class SolveBatches:
         limiter = self._solver.limiter if self._solver is not None else None
         if isinstance(limiter, LeasedLimiter):
             limiter.stop(self.stopped)  # after the gate: requests out take the next slots
+        if self._solver is not None:
+            self._report()  # the requests this worker has out: the driver's notice
 
     def _report(self) -> Any:
         """Tell both actors this worker lives; hand in money moves and request counts.

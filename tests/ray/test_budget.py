@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -189,28 +190,37 @@ def test_the_clock_match_keeps_the_fastest_exchange() -> None:
 async def test_a_stop_reaches_every_waiting_worker_and_each_heartbeat(now: _Now) -> None:
     """The driver's first signal (``Budget.stop``): the workers' waiting
     ``until_stopped`` calls are answered at once, later ones too, and each heartbeat's
-    answer carries it; the first stop is the one kept."""
+    answer carries it; the workers' next heartbeats give the count of requests out the
+    stop answers with. The first stop is the one kept."""
     budget = Budget(rate=10, max_in_flight=4, cap=None, price=PRICE, clock=now)
-    assert budget.heartbeat("a") == (4, None)
+    assert budget.heartbeat("a", sending=1) == (4, None)
     waiting = [asyncio.ensure_future(budget.until_stopped()) for _ in range(2)]
     await asyncio.sleep(0)
     assert not any(w.done() for w in waiting)  # no stop yet: the calls wait
-    budget.stop("interrupted by SIGINT", 2)
-    budget.stop("interrupted by SIGTERM", 15)
+    stopping = asyncio.ensure_future(budget.stop("interrupted by SIGINT", 2))
     answers = await asyncio.wait_for(asyncio.gather(*waiting), 5)
     assert answers == [("interrupted by SIGINT", 2)] * 2
+    assert not stopping.done()  # waiting for the worker's word
+    assert budget.heartbeat("a", sending=2) == (4, ("interrupted by SIGINT", 2))
+    assert await asyncio.wait_for(stopping, 5) == 2
+    assert await asyncio.wait_for(budget.stop("interrupted by SIGTERM", 15), 5) == 2
     assert await asyncio.wait_for(budget.until_stopped(), 5) == ("interrupted by SIGINT", 2)
-    assert budget.heartbeat("a") == (4, ("interrupted by SIGINT", 2))
 
 
-def test_a_stop_counts_the_requests_out_of_live_workers_only(now: _Now) -> None:
+async def test_a_stop_counts_the_requests_out_of_live_workers_only(now: _Now) -> None:
+    """A dead worker's requests are not waited for; a live worker that does not answer
+    the stop is waited for a bounded time, its last word counted."""
     budget = Budget(rate=10, max_in_flight=8, cap=None, price=PRICE, clock=now)
     budget.heartbeat("dead", sending=5)
     now.t += budget_module.SILENT_AFTER + 1  # "dead" stops answering (killed)
     budget.heartbeat("a", sending=3)
-    budget.heartbeat("b", sending=0)
-    budget.heartbeat("b", sending=2)  # the last word counts
-    assert budget.stop("interrupted by SIGINT", 2) == 5
+    budget.heartbeat("b", sending=1)
+    stopping = asyncio.ensure_future(budget.stop("interrupted by SIGINT", 2))
+    await asyncio.sleep(0)
+    budget.heartbeat("a", sending=2)  # "a" answers the stop; "b" never does
+    started = time.monotonic()
+    assert await asyncio.wait_for(stopping, 5) == 3
+    assert time.monotonic() - started < budget_module.STOP_ANSWERS + 0.5
 
 
 async def test_a_stop_refuses_requests_at_the_gate_and_lets_those_out_go_first() -> None:
