@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from capbatch._exceptions import ConfigError, TableError
@@ -118,9 +117,9 @@ def _local_identity(source: Any) -> str | None:
 def _stage_input(uri: str, folder: Path) -> Path:
     """The input object as a local file in ``folder``, downloaded when it changed."""
     info = store.look_up(uri)
-    if info.type == pafs.FileType.NotFound:
+    if info.kind == "missing":
         raise TableError(f"input file not found: {store.shown(uri)}")
-    if info.type == pafs.FileType.Directory:
+    if info.kind == "folder":
         raise TableError(
             f"{store.shown(uri)} is a folder: an object-store input must be a table file "
             "(.parquet, .csv, .jsonl); list a folder of images into a table first"
@@ -128,7 +127,7 @@ def _stage_input(uri: str, folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
     local = folder / (store.name_of(uri) or "input")
     stamp = folder / f".{local.name}.source.json"
-    seen = {"size": info.size, "mtime": str(info.mtime)}
+    seen = {"size": info.size, "mtime": info.mtime}
     try:
         fresh = local.is_file() and json.loads(stamp.read_text()) == seen
     except (OSError, ValueError):
@@ -153,8 +152,7 @@ def _check_owner(uri: str, identity: str | None) -> None:
 
 def _recorded_input(uri: str) -> str | None:
     """The input an existing output object names (None: none there, or not capbatch's)."""
-    info = store.look_up(uri)
-    if info.type != pafs.FileType.File:
+    if store.look_up(uri).kind != "file":
         return None
     fs, path = store.filesystem(uri)
     try:
@@ -164,7 +162,7 @@ def _recorded_input(uri: str) -> str | None:
             value = entries.get(INPUT_URI_KEY.encode()) or entries.get(b"capbatch.input")
             return value.decode() if value else None
         sidecar = store.with_suffix(uri, SIDECAR_SUFFIX)
-        if store.look_up(sidecar).type != pafs.FileType.File:
+        if store.look_up(sidecar).kind != "file":
             return None
         data = store.read_object(sidecar, limit=None)
         meta = json.loads(data)
