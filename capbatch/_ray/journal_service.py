@@ -42,6 +42,8 @@ ALLOWED = frozenset(
         "total_spent",
         "get_meta",
         "set_meta",
+        "reports",  # --report-wrong: the driver's reports (``driver_reports``)
+        "record_report",
     }
 )
 

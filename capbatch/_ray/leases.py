@@ -182,20 +182,12 @@ class LeasedFlights(PrioritySemaphore):
         self.fair_share = 1
         self._asking: asyncio.Task[None] | None = None
 
-    async def acquire(self, priority: int = CREATE) -> None:
-        if self._free > 0 and not self._alive_waiters():
-            self._free -= 1
-            return
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (priority, next(self._order), granted))
+    def _none_waiting(self) -> bool:
+        return not self._alive_waiters()
+
+    def _waiter_added(self) -> None:
         if self._asking is None or self._asking.done():
             self._asking = asyncio.get_running_loop().create_task(self._ask())
-        try:
-            await granted
-        except asyncio.CancelledError:
-            if granted.done() and not granted.cancelled():
-                self.release()  # granted just as it was cancelled: pass it on
-            raise
 
     def _alive_waiters(self) -> int:
         return sum(1 for _, _, f in self._waiting if not f.done())

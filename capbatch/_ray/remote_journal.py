@@ -71,7 +71,18 @@ class RemoteJournal(Journal):
     def set_meta(self, key: str, value: str) -> None:
         self._call("set_meta", key, value)
 
+    def reports(self, task_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        found: dict[str, tuple[str, str | None]] = self._call("reports", list(task_ids))
+        return found
+
     # --- writes -----------------------------------------------------------------------
+
+    def record_report(
+        self, task_id: str, *, provider: str, outcome: str, detail: str | None, at: float
+    ) -> None:
+        self._write(
+            "record_report", task_id, provider=provider, outcome=outcome, detail=detail, at=at
+        )
 
     def record_intent(self, key: str, *, owner: str, provider: str, submitted_at: float) -> None:
         self._write("record_intent", key, owner=owner, provider=provider, submitted_at=submitted_at)

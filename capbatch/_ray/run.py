@@ -12,6 +12,7 @@ either engine resumes the other's run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import pickle
 import time
@@ -25,6 +26,7 @@ from capbatch._io.outputs import ResultWriter
 from capbatch._io.record import RowResult
 from capbatch._providers.errors import Action, classify
 from capbatch._providers.secrets import redact
+from capbatch._ray.driver_reports import DriverReports
 from capbatch._ray.pipeline import (
     DEFAULT_BATCH_ROWS,
     Actors,
@@ -35,6 +37,7 @@ from capbatch._ray.pipeline import (
 )
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, ShippedKey, WorkerSettings
 from capbatch._ray.stops import DriverStops
+from capbatch._ray.worker import CASCADE
 from capbatch._run import engine
 from capbatch._run.journal import note_endpoint
 from capbatch._run.metadata import output_metadata
@@ -50,12 +53,10 @@ def refuse_unsupported(options: RunOptions) -> None:
     is sent, rather than ignored."""
     refused = {
         "callback_url": "--callback-url",
-        "report_wrong": "--report-wrong",
         "control": "control",
         "service": "service",
         "http_client": "http_client",
     }
-    refused["local_first"] = "--local-first"  # the cascade runs in one process only
     for name, flag in refused.items():
         if getattr(options, name, None):
             raise ConfigError(f"{flag} is not supported with the Ray engine (--engine ray)")
@@ -85,6 +86,7 @@ def settings_for(setup: Any, *, wire: bool) -> WorkerSettings:
         id_column=table.id_column,
         base_dir=str(table.base_dir),
         origin=table.origin,
+        local_first=options.local_first,
         retry=options.retry,
         outage_timeout=options.outage_timeout,
         drain_timeout=options.drain_timeout,
@@ -161,6 +163,8 @@ class _RayRun:
         self.setup = setup
         self.settings = settings
         self.stops = stops
+        #: ``--report-wrong``: the driver's reports of wrong answers (``driver_reports``).
+        self.reports: DriverReports | None = None
         resolved = setup.resolved
         self.summary = RunSummary(
             provider=resolved.profile.name,
@@ -188,6 +192,8 @@ class _RayRun:
             if (other := note_endpoint(actors.remote, here)) is not None:
                 setup.tell(summary, other)
             summary.balance_before = self._balance(actors.budget)
+            if setup.options.report_wrong:
+                self.reports = DriverReports(setup, actors.budget, actors.remote)
             assert setup.output is not None  # a file input always has an output path
             writer = ResultWriter(setup.output, table.schema)
             with writer:
@@ -205,10 +211,14 @@ class _RayRun:
                     output_metadata(summary, setup.options, setup.resolved, table),
                     expected_rows=table.count_rows(),
                 )
+            if self.reports is not None:
+                self.reports.finish(setup.output, functools.partial(setup.tell, summary))
             if setup.remote is not None:
                 setup.remote.publish()  # an object-store output: uploaded now, whole
             return engine.RunOutcome(summary)
         finally:
+            if self.reports is not None:
+                self.reports.close()
             actors.close()
 
     def _dataset(self) -> Any:
@@ -273,18 +283,26 @@ class _RayRun:
             results = results[count:]
         labels = tally.labels
         label_values = inputs.column(labels.column).to_pylist() if labels else [None] * len(wired)
-        for (result, earlier), label in zip(wired, label_values, strict=True):
+        rows = batch.column(ROW_COLUMN).to_pylist()
+        for (result, earlier), label, row in zip(wired, label_values, rows, strict=True):
             text = label if label is None or isinstance(label, str) else str(label)
             tally.add(result, earlier=earlier, label=text)
             progress.update(tally, result)
+            if self.reports is not None:
+                self.reports.on_result(int(row or 0), result)
 
     def _fill(self, tally: Tally, actors: Actors) -> None:
         """The summary from the tally, the budget's figures and the journal."""
         import ray
 
         figures: dict[str, Any] = ray.get(actors.budget.snapshot.remote())
-        for name, value in figures["counts"].items():
+        counts = dict(figures["counts"])
+        cascade = {n.removeprefix(CASCADE): counts.pop(n) for n in list(counts) if CASCADE in n}
+        for name, value in counts.items():
             setattr(tally, name, value)
+        threshold = self.setup.options.local_first
+        if threshold is not None:
+            self.summary.cascade = {"threshold": threshold, **cascade}
         money = SpendGuard(
             figures["cap"],
             price=figures["price"],

@@ -84,6 +84,8 @@ class WorkerSettings:
     #: The object-store URI the input was read from: relative image paths resolve
     #: against its folder there (``TableSource.image_base``).
     origin: str | None = None
+    #: ``--local-first``: the cascade's confidence threshold, else None.
+    local_first: float | None = None
 
     @property
     def params(self) -> Mapping[str, Any]:

@@ -3,9 +3,6 @@
 * ``ClaimingSolver``: ``TaskSolver`` that claims a content key at the cluster's journal
   before solving it (``JournalService.claim``): two workers never create the same task at
   once, and a key a dead worker held is adopted from what the journal says.
-* ``OffsetRunner``: ``BatchRunner`` over one part of the input whose rows start at a
-  given input position (row keys and row numbers in errors are the input's, as in
-  ``capbatch run``), and whose run started when the whole run did.
 * ``RowTally``: ``Tally`` that remembers which rows an earlier run had answered.
 """
 
@@ -16,14 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from capbatch._io.record import RowResult
 from capbatch._ray.journal_service import DONE, GO
-from capbatch._run.batches import BatchRunner
 from capbatch._run.gate import RunStopped
 from capbatch._run.job import Job
-from capbatch._run.plan import BatchPlan
 from capbatch._run.results import from_journal
 from capbatch._run.tally import Tally
 from capbatch._run.task import TaskSolver
@@ -62,19 +55,6 @@ class ClaimingSolver(TaskSolver):
             return await super().solve(dataclasses.replace(job, resumed=resumed))
         finally:
             service.unclaim.remote(job.key, token)
-
-
-class OffsetRunner(BatchRunner):
-    """``BatchRunner`` over rows that start at input position ``offset``."""
-
-    def __init__(self, *args: Any, offset: int, started_wall: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._offset = offset
-        # A journal entry finished before the whole run started is an earlier run's.
-        self._started_wall = started_wall
-
-    def _plan_batch(self, batch: pa.RecordBatch, first_row: int) -> BatchPlan:
-        return super()._plan_batch(batch, first_row + self._offset)
 
 
 @dataclass

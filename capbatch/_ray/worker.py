@@ -32,7 +32,9 @@ from capbatch._providers.secrets import redact
 from capbatch._ray.leases import LeasedFlights, LeasedLimiter, LeasedSpend, PacedService
 from capbatch._ray.remote_journal import RemoteJournal
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, WorkerSettings
-from capbatch._ray.solver import ClaimingSolver, OffsetRunner, RowTally
+from capbatch._ray.solver import ClaimingSolver, RowTally
+from capbatch._run.batches import BatchRunner
+from capbatch._run.cascade import CascadeCounts, LocalStage, runner_hooks
 from capbatch._run.limits import Clock, RateLimiter
 from capbatch._run.outage import OutageGate
 from capbatch._run.plan import TaskKeys
@@ -47,6 +49,8 @@ HEARTBEAT = 1.0
 #: Row keys of inputs without ``ROW_COLUMN``: worker ``n`` numbers its rows from
 #: ``n * ROW_BASE``, so two workers never give two rows the same key.
 ROW_BASE = 1 << 40
+#: Prefix of the cascade's counts among a worker's request counts (``_report``).
+CASCADE = "cascade_"
 _COUNTED = ("requests", "creates", "polls", "rate_limited", "lost_sends")
 
 
@@ -61,12 +65,14 @@ class SolveBatches:
         self._solver: ClaimingSolver | None = None
         self._journal: RemoteJournal | None = None
         self._spend: SpendGuard | None = None
+        self._flights: LeasedFlights | None = None
+        self._stage: LocalStage | None = None
         self._setup_lock: asyncio.Lock | None = None
         self._heart: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         #: The run's stop once the driver asked for it (``Budget.stop``).
         self.stopped: RunInterrupted | None = None
-        self._runners: set[OffsetRunner] = set()
+        self._runners: set[BatchRunner] = set()
         self._rows = 0
         self._row_base = 0
 
@@ -154,15 +160,31 @@ class SolveBatches:
         solver.started_wall = s.started_wall
         if not local:
             # The in-flight cap is the cluster's: the gate's semaphore leases its slots.
-            solver.gate._in_flight = LeasedFlights(self.budget, self.worker)
+            self._flights = LeasedFlights(self.budget, self.worker)
+            solver.gate.share_in_flight(self._flights)
+        self._stage = self._cascade()
         return solver
+
+    def _local_service(self) -> Any:
+        """The local solver: this worker's threads, one model each, loaded once."""
+        from capbatch.local import LocalService, LocalSolver
+
+        return LocalService(LocalSolver(workers=self.settings.local_threads))
+
+    def _cascade(self) -> LocalStage | None:
+        """``--local-first``: the cascade's local stage, journaled at the cluster's
+        journal like every task (``_run.cascade``)."""
+        threshold = self.settings.local_first
+        if threshold is None:
+            return None
+        assert self._journal is not None
+        counts = CascadeCounts(threshold)
+        return LocalStage(self._local_service(), self._journal, threshold, counts)
 
     def _service(self) -> Any:
         s = self.settings
         if s.profile.is_local:
-            from capbatch.local import LocalService, LocalSolver
-
-            return LocalService(LocalSolver(workers=s.local_threads))
+            return self._local_service()
         from capbatch._providers.client import ProviderClient
 
         assert s.key is not None
@@ -178,9 +200,8 @@ class SolveBatches:
         while True:
             with contextlib.suppress(Exception):
                 share, stop = await self._report()
-                flights = self._solver.gate._in_flight if self._solver is not None else None
-                if isinstance(flights, LeasedFlights):
-                    flights.fair_share = int(share)
+                if self._flights is not None:
+                    self._flights.fair_share = int(share)
                 if stop is not None:
                     self.stop(*stop)
             await asyncio.sleep(HEARTBEAT)
@@ -223,6 +244,9 @@ class SolveBatches:
                 self._spend.flush()
             spare = self._spend.spare()
         counts = {name: int(getattr(solver.tally, name)) for name in _COUNTED}
+        if self._stage is not None:
+            cascade = self._stage.counts.to_dict()
+            counts.update({CASCADE + k: int(v) for k, v in cascade.items() if k != "threshold"})
         self.journal_actor.heartbeat.remote(self.worker)
         return self.budget.heartbeat.remote(
             self.worker, spare, successes, counts, solver.gate.sending
@@ -278,7 +302,7 @@ class SolveBatches:
         sink = _Collect()
         assert self._journal is not None
         limits, rows = s.limits, source.num_rows or 0
-        runner = OffsetRunner(
+        runner = BatchRunner(
             source,
             sink,
             solver,
@@ -293,8 +317,9 @@ class SolveBatches:
             on_result=tally.on_result,
             drain_timeout=s.drain_timeout,
             retry_failed=s.retry_failed,
-            offset=first_row,
+            row_offset=first_row,
             started_wall=s.started_wall,
+            **runner_hooks(self._stage, solver),
         )
         self._runners.add(runner)  # no await since ``stopped`` was read: none is missed
         try:

@@ -100,17 +100,13 @@ class BatchRunner:
         retry_failed: bool = False,
         solve: Callable[[Job], Awaitable[RowResult]] | None = None,
         annotate: Callable[[str, RowResult], RowResult] | None = None,
+        row_offset: int = 0,
+        started_wall: float | None = None,
     ) -> None:
-        self.source = source
-        self.sink = sink
-        self.solver = solver
-        self.journal = journal
-        self.profile = profile
-        self.keys = keys
-        self.progress = progress
-        self.counters = counters
-        self.make_task = make_task
-        self.on_result = on_result
+        self.source, self.sink, self.solver = source, sink, solver
+        self.journal, self.profile, self.keys = journal, profile, keys
+        self.progress, self.counters = progress, counters
+        self.make_task, self.on_result = make_task, on_result
         # The cascade's hooks: its local stage first; its reading beside journaled answers.
         self._solve = solve or functools.partial(solve_job, solver)
         self._annotate = annotate
@@ -136,11 +132,13 @@ class BatchRunner:
         self._jobs_finished = 0
         self.kept_failed = 0  # rows failed for good in earlier runs, kept as they were
         self.spend_capped = 0
-        # Where the progress bar starts: the rows earlier runs finished, as the journal
-        # says before any row is read (``Tally.shown``).
+        # The progress bar starts at the rows earlier runs finished (``Tally.shown``).
         counters.expected_earlier = journal.counts().get("done", 0)
-        # A journal entry finished before this instant is an earlier run's.
-        self._started_wall = time.time()
+        # A Ray worker runs a part of the input (row keys and error rows are the whole
+        # input's) in a run that started before it: an entry finished earlier is an
+        # earlier run's.
+        self._row_offset = row_offset
+        self._started_wall = time.time() if started_wall is None else started_wall
 
     @property
     def retried_failed(self) -> int:
@@ -239,7 +237,7 @@ class BatchRunner:
     def _plan_batch(self, batch: pa.RecordBatch, first_row: int) -> BatchPlan:
         return plan_batch(
             batch,
-            first_row,
+            first_row + self._row_offset,
             self.source,
             self.profile,
             self.keys,

@@ -58,6 +58,11 @@ class RequestGate:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def share_in_flight(self, semaphore: PrioritySemaphore) -> None:
+        """Hold requests to ``semaphore`` instead of this run's own cap: a worker of a
+        Ray cluster shares the cluster's (``_ray.leases.LeasedFlights``)."""
+        self._in_flight = semaphore
+
     async def request(
         self,
         state: JobState,

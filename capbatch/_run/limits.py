@@ -88,17 +88,25 @@ class PrioritySemaphore:
         self._order = itertools.count()
 
     async def acquire(self, priority: int = CREATE) -> None:
-        if self._free > 0 and not self._waiting:
+        if self._free > 0 and self._none_waiting():
             self._free -= 1
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._order), granted))
+        self._waiter_added()
         try:
             await granted
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
                 self.release()  # granted just as it was cancelled: pass it on
             raise
+
+    def _none_waiting(self) -> bool:
+        return not self._waiting
+
+    def _waiter_added(self) -> None:
+        """A request now waits: a semaphore over slots leased from elsewhere (a Ray
+        cluster's budget) asks for more here."""
 
     def release(self) -> None:
         while self._waiting:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from capbatch._exceptions import CapbatchError, ConfigError
+from capbatch._exceptions import CapbatchError, ConfigError, RunFailed
 from capbatch._io.inputs import TableSource
 from capbatch._io.labels import answer_is_wrong, case_sensitive_run, row_kind
 from capbatch._io.record import RowResult
@@ -91,8 +91,10 @@ class LiveReports:
         if task.cancelled():
             return
         error = task.exception()
-        if isinstance(error, CapbatchError) and self.failure is None:
-            self.failure = error  # a bad key or a ban: stop reporting, say so at the end
+        if error is not None and self.failure is None:
+            # A bad key or a ban (or a fault of capbatch's): stop reporting, say so at
+            # the end, rather than lose the reason with the task.
+            self.failure = error if isinstance(error, CapbatchError) else RunFailed.of(error)
 
     async def drain(self, timeout: float) -> None:
         """Wait at most ``timeout`` seconds for the reports still out; cancel the rest

@@ -270,3 +270,61 @@ def test_a_table_in_an_object_store_on_the_cli(
     one = capbatch.read_results(tmp_path / "one.parquet")[COMPARED]
     pd.testing.assert_frame_equal(on_ray, one)
     assert (on_ray["status"] == "solved").all() and stats(server)["create_calls"] == 10
+
+
+def test_the_cascade_on_ray_sends_what_one_process_sends(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """``--local-first`` on the workers (each reads with its own model, journaled at the
+    cluster's journal): the same rows kept and sent on as ``capbatch run``, each sent
+    row created once, the summary's cascade line from every worker's counts."""
+    server = oracle(emulator)
+    table = write_table(sample_frame(24), tmp_path / "in.parquet")
+    capbatch.run(
+        table,
+        output=str(tmp_path / "one.parquet"),
+        base_url=server.url,
+        api_key=KEY,
+        local_first=0.98,
+        quiet=True,
+    )
+    sent_alone = stats(server)["create_calls"]
+    reset_stats(server)
+
+    outcome = ray_run(table, tmp_path / "ray.parquet", server, local_first=0.98)
+
+    columns = [*COMPARED, "provider", "local_answer", "local_confidence"]
+    one = capbatch.read_results(tmp_path / "one.parquet")[columns]
+    on_ray = capbatch.read_results(tmp_path / "ray.parquet")[columns]
+    pd.testing.assert_frame_equal(on_ray, one)
+    assert 0 < sent_alone < 24 and stats(server)["create_calls"] == sent_alone
+    cascade = outcome.summary.cascade
+    assert cascade["threshold"] == 0.98 and cascade["read"] == 24
+    assert cascade["kept"] == (one["provider"] == "local").sum()
+    assert cascade["sent_on"] == sent_alone
+
+
+def test_wrong_answers_are_reported_from_the_driver_as_they_arrive(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """``--report-wrong`` on Ray: each wrong answer reported once, through the cluster's
+    rate, its outcome in the output's ``reported`` column and in the journal, so the
+    same command again reports nothing twice."""
+    server = oracle(emulator, error_rate=0.4, seed=5)
+    table = write_table(sample_frame(16), tmp_path / "in.parquet")
+    out = tmp_path / "ray.parquet"
+    flags = {"label_column": "label", "report_wrong": True, "rate": 8}
+
+    outcome = ray_run(table, out, server, **flags)
+
+    result = capbatch.read_results(out)
+    wrong = set(result.loc[result["answer"] != result["label"], "task_id"])
+    assert 0 < len(wrong) < 16
+    assert stats(server)["feedbacks"] == len(wrong)
+    assert set(result.loc[result["reported"] == "reported", "task_id"]) == wrong
+    line = f"wrong answers: {len(wrong)}; reports: {len(wrong)} reported"
+    assert any(line in notice for notice in outcome.summary.notices)
+    assert stats(server)["max_requests_per_second"] <= 8
+
+    ray_run(table, out, server, **flags)
+    assert stats(server)["feedbacks"] == len(wrong)

@@ -337,3 +337,33 @@ async def test_live_reports_only_wrong_rows_the_run_paid_for(tmp_path: Path) -> 
     assert live.wrong == 1 and live.rows == {2: "3"}
     assert journal.reports(["3"]) == {"3": ("reported", None)}
     journal.close()
+
+
+async def test_a_report_that_fails_unexpectedly_says_why_reporting_stopped(
+    tmp_path: Path,
+) -> None:
+    """A fault that is not the provider's (here the journal's) is kept as the reason
+    reporting stopped and said at the end, not lost with its task."""
+    from capbatch._run.live_reports import LiveReports
+
+    journal = Journal(tmp_path / "j.sqlite")
+    broken = reporter(Provider(), CAPMONSTER, journal)
+    broken.journal = None  # type: ignore[assignment]
+    live = LiveReports(broken, ["ab"], case_sensitive=False)
+    live.on_result(0, RowResult(status="solved", answer="xx", task_id="1"))
+    said: list[str] = []
+    await live.finish(None, 5.0, said.append)
+    assert "reporting stopped: unexpected AttributeError" in said[-1]
+    journal.close()
+
+
+def test_the_ray_journal_forwards_every_journal_method() -> None:
+    """``RemoteJournal`` holds no database: a ``Journal`` method it does not forward to
+    the journal actor would fail at run time (``--report-wrong`` on Ray did)."""
+    from capbatch._ray.journal_service import ALLOWED
+    from capbatch._ray.remote_journal import RemoteJournal
+
+    public = [n for n in vars(Journal) if not n.startswith("_") and callable(vars(Journal)[n])]
+    assert public and [n for n in public if n not in vars(RemoteJournal)] == []
+    # ... and the actor serves each of them (``close`` is the actor's own, at the end).
+    assert sorted(set(public) - ALLOWED) == ["close"]
