@@ -91,3 +91,28 @@ def test_unknown_option_and_missing_key_are_config_errors(monkeypatch: pytest.Mo
 def test_options_repr_never_shows_the_key() -> None:
     options = capbatch.RunOptions(api_key=KEY)
     assert KEY not in repr(options)
+
+
+def test_run_writes_a_dataframe_s_results_to_an_object_store(
+    emulator: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``capbatch.run(df, output="<store URI>")``: the results object appears whole, the
+    frame returned is the same, and the same call again pays nothing (its journal is in
+    the cache folder, beside the staged output). fsspec's in-process ``memory://``
+    store stands in for S3 (tests/e2e/test_object_store_cli.py has a real one)."""
+    fsspec = pytest.importorskip("fsspec")
+    monkeypatch.setenv("CAPBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    memory = fsspec.filesystem("memory")
+    memory.store.clear()
+    server = oracle(emulator)
+    options = {"api_key": KEY, "base_url": server.url, "quiet": True}
+
+    frame = capbatch.run(sample_frame(4), output="memory://answers/out.parquet", **options)
+
+    with memory.open("/answers/out.parquet", "rb") as stored:
+        published = pd.read_parquet(stored)
+    assert (published["status"] == "solved").all()
+    assert list(published["answer"]) == list(frame["answer"])
+    capbatch.run(sample_frame(4), output="memory://answers/out.parquet", **options)
+    assert server.stats()["create_calls"] == 4
+    memory.store.clear()
