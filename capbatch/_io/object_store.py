@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from capbatch._exceptions import ConfigError
+from capbatch._exceptions import ConfigError, OutputError
 from capbatch._io.locations import is_uri, local_path
 
 if TYPE_CHECKING:
@@ -164,8 +164,22 @@ def upload(source: Path, uri: str) -> None:
         with contextlib.suppress(*ERRORS):
             store.delete_file(temporary)
         if isinstance(exc, ERRORS):
-            raise ConfigError(f"cannot upload to {shown(uri)}: {message(uri, exc)}") from None
+            raise OutputError(f"cannot upload to {shown(uri)}: {message(uri, exc)}") from None
         raise
+
+
+def check_writable(uri: str) -> None:
+    """``ConfigError`` unless an object can be written beside ``uri`` (a probe object,
+    written and deleted): checked before a run sends anything, as a local output's
+    folder is, rather than found when the paid results cannot be uploaded."""
+    store, path = filesystem(uri)
+    probe = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    try:
+        with store.open_output_stream(probe) as target:
+            target.write(b"capbatch")
+        store.delete_file(probe)
+    except ERRORS as exc:
+        raise ConfigError(f"cannot write to {shown(uri)}: {message(uri, exc)}") from None
 
 
 class TooLarge(OSError):

@@ -10,11 +10,14 @@ A run works on local files, so an object store is staged in a folder of the cach
   rows name are not staged: whoever solves a row reads its image (a Ray worker reads
   its own), by local path or by URI; relative paths resolve against the table's folder
   in the store.
-* **Output**: written there like any local output (its locks, temporaries and
+* **Output**: checked writable before anything is sent (a probe object written and
+  deleted beside it), written there like any local output (its locks, temporaries and
   publish-only-when-complete rename), then uploaded, whole or not at all, to its URI
   when the run leaves an output: a complete run, or an interrupted one with unfinished
   rows pending, as a local run leaves it. A run that fails uploads nothing, and the
   object already there stays as it was. A CSV output's metadata sidecar goes with it.
+  An upload that fails is an ``OutputError`` (exit 1) naming the local copy: running
+  the same command again rewrites it from the journal and uploads it, paying nothing.
 * **Journal**: beside the staged output unless ``--journal`` names one, so the same
   command on the same machine resumes. On another machine, ``--journal`` with a copy of
   it resumes the same way.
@@ -35,7 +38,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from capbatch._exceptions import ConfigError, TableError
+from capbatch._exceptions import ConfigError, OutputError, TableError
 from capbatch._io import object_store as store
 from capbatch._io.file_metadata import SIDECAR_SUFFIX
 from capbatch._run.options import RunOptions
@@ -64,9 +67,17 @@ class RemoteFiles:
         if not self.staged_output.is_file():
             return None
         sidecar = self.staged_output.with_name(self.staged_output.name + SIDECAR_SUFFIX)
-        if sidecar.is_file():
-            store.upload(sidecar, store.with_suffix(self.output_uri, SIDECAR_SUFFIX))
-        store.upload(self.staged_output, self.output_uri)
+        try:
+            if sidecar.is_file():
+                store.upload(sidecar, store.with_suffix(self.output_uri, SIDECAR_SUFFIX))
+            store.upload(self.staged_output, self.output_uri)
+        except OutputError as exc:
+            # Everything is paid for and journaled: the same command writes it again
+            # from the journal and uploads it, sending nothing.
+            raise OutputError(
+                f"the results are written in {self.staged_output} but not uploaded: "
+                f"{exc.message}"
+            ) from None
         return store.shown(self.output_uri)
 
 
@@ -93,6 +104,7 @@ def stage_remote(source: Any, options: RunOptions) -> tuple[Any, RunOptions, Rem
     staged_output = None
     if out_uri is not None:
         _check_owner(out_uri, identity)
+        store.check_writable(out_uri)
         staged_output = folder / (store.name_of(out_uri) or "results.parquet")
         output = staged_output
     options = dataclasses.replace(options, output=output)

@@ -155,6 +155,18 @@ def test_an_output_uri_naming_the_input_is_refused(
     assert s3.get("in.parquet") == before and creates(server) == 0
 
 
+def test_an_output_that_cannot_be_written_stops_the_run_before_it_pays(
+    s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    server = oracle(emulator)
+    uri = s3.put(write_table(sample_frame(3), tmp_path / "in.parquet"), "in.parquet")
+    out = "s3://no-such-bucket/out.parquet"
+    code, said = cli(s3, cache, *run_args(server, uri, out))  # type: ignore[arg-type]
+    assert code == 2, said
+    assert said.strip().startswith("capbatch: error: cannot write to s3://no-such-bucket/")
+    assert creates(server) == 0
+
+
 def test_credentials_in_the_uri_reach_no_output_journal_or_terminal(
     s3: S3Store, cache: Path, emulator: Callable[..., EmulatorHandle], tmp_path: Path
 ) -> None:

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from capbatch._exceptions import ConfigError, RowInputError
+from capbatch._exceptions import ConfigError, OutputError, RowInputError
 from capbatch._io import object_store as store
 from capbatch._io.images import resolve_image
 from capbatch._io.locations import location
+from capbatch._run.remote_files import RemoteFiles
 
 fsspec = pytest.importorskip("fsspec", reason="fsspec is in the dev extra")
 
@@ -145,3 +146,37 @@ def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 20), "white").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_an_upload_that_fails_names_the_local_copy_and_the_way_out(
+    memory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results are paid for: a failed upload is an ``OutputError`` (exit 1, the CLI
+    adds "run the same command to resume") naming where they are."""
+    staged = tmp_path / "out.parquet"
+    staged.write_bytes(b"results")
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise PermissionError("Access Denied")
+
+    memory.pipe("/r/out.parquet", b"old")
+    monkeypatch.setattr(memory, "open", refuse)
+    with pytest.raises(OutputError) as caught:
+        RemoteFiles(None, "memory://r/out.parquet", staged).publish()
+    said = str(caught.value)
+    assert f"the results are written in {staged} but not uploaded" in said
+    assert "cannot upload to memory://r/out.parquet: Access Denied" in said
+    assert memory.cat("/r/out.parquet") == b"old"
+
+
+def test_a_store_that_takes_no_writes_is_found_before_the_run(
+    memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(memory, "open", refuse)
+    with pytest.raises(ConfigError, match=r"cannot write to memory://r/out.parquet: read-only"):
+        store.check_writable("memory://r/out.parquet")
+    store_files = memory.find("/r")
+    assert store_files == []
