@@ -9,6 +9,7 @@ from typing import Any
 
 from capbatch._exceptions import CapbatchError
 from capbatch._ray.budget import Budget
+from capbatch._ray.callback_hub import CallbackHub
 from capbatch._ray.journal_service import JournalService
 from capbatch._ray.remote_journal import RemoteJournal
 from capbatch._ray.settings import WorkerSettings
@@ -28,9 +29,11 @@ class Actors:
     journal: Any
     budget: Any
     remote: RemoteJournal
+    #: ``--callback-url``: the receiver's actor, its token and its URL prefix.
+    callbacks: tuple[Any, str, str] | None = None
 
     def close(self) -> None:
-        """Close the journal (checkpointed, locks let go), then end both actors."""
+        """Close the journal (checkpointed, locks let go), then end the actors."""
         import ray
 
         try:
@@ -38,6 +41,8 @@ class Actors:
         finally:
             ray.kill(self.budget)
             ray.kill(self.journal)
+            if self.callbacks is not None:
+                ray.kill(self.callbacks[0])
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -132,10 +137,37 @@ def start_actors(
     try:
         spent = spent_before(remote, settings.price)
         ray.get(budget.set_spent_before.remote(spent))
+        actors.callbacks = start_callback_hub(settings)
     except BaseException:
         actors.close()
         raise
     return actors, spent
+
+
+def start_callback_hub(settings: WorkerSettings) -> tuple[Any, str, str] | None:
+    """The cluster's callback receiver on this (the driver's) node, listening, with its
+    token and URL prefix; None without ``--callback-url``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if settings.callback_url is None or settings.callback_listen is None:
+        return None
+    here = ray.get_runtime_context().get_node_id()
+    hub: Any = (
+        ray.remote(CallbackHub)
+        .options(
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+        )
+        .remote(settings.callback_url, settings.callback_listen, settings.profile, settings.key)
+    )
+    try:
+        token, url = ray.get(hub.start.remote())
+    except Exception as exc:
+        ray.kill(hub)
+        raise unwrap(exc) from None
+    return hub, token, url
 
 
 def solve_stage(
@@ -165,6 +197,7 @@ def solve_stage(
             "settings": settings,
             "budget": actors.budget,
             "journal": actors.journal,
+            "callbacks": actors.callbacks,
         },
         batch_format="pyarrow",
         batch_size=batch_rows or DEFAULT_BATCH_ROWS,

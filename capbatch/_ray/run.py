@@ -52,7 +52,6 @@ def refuse_unsupported(options: RunOptions) -> None:
     """Options the Ray engine does not carry to its workers: refused before anything
     is sent, rather than ignored."""
     refused = {
-        "callback_url": "--callback-url",
         "control": "control",
         "service": "service",
         "http_client": "http_client",
@@ -87,6 +86,8 @@ def settings_for(setup: Any, *, wire: bool) -> WorkerSettings:
         base_dir=str(table.base_dir),
         origin=table.origin,
         local_first=options.local_first,
+        callback_url=options.callback_url,
+        callback_listen=options.callback_listen,
         retry=options.retry,
         outage_timeout=options.outage_timeout,
         drain_timeout=options.drain_timeout,
@@ -298,6 +299,9 @@ class _RayRun:
         figures: dict[str, Any] = ray.get(actors.budget.snapshot.remote())
         counts = dict(figures["counts"])
         cascade = {n.removeprefix(CASCADE): counts.pop(n) for n in list(counts) if CASCADE in n}
+        if actors.callbacks is not None:  # the receiver's counts, added to the workers'
+            for name, value in ray.get(actors.callbacks[0].stop.remote()).items():
+                counts[name] = counts.get(name, 0) + value
         for name, value in counts.items():
             setattr(tally, name, value)
         threshold = self.setup.options.local_first

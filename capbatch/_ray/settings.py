@@ -86,6 +86,10 @@ class WorkerSettings:
     origin: str | None = None
     #: ``--local-first``: the cascade's confidence threshold, else None.
     local_first: float | None = None
+    #: ``--callback-url``/``--callback-listen``: the cluster's one receiver (the driver's
+    #: ``CallbackHub``), else None.
+    callback_url: str | None = None
+    callback_listen: str | None = None
 
     @property
     def params(self) -> Mapping[str, Any]:

@@ -3,6 +3,7 @@
 * ``ClaimingSolver``: ``TaskSolver`` that claims a content key at the cluster's journal
   before solving it (``JournalService.claim``): two workers never create the same task at
   once, and a key a dead worker held is adopted from what the journal says.
+* ``ClaimingCallbackSolver``: the same, its answers heard by callback (``callback_hub``).
 * ``RowTally``: ``Tally`` that remembers which rows an earlier run had answered.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from capbatch._io.record import RowResult
 from capbatch._ray.journal_service import DONE, GO
+from capbatch._run.callback_solver import CallbackSolver
 from capbatch._run.gate import RunStopped
 from capbatch._run.job import Job
 from capbatch._run.results import from_journal
@@ -55,6 +57,11 @@ class ClaimingSolver(TaskSolver):
             return await super().solve(dataclasses.replace(job, resumed=resumed))
         finally:
             service.unclaim.remote(job.key, token)
+
+
+class ClaimingCallbackSolver(ClaimingSolver, CallbackSolver):
+    """``ClaimingSolver`` whose answers come by callback to the cluster's receiver
+    (``callback_hub``), polled only as the fallback."""
 
 
 @dataclass

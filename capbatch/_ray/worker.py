@@ -29,10 +29,11 @@ from capbatch._io.inputs import TableSource
 from capbatch._io.record import RowResult, results_to_arrays
 from capbatch._io.task_rows import task_body
 from capbatch._providers.secrets import redact
+from capbatch._ray.callback_hub import HubBox
 from capbatch._ray.leases import LeasedFlights, LeasedLimiter, LeasedSpend, PacedService
 from capbatch._ray.remote_journal import RemoteJournal
 from capbatch._ray.settings import ROW_COLUMN, WIRE_COLUMN, WorkerSettings
-from capbatch._ray.solver import ClaimingSolver, RowTally
+from capbatch._ray.solver import ClaimingCallbackSolver, ClaimingSolver, RowTally
 from capbatch._run.batches import BatchRunner
 from capbatch._run.cascade import CascadeCounts, LocalStage, runner_hooks
 from capbatch._run.limits import Clock, RateLimiter
@@ -51,16 +52,25 @@ HEARTBEAT = 1.0
 ROW_BASE = 1 << 40
 #: Prefix of the cascade's counts among a worker's request counts (``_report``).
 CASCADE = "cascade_"
-_COUNTED = ("requests", "creates", "polls", "rate_limited", "lost_sends")
+_COUNTED: tuple[str, ...] = ("requests", "creates", "polls", "rate_limited", "lost_sends")
+_COUNTED += ("callbacks_used", "callbacks_ignored", "fallback_polls")  # --callback-url
 
 
 class SolveBatches:
     """``map_batches`` callable class: input batch in, the same rows with results out."""
 
-    def __init__(self, settings: WorkerSettings, budget: Any, journal: Any) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        budget: Any,
+        journal: Any,
+        callbacks: tuple[Any, str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.budget = budget
         self.journal_actor = journal
+        #: ``--callback-url``: the cluster's receiver, its token and URL prefix.
+        self.callbacks = callbacks
         self.worker = uuid.uuid4().hex[:12]
         self._solver: ClaimingSolver | None = None
         self._journal: RemoteJournal | None = None
@@ -142,7 +152,8 @@ class SolveBatches:
         service = self._service()
         if isinstance(limiter, LeasedLimiter):
             service = PacedService(service, limiter)
-        solver = ClaimingSolver(
+        kind, hub = self._solver_kind()
+        solver = kind(
             service,
             s.profile,
             self._journal,
@@ -155,6 +166,7 @@ class SolveBatches:
             watch=watch,
             outage=OutageGate(clock, max_outage=s.outage_timeout),
             tally=Tally(),
+            **hub,
         )
         solver.claims = None if local else (self.journal_actor, self.worker)
         solver.started_wall = s.started_wall
@@ -164,6 +176,15 @@ class SolveBatches:
             solver.gate.share_in_flight(self._flights)
         self._stage = self._cascade()
         return solver
+
+    def _solver_kind(self) -> tuple[type[ClaimingSolver], dict[str, Any]]:
+        """The worker's solver class, and its callback arguments when answers come by
+        callback to the cluster's receiver (``callback_hub``)."""
+        if self.callbacks is None:
+            return ClaimingSolver, {}
+        hub, token, url = self.callbacks
+        box = HubBox(hub, token, url)
+        return ClaimingCallbackSolver, {"callback_url": url, "listen": "", "key": None, "box": box}
 
     def _local_service(self) -> Any:
         """The local solver: this worker's threads, one model each, loaded once."""

@@ -48,13 +48,13 @@ def solver_type(options: RunOptions, key: Secret | None) -> Callable[..., TaskSo
 
 async def start_callbacks(solver: TaskSolver) -> None:
     """Start the solver's receiver, if it has one (a ConfigError if it cannot listen)."""
-    if isinstance(solver, CallbackSolver):
+    if isinstance(solver, CallbackSolver) and solver.receiver is not None:
         await solver.receiver.start()
 
 
 async def stop_callbacks(solver: TaskSolver) -> None:
     """Stop the receiver; early callbacks no task claimed are counted refused."""
-    if isinstance(solver, CallbackSolver):
+    if isinstance(solver, CallbackSolver) and solver.receiver is not None:
         await solver.receiver.stop()
         solver.tally.callbacks_refused += solver.box.unclaimed()
 
@@ -108,17 +108,25 @@ class CallbackSolver(TaskSolver):
     """A ``TaskSolver`` that waits for callbacks and polls only as the fallback."""
 
     def __init__(
-        self, *args: Any, callback_url: str, listen: str, key: Secret | None, **kwargs: Any
+        self,
+        *args: Any,
+        callback_url: str,
+        listen: str,
+        key: Secret | None,
+        box: CallbackBox | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.box = CallbackBox(
-            callback_url,
-            self.profile,
-            tally=self.tally,
-            clock=self.clock,
-            mask=key.mask if key else None,
-        )
-        self.receiver = CallbackReceiver(self.box, listen)
+        #: ``box``: a receiver's box shared with others (a Ray worker's ``HubBox``);
+        #: else this solver's own, and its receiver.
+        self.receiver: CallbackReceiver | None = None
+        if box is None:
+            mask = key.mask if key else None
+            box = CallbackBox(
+                callback_url, self.profile, tally=self.tally, clock=self.clock, mask=mask
+            )
+            self.receiver = CallbackReceiver(box, listen)
+        self.box = box
         self.service = CallbackService(self.service, self.box)
         #: Seconds from createTask's reply to a task's first (fallback) poll.
         self.fallback = fallback_delay(self.profile.poll)

@@ -203,9 +203,10 @@ class CallbackBox:
 
     # --- the solver's side ------------------------------------------------------------
 
-    def open(self) -> tuple[str, str]:
-        """A new slot for a createTask about to go: the slot and its ``callbackUrl``."""
-        slot = secrets.token_urlsafe(12)
+    def open(self, slot: str | None = None) -> tuple[str, str]:
+        """A new slot for a createTask about to go (``slot``: one a Ray worker made):
+        the slot and its ``callbackUrl``."""
+        slot = slot or secrets.token_urlsafe(12)
         self._slots[slot] = None
         return slot, f"{self.url}/{slot}"
 

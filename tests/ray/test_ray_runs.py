@@ -328,3 +328,29 @@ def test_wrong_answers_are_reported_from_the_driver_as_they_arrive(
 
     ray_run(table, out, server, **flags)
     assert stats(server)["feedbacks"] == len(wrong)
+
+
+def test_answers_come_by_callback_to_the_cluster_s_one_receiver(
+    ray_cluster: Any, emulator: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """``--callback-url`` on Ray: one receiver on the driver's node, every worker waiting
+    there for its tasks' callbacks: few polls, the answers as polled ones would be."""
+    from tests.e2e.test_callbacks_cli import free_port
+
+    port = free_port()
+    server = oracle(emulator, deferred=1.0, solve_time=(0.3, 0.8), callback_allow=(str(port),))
+    table = write_table(sample_frame(16), tmp_path / "in.parquet")
+    out = tmp_path / "ray.parquet"
+    flags = {"callback_url": f"http://127.0.0.1:{port}/cb", "callback_listen": f"127.0.0.1:{port}"}
+
+    outcome = ray_run(table, out, server, rate=50, **flags)
+
+    result = capbatch.read_results(out)
+    assert (result["status"] == "solved").all() and (result["answer"] == result["label"]).all()
+    counters = stats(server)
+    assert counters["create_calls"] == 16 and counters["callbacks_sent"] == 16
+    summary = outcome.summary
+    assert summary.callbacks_received == 16 and summary.callbacks_refused == 0
+    assert counters["polls"] <= 2, counters  # the fallback only, if a callback was late
+    assert summary.callbacks_used >= 16 - counters["polls"]
+    assert b"/cb/" not in out.read_bytes()
