@@ -79,26 +79,34 @@ def worker_failure(actors: Actors) -> CapbatchError | None:
     return error
 
 
-def open_journal(output: str | None, journal: str, source: str | None) -> tuple[Any, RemoteJournal]:
-    """The journal actor, pinned to this (the driver's) node, once its file is open."""
+def start_on_driver_node(cls: type, ready: str, *args: Any) -> tuple[Any, Any]:
+    """An actor of ``cls`` pinned to this (the driver's) node, and the answer of its
+    method ``ready`` (if that fails: the actor ended, the capbatch error inside raised).
+    The journal and the callback receiver live there: they must outlive any worker, and
+    be found where the same command is run again (the file, the URL the user gave)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     actor: Any = (
-        ray.remote(JournalService)
+        ray.remote(cls)
         .options(
             num_cpus=0,
             max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         )
-        .remote(output, journal, source)
+        .remote(*args)
     )
     try:
-        ray.get(actor.ready.remote())
+        return actor, ray.get(getattr(actor, ready).remote())
     except Exception as exc:
         ray.kill(actor)
         raise unwrap(exc) from None
+
+
+def open_journal(output: str | None, journal: str, source: str | None) -> tuple[Any, RemoteJournal]:
+    """The journal actor, on the driver's node, once its file is open."""
+    actor, _ = start_on_driver_node(JournalService, "ready", output, journal, source)
     return actor, RemoteJournal(actor)
 
 
@@ -145,28 +153,18 @@ def start_actors(
 
 
 def start_callback_hub(settings: WorkerSettings) -> tuple[Any, str, str] | None:
-    """The cluster's callback receiver on this (the driver's) node, listening, with its
-    token and URL prefix; None without ``--callback-url``."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+    """The cluster's callback receiver on the driver's node, listening, with its token
+    and URL prefix; None without ``--callback-url``."""
     if settings.callback_url is None or settings.callback_listen is None:
         return None
-    here = ray.get_runtime_context().get_node_id()
-    hub: Any = (
-        ray.remote(CallbackHub)
-        .options(
-            num_cpus=0,
-            max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-        )
-        .remote(settings.callback_url, settings.callback_listen, settings.profile, settings.key)
+    hub, (token, url) = start_on_driver_node(
+        CallbackHub,
+        "start",
+        settings.callback_url,
+        settings.callback_listen,
+        settings.profile,
+        settings.key,
     )
-    try:
-        token, url = ray.get(hub.start.remote())
-    except Exception as exc:
-        ray.kill(hub)
-        raise unwrap(exc) from None
     return hub, token, url
 
 
