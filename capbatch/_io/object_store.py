@@ -87,8 +87,34 @@ def message(uri: str, exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+#: Filesystems already made, by what names them: the URI less its path, and the
+#: environment they read their settings from. Making one is not free: pyarrow's S3
+#: asks the bucket's region (a HeadBucket request) each time, and a run reads every
+#: image of a table from the same few buckets.
+_STORES: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[pafs.FileSystem, str]] = {}
+_MAX_STORES: Final = 64
+_SETTINGS_ENV: Final = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HADOOP_", "ARROW_")
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem that holds ``uri`` and the object's path in it."""
+    """The filesystem that holds ``uri`` and the object's path in it (the filesystem
+    made once per bucket or host, see ``_STORES``)."""
+    parts = urlsplit(uri)
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_SETTINGS_ENV)))
+    key = (urlunsplit((parts.scheme, parts.netloc, "", parts.query, "")), env)
+    relative = parts.path.lstrip("/")
+    known = _STORES.get(key)
+    if known is not None:
+        return known[0], known[1] + relative
+    store, path = _open_filesystem(uri)
+    # The store's path is a prefix (the bucket, a folder) then the URI's path; when it
+    # is not (an escaped character), this URI's store is simply not kept.
+    if relative and path.endswith(relative) and len(_STORES) < _MAX_STORES:
+        _STORES[key] = (store, path[: len(path) - len(relative)])
+    return store, path
+
+
+def _open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     import pyarrow.fs as pafs  # here: its import costs every CLI start ~20 ms
 
     try:
@@ -122,13 +148,17 @@ class ObjectInfo(NamedTuple):
 
 def look_up(uri: str) -> ObjectInfo:
     """What is at ``uri``."""
-    import pyarrow.fs as pafs
-
     store, path = filesystem(uri)
     try:
-        info = store.get_file_info(path)
+        return _info(store, path)
     except ERRORS as exc:
         raise ConfigError(f"cannot look up {shown(uri)}: {message(uri, exc)}") from None
+
+
+def _info(store: pafs.FileSystem, path: str) -> ObjectInfo:
+    import pyarrow.fs as pafs
+
+    info = store.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         return ObjectInfo("missing")
     if info.type == pafs.FileType.Directory:
@@ -197,7 +227,7 @@ def read_object(uri: str, limit: int | None) -> bytes:
     credential-free reason) when it cannot be read."""
     store, path = filesystem(uri)
     try:
-        info = look_up(uri)
+        info = _info(store, path)
         if info.kind == "missing":
             raise FileNotFoundError(shown(uri))
         if info.kind == "folder":

@@ -52,8 +52,10 @@ HEARTBEAT = 1.0
 ROW_BASE = 1 << 40
 #: Prefix of the cascade's counts among a worker's request counts (``_report``).
 CASCADE = "cascade_"
-_COUNTED: tuple[str, ...] = ("requests", "creates", "polls", "rate_limited", "lost_sends")
-_COUNTED += ("callbacks_used", "callbacks_ignored", "fallback_polls")  # --callback-url
+_COUNTED = (
+    *("requests", "creates", "polls", "rate_limited", "lost_sends"),
+    *("callbacks_used", "callbacks_ignored", "fallback_polls"),  # --callback-url
+)
 
 
 class SolveBatches:

@@ -180,3 +180,23 @@ def test_a_store_that_takes_no_writes_is_found_before_the_run(
         store.check_writable("memory://r/out.parquet")
     store_files = memory.find("/r")
     assert store_files == []
+
+
+def test_a_filesystem_is_made_once_per_bucket(
+    memory: Any, png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every image of a table is read from the same few buckets: the filesystem (for
+    S3 a region look-up each time it is made) is made once for all of them."""
+    made: list[str] = []
+    real = store._open_filesystem
+
+    def counting(uri: str) -> Any:
+        made.append(uri)
+        return real(uri)
+
+    monkeypatch.setattr(store, "_STORES", {})
+    monkeypatch.setattr(store, "_open_filesystem", counting)
+    for name in ("a", "b", "c"):
+        memory.pipe(f"/imgs/{name}.png", png)
+        assert store.read_object(f"memory://imgs/{name}.png", None) == png
+    assert made == ["memory://imgs/a.png"]
